@@ -1,0 +1,288 @@
+"""The model owner ("client"): trains the global model on the data servers with SSP + async FedAvg.
+
+    python -m src.client --n-servers 4 --staleness-threshold 6 --duration-s 60 --dataset mnist-5k
+
+One named thread per data server loops over rounds: wait at the Stale Synchronous Parallel gate, take a
+snapshot of the global model, have the server train it (``fit``), then apply
+
+    global += (new - snapshot) / n_servers
+
+under the state's lock. A separate evaluator process scores snapshots taken every ``--eval-interval-s``
+and whenever the smallest completed round advances (every ``--eval-every-rounds``-th advance).
+
+The run folder (``--out-dir``) receives config.json, rounds.csv, f1_time.csv, f1_epoch.csv, yappi.csv,
+client.log and the final model.safetensors. The servers must be running (``src/servers.py``, or
+``train.sh`` which starts both).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import tyro
+from safetensors.torch import save as st_save
+from safetensors.torch import save_file
+
+if __package__ in (None, ""):  # run as `python src/client.py`: make `src` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from src import data, profiling
+from src.aggregation import scaled_update
+from src.evaluator import EvalRequest, run_evaluator
+from src.model import architecture_signature, initial_weights
+from src.remote import RemoteError, WebsocketClientWorker
+from src.runlog import CsvLog, setup_logging
+from src.state import TrainingState
+from src.worker import TrainConfig
+
+log = logging.getLogger("asyncfl.client")
+
+ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s"]
+
+
+@dataclass
+class Args:
+    servers: str = ""  # comma-separated server addresses (ws://host:port,...); empty = ws://HOST:BASE_PORT+i for each of N_SERVERS
+    n_servers: int = 4  # number of data servers (ignored when --servers is given)
+    host: str = "127.0.0.1"  # host of the data servers when --servers is empty
+    base_port: int = 8777  # server i is at base_port + i when --servers is empty
+    staleness_threshold: int = 9999  # S, in rounds: 0 = synchronous, 9999 = asynchronous (the paper's S=inf)
+    duration_s: float = 60.0  # training time in seconds
+    eval_interval_s: float = 15.0  # seconds between time-wise evaluations (fractions allowed)
+    eval_every_rounds: int = 10  # round-wise evaluation at every k-th advance of the smallest completed round (1 = every advance, as the paper)
+    dataset: str = data.DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
+    data_dir: str = "data"  # where downloaded datasets are stored
+    batch_size: int = 32  # samples per batch on the server
+    batches_per_round: int = 1  # batches each server trains per round
+    lr: float = 0.1  # SGD learning rate on the servers
+    shuffle: bool = True  # servers draw batches from a fresh permutation of their shard every epoch
+    seed: int = 0  # seed of the initial global model
+    out_dir: str = ""  # run folder; empty = out/L<loss>-D<stdev>-S<staleness>-<timestamp>
+    profile: bool = True  # profile the server threads with yappi into yappi.csv
+    connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds
+    evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
+
+
+@dataclass
+class RunContext:
+    """What every server thread shares; the mutable part is ``state`` (one lock) and the two logs."""
+
+    state: TrainingState
+    workers: list[WebsocketClientWorker]
+    train_config: TrainConfig
+    dataset_key: str
+    rounds_log: CsvLog
+    feed: "EvalFeed"
+    eval_every_rounds: int
+    t0: float  # time.monotonic() when training started
+
+
+class EvalFeed:
+    """Puts model snapshots on the evaluator's queue, stamped with the time they were taken."""
+
+    def __init__(self, queue, t0: float):
+        self.queue, self.t0 = queue, t0
+        self.submitted = 0
+        self._lock = threading.Lock()
+
+    def submit(self, kind: str, weights, epoch: int, max_round: int, time_s: float | None = None) -> None:
+        t = time.monotonic() - self.t0 if time_s is None else time_s
+        self.queue.put(EvalRequest(kind, t, epoch, max_round, st_save(weights)))
+        with self._lock:
+            self.submitted += 1
+
+
+def run_round(ctx: RunContext, server: int) -> bool:
+    """One round of one server: gate, snapshot, remote fit, aggregate. False once the run stops."""
+    state = ctx.state
+    if not state.wait_turn(server):
+        return False
+    snap = state.snapshot()
+    t = time.perf_counter()
+    result = ctx.workers[server].fit(dataset_key=ctx.dataset_key, train_config=ctx.train_config, weights=snap.weights)
+    round_s = time.perf_counter() - t
+    if state.stop_event.is_set():
+        return False  # the run ended while this round was out: it does not count
+    info = state.apply(server, scaled_update(snap.weights, result.weights, len(ctx.workers)), snap)
+    ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
+                         result.loss, round(round_s, 6), round(result.compute_s, 6))
+    if info.min_advanced and info.min_round % ctx.eval_every_rounds == 0:
+        ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)
+    return True
+
+
+def server_loop(ctx: RunContext, server: int, errors: list) -> None:
+    try:
+        while run_round(ctx, server):
+            pass
+    except Exception as e:  # a broken server ends the run: its data would silently be missing otherwise
+        log.error("%s", e if isinstance(e, RemoteError) else repr(e), exc_info=not isinstance(e, RemoteError))
+        errors.append(f"{threading.current_thread().name}: {e}")
+        ctx.state.stop()
+
+
+def eval_timer(ctx: RunContext, interval_s: float) -> None:
+    """Time-wise snapshots at t = k * interval_s (k = 0, 1, ...) until the run stops."""
+    k = 0
+    while True:
+        due = ctx.t0 + k * interval_s
+        if ctx.state.stop_event.wait(max(0.0, due - time.monotonic())):
+            return
+        snap = ctx.state.snapshot()
+        ctx.feed.submit("time", snap.weights, snap.min_round, snap.max_round, time_s=k * interval_s)
+        k += 1
+
+
+def resolve_servers(args: Args) -> list[str]:
+    if args.servers:
+        return [s.strip() for s in args.servers.split(",") if s.strip()]
+    return [f"ws://{args.host}:{args.base_port + i}" for i in range(args.n_servers)]
+
+
+def default_out_dir(infos: list[dict], staleness_threshold: int) -> str:
+    loss = infos[0].get("network", {}).get("loss_pct", 0)
+    stdev = infos[0].get("split", {}).get("stdev", "x")
+    return f"out/L{loss:g}-D{stdev:g}-S{staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "numpy", "websockets", "safetensors", "scikit-learn", "yappi"):
+        out[pkg] = version(pkg)
+    try:
+        out["asyncfl_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except OSError:
+        out["asyncfl_git"] = None
+    return out
+
+
+def check_servers(args: Args, infos: list[dict]) -> None:
+    for info in infos:
+        if info.get("dataset_key") != args.dataset:
+            raise RemoteError(f"{info.get('server')} hosts {info.get('dataset_key')!r} but this client evaluates "
+                              f"on {args.dataset!r}: pass the same --dataset to both")
+        if info.get("architecture") != architecture_signature():
+            raise RemoteError(f"{info.get('server')} runs a different model architecture")
+
+
+def main(args: Args) -> int:
+    setup_logging()
+    if args.eval_interval_s <= 0 or args.eval_every_rounds < 1 or args.duration_s <= 0:
+        log.error("--eval-interval-s and --duration-s must be positive, --eval-every-rounds at least 1")
+        return 2
+    train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
+    uris = resolve_servers(args)
+    workers = [WebsocketClientWorker(uri, f"server-{i}") for i, uri in enumerate(uris)]
+    try:
+        train_config.validate()
+        infos = [w.connect(args.connect_timeout_s) for w in workers]
+        check_servers(args, infos)
+    except (ValueError, RemoteError) as e:
+        log.error("%s", e)
+        return 2
+
+    out_dir = Path(args.out_dir or default_out_dir(infos, args.staleness_threshold))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(out_dir / "client.log")
+    config = {
+        "args": asdict(args),
+        "servers": uris,
+        "n_servers": len(workers),
+        "train_config": train_config.to_dict(),
+        "server_info": infos,
+        "dataset": infos[0].get("split", {}),
+        "versions": versions(),
+        "started_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    _write_json(out_dir / "config.json", config)
+    log.info("run folder %s; %d servers, S=%d, %.0f s", out_dir, len(workers), args.staleness_threshold, args.duration_s)
+
+    ctx_mp = mp.get_context("spawn")
+    queue, done = ctx_mp.Queue(), ctx_mp.Value("i", 0)
+    evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
+                               args=(queue, done, args.dataset, args.data_dir, str(out_dir), args.evaluator_nice))
+    evaluator.start()
+
+    state = TrainingState(initial_weights(args.seed), len(workers), args.staleness_threshold)
+    rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
+    t0 = time.monotonic()
+    ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, EvalFeed(queue, t0),
+                     args.eval_every_rounds, t0)
+    errors: list[str] = []
+    threads = [threading.Thread(target=server_loop, args=(ctx, i, errors), name=f"server-{i}") for i in range(len(workers))]
+    if args.profile:
+        profiling.start()
+    timer = threading.Thread(target=eval_timer, args=(ctx, args.eval_interval_s), name="eval-timer")
+    timer.start()
+    for t in threads:
+        t.start()
+    stop_reason = "duration"
+    try:
+        if state.stop_event.wait(args.duration_s):
+            stop_reason = "error"
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        log.info("interrupted: stopping")
+    state.stop()
+    for t in threads + [timer]:
+        t.join()
+    elapsed_s = time.monotonic() - t0
+    final = state.snapshot()
+    ctx.feed.submit("time", final.weights, final.min_round, final.max_round, time_s=elapsed_s)
+    rounds_log.close()
+    if args.profile:
+        profiling.write_csv(out_dir / "yappi.csv", [t.name for t in threads], state.rounds(), state.max_staleness)
+    save_file({k: v.contiguous() for k, v in final.weights.items()}, str(out_dir / "model.safetensors"))
+    rounds = state.rounds()
+    log.info("training stopped (%s) after %.1f s: %d updates, rounds per server %s, largest staleness %d",
+             stop_reason, elapsed_s, state.updates(), rounds, max(state.max_staleness))
+
+    pending = ctx.feed.submitted - done.value
+    if pending > 0:
+        log.info("waiting for the evaluator to score %d pending snapshots", pending)
+    queue.put(None)
+    evaluator.join()
+    if evaluator.exitcode != 0:
+        errors.append(f"evaluator exited with code {evaluator.exitcode}")
+        log.error("the evaluator exited with code %s", evaluator.exitcode)
+    for w in workers:
+        w.close()
+    config["finished"] = {
+        "stop_reason": stop_reason,
+        "training_s": round(elapsed_s, 3),
+        "updates": state.updates(),
+        "rounds_per_server": rounds,
+        "max_staleness_per_server": state.max_staleness,
+        "evaluations": done.value,
+        "errors": errors,
+    }
+    _write_json(out_dir / "config.json", config)
+    log.info("results in %s", out_dir)
+    return 1 if errors else 0
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)  # readers never see a half-written config
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    sys.exit(main(tyro.cli(Args, description=__doc__)))

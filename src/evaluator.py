@@ -1,0 +1,114 @@
+"""The model evaluator: a separate process that scores model snapshots on the test set (micro-F1).
+
+The client feeds it a queue of ``EvalRequest``s: a time-wise snapshot every ``--eval-interval-s`` and a
+round-wise one whenever the smallest completed round advances. Each carries the time it was taken, so a
+slow evaluator never shifts a curve; the evaluator runs at a lower CPU priority than training and simply
+falls behind while training runs, then drains its backlog before the client exits. Scores go to
+``f1_time.csv`` (time_s,f1) and ``f1_epoch.csv`` (epoch,f1) row by row, and to the log as they are known.
+
+Standalone, it scores a saved model:
+
+    python -m src.evaluator --weights out/RUN/model.safetensors --dataset mnist-5k
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from safetensors.torch import load as st_load
+from safetensors.torch import load_file
+from sklearn.metrics import f1_score
+
+if __package__ in (None, ""):  # run as `python src/evaluator.py`: make `src` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from src import data
+from src.model import Net
+from src.runlog import CsvLog, setup_logging
+
+log = logging.getLogger("asyncfl.evaluator")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    kind: str  # "time" (time-wise log) or "epoch" (round-wise log)
+    time_s: float  # seconds since training started, when the snapshot was taken
+    epoch: int  # smallest completed round at snapshot time
+    max_round: int  # largest completed round at snapshot time
+    weights: bytes  # safetensors bytes of the snapshot
+
+
+class Scorer:
+    """Micro-F1 of a state dict on a fixed test set."""
+
+    def __init__(self, dataset: data.Dataset):
+        self.x = data.to_tensor(dataset.test_images, dataset.name).contiguous(memory_format=torch.channels_last)
+        self.y = dataset.test_labels
+        self.net = Net().eval().to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def f1(self, weights: dict[str, torch.Tensor]) -> float:
+        self.net.load_state_dict(weights)
+        pred = np.concatenate([self.net(self.x[i : i + 500]).argmax(1).numpy() for i in range(0, len(self.x), 500)])
+        return float(f1_score(self.y, pred, average="micro"))
+
+
+def format_score(req: EvalRequest, f1: float) -> str:
+    if req.kind == "time":
+        return f"[{req.time_s:7.1f} s] f1={f1:.4f}  rounds min/max {req.epoch}/{req.max_round}"
+    return f"[round {req.epoch:5d}] f1={f1:.4f}  at {req.time_s:.1f} s"
+
+
+def run_evaluator(requests, done_counter, dataset_name: str, data_dir: str, out_dir: str, nice: int) -> None:
+    """Body of the evaluator process: score every request until a None arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle; we drain first
+    torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)  # lower priority: scoring must not slow the training it measures
+    setup_logging(Path(out_dir) / "client.log")
+    scorer = Scorer(data.load(dataset_name, data_dir))
+    time_log = CsvLog(Path(out_dir) / "f1_time.csv", ["time_s", "f1"])
+    epoch_log = CsvLog(Path(out_dir) / "f1_epoch.csv", ["epoch", "f1"])
+    try:
+        while (req := requests.get()) is not None:
+            f1 = scorer.f1(st_load(req.weights))
+            if req.kind == "time":
+                time_log.write(round(req.time_s, 3), round(f1, 6))
+            else:
+                epoch_log.write(req.epoch, round(f1, 6))
+            with done_counter.get_lock():
+                done_counter.value += 1
+            log.info("%s", format_score(req, f1))
+    finally:
+        time_log.close()
+        epoch_log.close()
+
+
+@dataclass
+class Args:
+    weights: str  # path of a safetensors file with the model's state dict (e.g. a run's model.safetensors)
+    dataset: str = data.DEFAULT_DATASET  # test set to score on
+    data_dir: str = "data"  # where downloaded datasets are stored
+
+
+def main(args: Args) -> int:
+    torch.set_num_threads(1)
+    try:
+        scorer = Scorer(data.load(args.dataset, args.data_dir))
+    except data.DatasetUnavailable as e:
+        print(f"evaluator: {e}", file=sys.stderr)
+        return 2
+    print(f"f1={scorer.f1(load_file(args.weights)):.4f} on the {args.dataset} test set ({len(scorer.y)} samples)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args, description=__doc__)))

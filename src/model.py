@@ -1,0 +1,48 @@
+"""The paper's network: the PyTorch MNIST example CNN that PySyft 0.2's tutorials used.
+
+conv 1->20 (5x5) -> ReLU -> max-pool 2 -> conv 20->50 (5x5) -> ReLU -> max-pool 2 -> fc 800->500 -> ReLU
+-> fc 500->10 -> log-softmax, trained with the negative log-likelihood loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5, 1)
+        self.conv2 = nn.Conv2d(20, 50, 5, 1)
+        self.fc1 = nn.Linear(4 * 4 * 50, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2, 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2, 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.nll_loss(output, target)
+
+
+def initial_weights(seed: int) -> dict[str, torch.Tensor]:
+    """The global model's starting point: PyTorch's default initialisation under ``seed``."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return {k: v.detach().clone() for k, v in Net().state_dict().items()}
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def architecture_signature() -> str:
+    """A short hash of the parameter names, shapes and dtypes: equal iff two sides can swap weights."""
+    spec = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in Net().state_dict().items())
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]

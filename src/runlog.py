@@ -1,0 +1,62 @@
+"""Run outputs: CSV files flushed row by row, and log lines that name their process or thread."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+from pathlib import Path
+
+
+class CsvLog:
+    """A CSV file with a fixed header; each row is written whole and flushed, so a killed run still
+    leaves only complete rows. Safe to share between threads."""
+
+    def __init__(self, path: str | Path, header: list[str]):
+        self.header = header
+        self._lock = threading.Lock()
+        self._file = open(path, "w", encoding="utf-8", newline="")
+        self._file.write(",".join(header) + "\n")
+        self._file.flush()
+
+    def write(self, *values) -> None:
+        if len(values) != len(self.header):
+            raise ValueError(f"expected {len(self.header)} values, got {len(values)}")
+        line = ",".join(_fmt(v) for v in values) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+class _WhoFormatter(logging.Formatter):
+    """Adds %(who)s: the thread's name, or the process's name for its main thread."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.who = record.processName if record.threadName == "MainThread" else record.threadName
+        return super().format(record)
+
+
+def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Log to stdout and, if given, append to ``log_path`` (several processes may share one file)."""
+    formatter = _WhoFormatter("%(asctime)s %(who)s %(message)s", datefmt="%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        h.setFormatter(formatter)
+        root.addHandler(h)
+    root.setLevel(level)

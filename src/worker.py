@@ -1,0 +1,263 @@
+"""A data owner ("server" in the paper): hosts one shard and trains the model it is sent.
+
+This plays the role of PySyft 0.2's ``WebsocketServerWorker`` (which no longer installs): the model owner
+sends a :class:`TrainConfig` and the current weights, the worker runs ``fit(dataset_key=...)`` for
+``max_nr_batches`` batches of SGD on its own data and sends the new weights back with the mean loss, the
+number of samples used and its compute time. With a speed ratio r > 1 it then idles (r - 1) times its
+compute time before replying, to emulate a slower data owner.
+
+``serve_shard`` is the body of one server process (``servers.py`` starts one per server).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection, serve
+
+from src import wire
+from src.data import to_tensor
+from src.model import Net, architecture_signature, loss_fn
+from src.runlog import setup_logging
+
+log = logging.getLogger("asyncfl.worker")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the model owner asks for in one round (PySyft 0.2's ``sy.TrainConfig``)."""
+
+    batch_size: int = 32  # samples per batch
+    max_nr_batches: int = 1  # batches per round
+    lr: float = 0.1  # SGD learning rate
+    shuffle: bool = True  # draw batches from a fresh permutation of the shard every epoch
+    optimizer: str = "SGD"  # the only optimizer the study used (PySyft 0.2 had no working momentum)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        if not isinstance(d, dict) or set(d) - set(cls.__dataclass_fields__):
+            raise ValueError(f"train_config must be an object with keys from {sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536):
+            raise ValueError("batch_size must be an integer in [1, 65536]")
+        if not (isinstance(self.max_nr_batches, int) and 1 <= self.max_nr_batches <= 100000):
+            raise ValueError("max_nr_batches must be an integer in [1, 100000]")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 100):
+            raise ValueError("lr must be a number in (0, 100]")
+        if not isinstance(self.shuffle, bool):
+            raise ValueError("shuffle must be true or false")
+        if self.optimizer != "SGD":
+            raise ValueError("optimizer must be 'SGD'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    weights: dict[str, torch.Tensor]
+    loss: float  # mean training loss over the round's batches (NaN if the shard is empty)
+    n_samples: int  # samples used this round
+    compute_s: float  # seconds of training, excluding the speed-ratio idle time
+    idle_s: float = 0.0  # seconds spent idling to emulate a slower server
+
+
+class BatchStream:
+    """Endless batches of shard indices, epoch after epoch (like a DataLoader re-created per epoch)."""
+
+    def __init__(self, n: int, rng: np.random.Generator):
+        self.n, self.rng = n, rng
+        self.order = np.arange(n)
+        self.pos = n  # start a fresh epoch on the first request
+
+    def next(self, batch_size: int, shuffle: bool) -> np.ndarray:
+        if self.n == 0:
+            return self.order[:0]
+        if self.pos >= self.n:
+            self.order = self.rng.permutation(self.n) if shuffle else np.arange(self.n)
+            self.pos = 0
+        batch = self.order[self.pos : self.pos + batch_size]
+        self.pos += len(batch)
+        return batch
+
+
+@dataclass
+class ShardWorker:
+    """One data owner's data and training loop, without any networking."""
+
+    name: str
+    dataset_key: str
+    images: torch.Tensor  # float32 [n, 1, 28, 28], normalised
+    labels: torch.Tensor  # int64 [n]
+    seed: int = 0
+    speed_ratio: float = 1.0  # >= 1: total round time is this multiple of the compute time
+    model: Net = field(default_factory=Net)
+
+    def __post_init__(self) -> None:
+        self.stream = BatchStream(len(self.labels), np.random.default_rng(self.seed))
+        self.reference = {k: (tuple(v.shape), v.dtype) for k, v in self.model.state_dict().items()}
+
+    def check_weights(self, weights: dict[str, torch.Tensor] | None) -> None:
+        if weights is None or set(weights) != set(self.reference):
+            raise ValueError("weights must hold exactly the model's tensors")
+        for k, (shape, dtype) in self.reference.items():
+            if tuple(weights[k].shape) != shape or weights[k].dtype != dtype:
+                raise ValueError(f"tensor {k!r} must be {dtype} of shape {shape}")
+            if not torch.isfinite(weights[k]).all():
+                raise ValueError(f"tensor {k!r} has non-finite values")
+
+    def fit(self, dataset_key: str, config: TrainConfig, weights: dict[str, torch.Tensor]) -> FitResult:
+        if dataset_key != self.dataset_key:
+            raise ValueError(f"unknown dataset_key {dataset_key!r}; this server hosts {self.dataset_key!r}")
+        t0 = time.perf_counter()
+        self.model.load_state_dict(weights)
+        self.model.train()
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        losses, n_samples = [], 0
+        for _ in range(config.max_nr_batches):
+            idx = torch.from_numpy(self.stream.next(config.batch_size, config.shuffle))
+            if len(idx) == 0:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(self.model(self.images[idx]), self.labels[idx])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            n_samples += len(idx)
+        compute_s = time.perf_counter() - t0
+        idle_s = (self.speed_ratio - 1.0) * compute_s if self.speed_ratio > 1.0 else 0.0
+        if idle_s > 0:
+            time.sleep(idle_s)
+        return FitResult(
+            weights={k: v.detach() for k, v in self.model.state_dict().items()},
+            loss=float(np.mean(losses)) if losses else float("nan"),
+            n_samples=n_samples,
+            compute_s=compute_s,
+            idle_s=idle_s,
+        )
+
+    def info(self, extra: dict) -> dict:
+        counts = torch.bincount(self.labels, minlength=10).tolist() if len(self.labels) else [0] * 10
+        return {
+            "type": "hello_ok",
+            "protocol": wire.PROTOCOL_VERSION,
+            "server": self.name,
+            "dataset_key": self.dataset_key,
+            "n_samples": int(len(self.labels)),
+            "class_counts": counts,
+            "speed_ratio": self.speed_ratio,
+            "architecture": architecture_signature(),
+            "pid": os.getpid(),
+            **extra,
+        }
+
+
+def handle_frame(worker: ShardWorker, frame: bytes, extra_info: dict) -> bytes:
+    """Answer one request frame with one reply frame; never raises for bad input."""
+    try:
+        header, weights = wire.decode(frame)
+        kind = header["type"]
+        if kind == "hello":
+            return wire.encode(worker.info(extra_info))
+        if kind == "fit":
+            config = TrainConfig.from_dict(header.get("train_config", {}))
+            worker.check_weights(weights)
+            result = worker.fit(str(header.get("dataset_key")), config, weights)
+            reply = {
+                "type": "fit_ok",
+                "loss": result.loss,
+                "n_samples": result.n_samples,
+                "compute_s": result.compute_s,
+                "idle_s": result.idle_s,
+            }
+            return wire.encode(reply, result.weights)
+        raise ValueError(f"unknown message type {kind!r}")
+    except (ValueError, TypeError, KeyError) as e:
+        log.warning("%s: refused a request: %s", worker.name, e)
+        return wire.encode({"type": "error", "message": str(e)})
+
+
+@dataclass
+class ServerSpec:
+    """Everything one server process needs (sent to it by servers.py through spawn's own pipe)."""
+
+    index: int
+    name: str
+    host: str
+    port: int  # 0 = any free port (the chosen one is reported through the ready queue)
+    dataset_key: str
+    images: np.ndarray  # uint8 [n, 28, 28]
+    labels: np.ndarray  # int64 [n]
+    seed: int
+    speed_ratio: float
+    split: dict  # how the shard was made (dataset, n_servers, stdev, seed), reported by hello
+
+
+def serve_shard(spec: ServerSpec, ready_queue) -> None:
+    """Body of one server process: host the shard on a websocket until SIGTERM/SIGINT."""
+    torch.set_num_threads(1)  # one core per server; more threads only contend on a small machine
+    setup_logging()
+    # Ctrl-C reaches the whole process group: leave it to servers.py, which stops us with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    worker = ShardWorker(
+        name=spec.name,
+        dataset_key=spec.dataset_key,
+        images=to_tensor(spec.images, spec.dataset_key),
+        labels=torch.from_numpy(spec.labels),
+        seed=spec.seed * 1000 + spec.index,
+        speed_ratio=spec.speed_ratio,
+    )
+    extra = {"split": spec.split, "index": spec.index}
+
+    def handler(conn: ServerConnection) -> None:
+        peer = conn.remote_address
+        threading.current_thread().name = f"{spec.name}-conn"
+        log.info("%s: connection from %s", spec.name, peer)
+        try:
+            for frame in conn:
+                conn.send(handle_frame(worker, frame, extra))
+        except ConnectionClosed as e:
+            log.info("%s: connection from %s lost (%s)", spec.name, peer, e)
+            return
+        log.info("%s: connection from %s closed", spec.name, peer)
+
+    try:
+        with serve(handler, spec.host, spec.port, compression=None, max_size=wire.MAX_FRAME_BYTES) as server:
+            # SIGTERM ends serve_forever; shutdown() must run outside the signal handler's frame.
+            signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+            port = server.socket.getsockname()[1]
+            log.info("%s: %d samples, listening on ws://%s:%d", spec.name, len(spec.labels), spec.host, port)
+            ready_queue.put((spec.index, port))
+            server.serve_forever()
+    except OSError as e:
+        log.error("%s: cannot listen on %s:%d: %s", spec.name, spec.host, spec.port, e)
+        ready_queue.put((spec.index, -1))
+        raise SystemExit(1) from None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when servers.py dies, even by SIGKILL: no orphaned servers."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent was already gone before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
