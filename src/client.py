@@ -22,6 +22,7 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -180,6 +181,10 @@ def check_servers(args: Args, infos: list[dict]) -> None:
 
 def main(args: Args) -> int:
     setup_logging()
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored, and train.sh stops us with
+    # SIGTERM. Either one ends training early; the results are still written and the evaluator drained.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.eval_interval_s <= 0 or args.eval_every_rounds < 1 or args.duration_s <= 0:
         log.error("--eval-interval-s and --duration-s must be positive, --eval-every-rounds at least 1")
         return 2
@@ -211,10 +216,15 @@ def main(args: Args) -> int:
     log.info("run folder %s; %d servers, S=%d, %.0f s", out_dir, len(workers), args.staleness_threshold, args.duration_s)
 
     ctx_mp = mp.get_context("spawn")
-    queue, done = ctx_mp.Queue(), ctx_mp.Value("i", 0)
+    queue, ready, done = ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Value("i", 0)
     evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
-                               args=(queue, done, args.dataset, args.data_dir, str(out_dir), args.evaluator_nice))
+                               args=(queue, ready, done, args.dataset, args.data_dir, str(out_dir), args.evaluator_nice))
     evaluator.start()
+    # Training starts once the evaluator can score: its start-up would otherwise eat the first seconds.
+    while not ready.wait(0.5):
+        if not evaluator.is_alive():
+            log.error("the evaluator exited with code %s before it was ready", evaluator.exitcode)
+            return 1
 
     state = TrainingState(initial_weights(args.seed), len(workers), args.staleness_threshold)
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
@@ -235,7 +245,10 @@ def main(args: Args) -> int:
             stop_reason = "error"
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-        log.info("interrupted: stopping")
+        log.info("interrupted: stopping, then writing the results")
+    # From here on a signal must not cut the write-out short: note it and carry on.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: log.info("already stopping; writing the results"))
     state.stop()
     for t in threads + [timer]:
         t.join()
@@ -271,7 +284,7 @@ def main(args: Args) -> int:
     }
     _write_json(out_dir / "config.json", config)
     log.info("results in %s", out_dir)
-    return 1 if errors else 0
+    return 1 if errors else 130 if stop_reason == "interrupted" else 0
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -67,14 +67,17 @@ def format_score(req: EvalRequest, f1: float) -> str:
     return f"[round {req.epoch:5d}] f1={f1:.4f}  at {req.time_s:.1f} s"
 
 
-def run_evaluator(requests, done_counter, dataset_name: str, data_dir: str, out_dir: str, nice: int) -> None:
-    """Body of the evaluator process: score every request until a None arrives."""
+def run_evaluator(requests, ready, done_counter, dataset_name: str, data_dir: str, out_dir: str, nice: int) -> None:
+    """Body of the evaluator process: set ``ready`` once able to score, then score every request until a
+    None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle; we drain first
     torch.set_num_threads(1)
     if nice:
         os.nice(nice)  # lower priority: scoring must not slow the training it measures
     setup_logging(Path(out_dir) / "client.log")
     scorer = Scorer(data.load(dataset_name, data_dir))
+    scorer.f1(Net().state_dict())  # warm-up: the first forward pass pays PyTorch's one-off set-up
+    ready.set()
     time_log = CsvLog(Path(out_dir) / "f1_time.csv", ["time_s", "f1"])
     epoch_log = CsvLog(Path(out_dir) / "f1_epoch.csv", ["epoch", "f1"])
     try:

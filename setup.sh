@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root and install requirements.txt into it.
+# Idempotent: a second call costs a hash of requirements.txt and nothing else.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 10))' \
+    || { echo "setup.sh: Python 3.10 or newer is needed (3.11 is tested); set PYTHON=/path/to/python3.11" >&2; exit 1; }
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
+  echo "setup.sh: installing requirements.txt into .venv (torch is large: a few minutes the first time)"
+  .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,56 @@
+"""Helpers for the tests that run the real scripts."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of a session (the ones a script started, however deep)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(d.name))
+    return pids
+
+
+def run_script(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+
+
+def wait_for_rows(path: Path, n_rows: int, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Wait until the CSV at ``path`` has ``n_rows`` data rows (the run's own progress signal)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") > n_rows:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the script exited with {proc.returncode} before writing {n_rows} rows")
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not reach {n_rows} rows in {timeout_s} s")
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

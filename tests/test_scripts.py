@@ -1,0 +1,103 @@
+"""End to end: train.sh and split_dataset.py as a user runs them, in small settings."""
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.helpers import ROOT, kill_session, read_csv, run_script, session_pids, wait_for_rows
+
+RUN_FILES = ["config.json", "rounds.csv", "f1_time.csv", "f1_epoch.csv", "yappi.csv", "client.log",
+             "servers.log", "model.safetensors"]
+
+
+def train(out_dir, *flags, timeout_s=180):
+    return run_script(["./train.sh", "--base-port", "0", "--out-dir", str(out_dir), *flags], timeout_s)
+
+
+def test_synchronous_run_writes_every_file_and_keeps_rounds_in_step(tmp_path):
+    # Execute
+    run = train(tmp_path, "--n-servers", "2", "--staleness-threshold", "0", "--duration-s", "10",
+                "--eval-interval-s", "1")
+    # Assert
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert all((tmp_path / f).exists() for f in RUN_FILES)
+    assert "f1=" in run.stdout
+    rounds = read_csv(tmp_path / "rounds.csv")
+    assert list(rounds[0]) == ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s"]
+    assert len(rounds) > 50
+    assert max(int(r["staleness"]) for r in rounds) <= 1  # S=0: never more than one round apart
+    f1_time = read_csv(tmp_path / "f1_time.csv")
+    times = [float(r["time_s"]) for r in f1_time]
+    assert times[:11] == [float(t) for t in range(11)] and len(times) == 12  # every second, then the final model
+    assert float(f1_time[-1]["f1"]) > 0.8
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "f1_epoch.csv")][:2] == [10, 20]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["args"]["staleness_threshold"] == 0 and config["n_servers"] == 2
+    assert config["dataset"]["dataset"] == "mnist-5k" and config["finished"]["errors"] == []
+    assert config["finished"]["rounds_per_server"] == [max(int(r["round"]) for r in rounds if r["server"] == s)
+                                                      for s in ("0", "1")]
+    yappi = read_csv(tmp_path / "yappi.csv")
+    assert [r["thread"] for r in yappi] == ["server-0", "server-1"]
+    assert all(float(r["fit_total_s"]) > 0 and int(r["max_staleness"]) <= 1 for r in yappi)
+
+
+def test_semi_synchronous_gap_and_slow_server(tmp_path):
+    # S=6 with one server four times slower: the gate holds the gap at 7, and without the gate the
+    # slow server completes about a quarter of the others' rounds.
+    gated = train(tmp_path / "s6", "--n-servers", "2", "--staleness-threshold", "6", "--speeds", "1 4",
+                  "--duration-s", "8", "--eval-interval-s", "4", "--no-profile")
+    free = train(tmp_path / "async", "--n-servers", "2", "--staleness-threshold", "9999", "--speeds", "1 4",
+                 "--duration-s", "12", "--eval-interval-s", "4", "--no-profile")
+    assert gated.returncode == 0 and free.returncode == 0, gated.stderr + free.stderr
+    gated_rows = read_csv(tmp_path / "s6" / "rounds.csv")
+    assert max(int(r["staleness"]) for r in gated_rows) == 7
+    assert not (tmp_path / "s6" / "yappi.csv").exists()
+    rounds = json.loads((tmp_path / "async" / "config.json").read_text())["finished"]["rounds_per_server"]
+    assert 0.15 <= rounds[1] / rounds[0] <= 0.45
+
+
+def test_sigint_stops_everything_and_keeps_whole_rows(tmp_path):
+    # Prepare
+    proc = subprocess.Popen(["./train.sh", "--n-servers", "2", "--base-port", "0", "--duration-s", "120",
+                             "--eval-interval-s", "1", "--out-dir", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_rows(tmp_path / "rounds.csv", 20, proc, timeout_s=90)
+        # Execute: Ctrl-C, as a terminal sends it, to the whole process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        # Assert
+        assert session_pids(proc.pid) == []
+        assert proc.returncode == 130  # interrupted, as a shell reports Ctrl-C
+        config = json.loads((tmp_path / "config.json").read_text())
+        assert config["finished"]["stop_reason"] == "interrupted"
+        assert config["finished"]["training_s"] < 60
+        for name in ("rounds.csv", "f1_time.csv", "f1_epoch.csv"):
+            text = (tmp_path / name).read_text()
+            assert text.endswith("\n")
+            rows = read_csv(tmp_path / name)
+            assert all(None not in r.values() and None not in r for r in rows)
+    finally:
+        kill_session(proc)
+
+
+def test_nonzero_loss_stops_before_starting_anything(tmp_path):
+    run = train(tmp_path, "--loss", "10%", timeout_s=30)
+    assert run.returncode == 2
+    assert "network emulation" in run.stderr
+    assert not (tmp_path / "servers.log").exists()
+
+
+def test_split_dataset_prints_the_table():
+    run = run_script([".venv/bin/python", "split_dataset.py", "--n-servers", "4", "--stdev", "600",
+                      "--dataset", "mnist-5k"], 60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1].split()[0] == "server" and len(lines) >= 7
+    totals = lines[6].split()
+    assert totals[0] == "total" and totals[-1] == "4000"
+    assert sum(int(line.split()[-1]) for line in lines[2:6]) == 4000

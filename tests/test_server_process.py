@@ -1,0 +1,52 @@
+"""A real servers.py process: readiness line, hello, a remote fit, clean stop on SIGTERM."""
+
+import signal
+import subprocess
+
+import pytest
+import torch
+
+from src.model import initial_weights
+from src.remote import RemoteError, WebsocketClientWorker
+from src.worker import TrainConfig
+from tests.helpers import PYTHON, ROOT, kill_session, session_pids
+
+
+@pytest.fixture
+def servers():
+    proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--n-servers", "2", "--stdev", "10000", "--base-port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:  # readiness signal: the READY line
+        lines.append(line)
+        if line.startswith("READY "):
+            break
+    else:
+        kill_session(proc)
+        pytest.fail("servers.py exited before READY:\n" + "".join(lines))
+    yield proc, line.split()[1].split(",")
+    kill_session(proc)
+
+
+def test_hello_fit_and_clean_stop(servers):
+    proc, uris = servers
+    # Prepare
+    workers = [WebsocketClientWorker(uri, f"server-{i}") for i, uri in enumerate(uris)]
+    infos = [w.connect(timeout_s=10) for w in workers]
+    weights = initial_weights(0)
+    # Execute
+    result = workers[0].fit(dataset_key="mnist-5k", train_config=TrainConfig(batch_size=16), weights=weights)
+    # Assert: the shards partition the 4,000 training digits, D=10000 leaves some class out somewhere.
+    assert sum(i["n_samples"] for i in infos) == 4000
+    assert [i["index"] for i in infos] == [0, 1]
+    assert any(0 in i["class_counts"] for i in infos)
+    assert result.n_samples == min(16, infos[0]["n_samples"])
+    assert not torch.equal(result.weights["fc2.bias"], weights["fc2.bias"])
+    with pytest.raises(RemoteError, match="dataset_key"):
+        workers[1].fit(dataset_key="mnist", train_config=TrainConfig(), weights=weights)
+
+    for w in workers:
+        w.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert session_pids(proc.pid) == []  # no server process outlives servers.py

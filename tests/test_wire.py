@@ -1,0 +1,39 @@
+"""The wire format: what goes in comes out; malformed frames are refused, not half-parsed."""
+
+import struct
+
+import pytest
+import torch
+
+from src import wire
+from src.model import initial_weights
+
+
+def test_round_trip_with_weights():
+    weights = initial_weights(0)
+    header, out = wire.decode(wire.encode({"type": "fit", "n": 3}, weights))
+    assert header == {"type": "fit", "n": 3}
+    assert set(out) == set(weights)
+    assert all(torch.equal(out[k], weights[k]) for k in weights)
+
+
+def test_round_trip_without_weights():
+    assert wire.decode(wire.encode({"type": "hello"})) == ({"type": "hello"}, None)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x01\x00",
+        struct.pack("<I", 1000) + b"{}",  # header longer than the frame
+        struct.pack("<I", 2) + b"[]",  # not an object
+        struct.pack("<I", 2) + b"{}",  # no type
+        struct.pack("<I", 3) + b"\xff\xfe{",  # not UTF-8 JSON
+        struct.pack("<I", 15) + b'{"type":"fit"}' + b"not safetensors",
+        "a text frame",
+    ],
+)
+def test_malformed_frames_raise_wire_error(frame):
+    with pytest.raises(wire.WireError):
+        wire.decode(frame)

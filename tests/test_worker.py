@@ -1,0 +1,86 @@
+"""A data owner's training step and request handling, without networking."""
+
+import numpy as np
+import pytest
+import torch
+
+from src import wire
+from src.model import initial_weights
+from src.worker import BatchStream, ShardWorker, TrainConfig, handle_frame
+
+
+def make_worker(n=64, speed_ratio=1.0):
+    gen = torch.Generator().manual_seed(0)
+    return ShardWorker("server-0", "toy", torch.randn(n, 1, 28, 28, generator=gen),
+                       torch.randint(0, 10, (n,), generator=gen), speed_ratio=speed_ratio)
+
+
+def test_fit_trains_the_weights_it_is_sent():
+    # Prepare
+    worker, weights = make_worker(), initial_weights(0)
+    # Execute
+    result = worker.fit("toy", TrainConfig(batch_size=16, max_nr_batches=2), weights)
+    # Assert
+    assert result.n_samples == 32
+    assert np.isfinite(result.loss) and result.compute_s > 0
+    assert set(result.weights) == set(weights)
+    changed = [k for k in weights if not torch.equal(result.weights[k], weights[k])]
+    assert changed == list(weights)  # SGD moved every tensor
+
+
+def test_fit_refuses_an_unknown_dataset_key():
+    with pytest.raises(ValueError, match="dataset_key"):
+        make_worker().fit("mnist", TrainConfig(), initial_weights(0))
+
+
+def test_speed_ratio_idles_in_proportion_to_compute():
+    result = make_worker(speed_ratio=3.0).fit("toy", TrainConfig(batch_size=32, max_nr_batches=3), initial_weights(0))
+    assert result.idle_s == pytest.approx(2.0 * result.compute_s)
+
+
+def test_empty_shard_returns_the_weights_unchanged():
+    worker = ShardWorker("server-0", "toy", torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.int64))
+    weights = initial_weights(0)
+    result = worker.fit("toy", TrainConfig(), weights)
+    assert result.n_samples == 0 and np.isnan(result.loss)
+    assert all(torch.equal(result.weights[k], weights[k]) for k in weights)
+
+
+def test_batch_stream_covers_every_sample_once_per_epoch():
+    stream = BatchStream(10, np.random.default_rng(0))
+    epoch1 = np.concatenate([stream.next(4, True) for _ in range(3)])  # 4 + 4 + 2
+    epoch2 = np.concatenate([stream.next(4, True) for _ in range(3)])
+    assert sorted(epoch1) == list(range(10)) and sorted(epoch2) == list(range(10))
+    assert not np.array_equal(epoch1, epoch2)
+    assert list(BatchStream(5, np.random.default_rng(0)).next(5, False)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"batch_size": 0}, {"batch_size": "32"}, {"lr": -1.0}, {"lr": float("inf")}, {"max_nr_batches": 0},
+     {"optimizer": "Adam"}, {"shuffle": "yes"}, {"momentum": 0.9}],
+)
+def test_bad_train_configs_are_refused(config):
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict(config)
+
+
+def test_handle_frame_answers_hello_fit_and_errors():
+    worker = make_worker()
+    hello, _ = wire.decode(handle_frame(worker, wire.encode({"type": "hello"}), {}))
+    assert hello["type"] == "hello_ok" and hello["n_samples"] == 64 and hello["protocol"] == wire.PROTOCOL_VERSION
+
+    fit = wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {"batch_size": 8}}, initial_weights(1))
+    header, weights = wire.decode(handle_frame(worker, fit, {}))
+    assert header["type"] == "fit_ok" and header["n_samples"] == 8 and weights is not None
+
+    bad_shape = {k: v for k, v in initial_weights(0).items()}
+    bad_shape["fc2.bias"] = torch.zeros(11)
+    nan = {k: v.clone() for k, v in initial_weights(0).items()}
+    nan["fc1.weight"][0, 0] = float("nan")
+    for frame in (b"junk", wire.encode({"type": "nope"}),
+                  wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}}, bad_shape),
+                  wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}}, nan),
+                  wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}})):
+        header, weights = wire.decode(handle_frame(worker, frame, {}))
+        assert header["type"] == "error" and weights is None

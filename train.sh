@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Run one configuration of the experiment: start the data servers, wait until they all listen, run the
+# model owner (client) for --duration-s, then stop what this script started.
+#
+#   ./train.sh --n-servers 4 --stdev 600 --staleness-threshold 6 --duration-s 60 --dataset mnist-5k
+#
+# Flags not listed below are passed on to src/client.py (see: .venv/bin/python -m src.client --help).
+# Ctrl-C or SIGTERM stops training early; the results are still written.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+n_servers=4          # data servers (one process each)
+loss=0%              # network loss L on every link (the paper's 0%, 10%, 20%)
+stdev=0              # D: per-class share standard deviation, in samples
+staleness=9999       # S: SSP staleness threshold in rounds (0 = sync, 9999 = async)
+speeds=""            # per-server speed ratios, e.g. "1 1 1 4"
+duration_s=60        # training time, seconds
+dataset=mnist-5k     # mnist-5k (offline), mnist (download), fashion-mnist
+eval_interval_s=15   # seconds between time-wise evaluations
+seed=0               # split, batch order and initial-model seed
+base_port=8777       # server i listens on base_port + i (0 = free ports)
+out_dir=""           # run folder; default out/L<loss>-D<stdev>-S<staleness>-<timestamp>
+client_args=()
+
+usage() {
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  echo
+  echo "Flags (default):"
+  # Each setting's line above names its flag: the variable with _ -> - (staleness -> --staleness-threshold).
+  grep -E '^[a-z_]+=.*# ' "$0" | sed -E 's/^staleness=/staleness_threshold=/; s/^([a-z_]+)=("[^"]*"|[^ ]*) *# (.*)$/  --\1 (\2): \3/' | tr '_' '-'
+}
+need() { [[ $# -ge 2 && -n $2 ]] || { echo "train.sh: $1 needs a value" >&2; exit 2; }; }
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --n-servers) need "$@"; n_servers=$2; shift 2 ;;
+    --loss) need "$@"; loss=$2; shift 2 ;;
+    --stdev) need "$@"; stdev=$2; shift 2 ;;
+    --staleness-threshold) need "$@"; staleness=$2; shift 2 ;;
+    --speeds) [[ $# -ge 2 ]] || { echo "train.sh: --speeds needs a value" >&2; exit 2; }; speeds=$2; shift 2 ;;
+    --duration-s) need "$@"; duration_s=$2; shift 2 ;;
+    --dataset) need "$@"; dataset=$2; shift 2 ;;
+    --eval-interval-s) need "$@"; eval_interval_s=$2; shift 2 ;;
+    --seed) need "$@"; seed=$2; shift 2 ;;
+    --base-port) need "$@"; base_port=$2; shift 2 ;;
+    --out-dir) need "$@"; out_dir=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) client_args+=("$1"); shift ;;
+  esac
+done
+
+PY=.venv/bin/python
+[[ -x $PY ]] || { echo "train.sh: no .venv here; run ./setup.sh first" >&2; exit 2; }
+loss_pct=${loss%\%}
+if [[ ! $loss_pct =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+  echo "train.sh: --loss takes a percentage such as 10% (got '$loss')" >&2; exit 2
+fi
+if [[ $(awk -v l="$loss_pct" 'BEGIN { print (l > 0) }') == 1 ]]; then
+  echo "train.sh: --loss $loss needs network emulation, which this version does not have yet; only 0% runs" >&2
+  exit 2
+fi
+[[ -n $out_dir ]] || out_dir="out/L${loss_pct}-D${stdev}-S${staleness}-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$out_dir"
+ready="$out_dir/servers.ready"
+rm -f "$ready"
+
+servers_pid="" client_pid="" stopping=0
+on_signal() {
+  stopping=1
+  trap '' INT TERM
+  echo "train.sh: stopping"
+  if [[ -n $client_pid ]]; then kill -TERM "$client_pid" 2>/dev/null || true; fi
+}
+cleanup() {
+  # Only the processes this script started; servers.py stops its own server processes.
+  if [[ -n $client_pid ]] && kill -0 "$client_pid" 2>/dev/null; then kill -TERM "$client_pid" 2>/dev/null || true; fi
+  if [[ -n $servers_pid ]] && kill -0 "$servers_pid" 2>/dev/null; then
+    kill -TERM "$servers_pid" 2>/dev/null || true
+    wait "$servers_pid" 2>/dev/null || true
+  fi
+  rm -f "$ready"
+}
+trap on_signal INT TERM
+trap cleanup EXIT
+
+"$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --dataset "$dataset" --seed "$seed" \
+  --speeds "$speeds" --base-port "$base_port" --ready-file "$ready" > "$out_dir/servers.log" 2>&1 &
+servers_pid=$!
+echo "train.sh: starting $n_servers servers (log: $out_dir/servers.log)"
+# Readiness signal: servers.py writes the ready file once every server listens.
+until [[ -e $ready ]]; do
+  if [[ $stopping == 1 ]]; then exit 130; fi
+  if ! kill -0 "$servers_pid" 2>/dev/null; then
+    echo "train.sh: the servers failed to start:" >&2; tail -n 5 "$out_dir/servers.log" >&2; exit 1
+  fi
+  sleep 0.1
+done
+
+"$PY" -m src.client --servers "$(<"$ready")" --staleness-threshold "$staleness" --duration-s "$duration_s" \
+  --dataset "$dataset" --eval-interval-s "$eval_interval_s" --seed "$seed" --out-dir "$out_dir" \
+  ${client_args[@]+"${client_args[@]}"} &
+client_pid=$!
+# A signal interrupts `wait` while the client is still writing its results: wait again until the client
+# is gone, so that the status is the client's own (0 done, 1 failed, 130 interrupted).
+while :; do
+  status=0
+  wait "$client_pid" || status=$?
+  kill -0 "$client_pid" 2>/dev/null || break
+done
+exit "$status"

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Sweep a grid of configurations with train.sh, one run folder (and log) per combination, all in one
+# sweep folder. The grid is the arrays below: edit them, or override the scalars from the environment
+# (DURATION_S=120 ./train_batch.sh). `./train_batch.sh --dry-run` lists the runs without starting them.
+#
+# The paper's grid: L in {0%, 10%, 20%}, D in {0, 600, 10000}, S in {0, 6, 12, inf}, 3 repeats, 40 min
+# each. Here S=inf is 9999, and the default duration reaches mnist-5k's plateau in a minute.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+LOSSES=(0%)                      # network loss L; the paper's (0% 10% 20%) needs network emulation
+STDEVS=(0 600 10000)             # data imbalance D, in samples
+STALENESS=(0 6 12 9999)          # SSP staleness threshold S, in rounds
+SPEED_SETS=("1 1 1 1" "1 1 1 4") # per-server speed ratios (one entry per server)
+REPEATS=3                        # runs per combination (seeds 0, 1, 2, ...)
+N_SERVERS=${N_SERVERS:-4}        # data servers per run
+DURATION_S=${DURATION_S:-60}     # training time per run, seconds
+DATASET=${DATASET:-mnist-5k}     # mnist-5k (offline), mnist, fashion-mnist
+EVAL_INTERVAL_S=${EVAL_INTERVAL_S:-15}  # seconds between time-wise evaluations
+SWEEP_DIR=${SWEEP_DIR:-sweeps/$(date +%Y%m%d-%H%M%S)}  # where the run folders go
+
+dry_run=0
+case ${1:-} in
+  --dry-run) dry_run=1 ;;
+  "") ;;
+  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "train_batch.sh: unknown argument '$1' (edit the arrays at the top instead)" >&2; exit 2 ;;
+esac
+
+for loss in "${LOSSES[@]}"; do
+  if [[ ${loss%\%} != 0 ]]; then
+    echo "train_batch.sh: LOSSES has $loss, which needs network emulation; this version runs only 0%." >&2
+    echo "train_batch.sh: set LOSSES=(0%) at the top of $0" >&2
+    exit 2
+  fi
+done
+
+runs=()
+for loss in "${LOSSES[@]}"; do for stdev in "${STDEVS[@]}"; do for speeds in "${SPEED_SETS[@]}"; do
+  for staleness in "${STALENESS[@]}"; do for ((rep = 0; rep < REPEATS; rep++)); do
+    runs+=("$loss|$stdev|$speeds|$staleness|$rep")
+  done; done
+done; done; done
+
+echo "train_batch.sh: ${#runs[@]} runs of ${DURATION_S} s into $SWEEP_DIR"
+[[ $dry_run == 1 ]] || mkdir -p "$SWEEP_DIR"
+failed=0
+for i in "${!runs[@]}"; do
+  IFS='|' read -r loss stdev speeds staleness rep <<< "${runs[$i]}"
+  name="L${loss%\%}-D${stdev}-S${staleness}-speeds_${speeds// /_}-r${rep}"
+  echo "[$((i + 1))/${#runs[@]}] $name"
+  [[ $dry_run == 1 ]] && continue
+  status=0
+  ./train.sh --n-servers "$N_SERVERS" --loss "$loss" --stdev "$stdev" --staleness-threshold "$staleness" \
+    --speeds "$speeds" --duration-s "$DURATION_S" --dataset "$DATASET" --eval-interval-s "$EVAL_INTERVAL_S" \
+    --seed "$rep" --out-dir "$SWEEP_DIR/$name" > "$SWEEP_DIR/$name.log" 2>&1 || status=$?
+  if [[ $status == 130 ]]; then echo "train_batch.sh: interrupted"; exit 130; fi
+  if [[ $status != 0 ]]; then
+    echo "  failed (exit $status); see $SWEEP_DIR/$name.log"
+    failed=$((failed + 1))
+  else
+    tail -n 1 "$SWEEP_DIR/$name/f1_time.csv" | awk -F, '{printf "  final f1 %s at %s s\n", $2, $1}'
+  fi
+done
+[[ $dry_run == 1 ]] && exit 0
+echo "train_batch.sh: done, $failed failed; results in $SWEEP_DIR"
+[[ $failed == 0 ]]
