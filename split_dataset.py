@@ -22,7 +22,7 @@ from src.split_dataset import class_count_table, format_table, split_indices
 class Args:
     n_servers: int = 4  # number of data servers to split over
     stdev: float = 0.0  # D: standard deviation of each server's per-class share, in samples (0 = even)
-    dataset: str = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
+    dataset: data.DatasetName = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
     data_dir: str = "data"  # where downloaded datasets are stored
     seed: int = 0  # split seed; servers.py uses the same default
 

@@ -63,7 +63,7 @@ class Args:
     duration_s: float = 60.0  # training time in seconds
     eval_interval_s: float = 15.0  # seconds between time-wise evaluations (fractions allowed)
     eval_every_rounds: int = 10  # round-wise evaluation at every k-th advance of the smallest completed round (1 = every advance, as the paper)
-    dataset: str = data.DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
+    dataset: data.DatasetName = data.DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
     data_dir: str = "data"  # where downloaded datasets are stored
     batch_size: int = 32  # samples per batch on the server
     batches_per_round: int = 1  # batches each server trains per round

@@ -20,10 +20,12 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+DatasetName = Literal["mnist-5k", "mnist", "fashion-mnist"]
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
 DEFAULT_DATASET = "mnist-5k"
 

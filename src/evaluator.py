@@ -98,7 +98,7 @@ def run_evaluator(requests, ready, done_counter, dataset_name: str, data_dir: st
 @dataclass
 class Args:
     weights: str  # path of a safetensors file with the model's state dict (e.g. a run's model.safetensors)
-    dataset: str = data.DEFAULT_DATASET  # test set to score on
+    dataset: data.DatasetName = data.DEFAULT_DATASET  # test set to score on
     data_dir: str = "data"  # where downloaded datasets are stored
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger("asyncfl.servers")
 class Args:
     n_servers: int = 4  # number of data servers (one process each)
     stdev: float = 0.0  # D: standard deviation of each server's per-class share, in samples (0 = even)
-    dataset: str = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
+    dataset: data.DatasetName = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
     data_dir: str = "data"  # where downloaded datasets are stored
     seed: int = 0  # seed of the split and of each server's batch order
     speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
