@@ -181,10 +181,18 @@ def check_servers(args: Args, infos: list[dict]) -> None:
 
 def main(args: Args) -> int:
     setup_logging()
-    # Installed explicitly: a shell starts background jobs with SIGINT ignored, and train.sh stops us with
-    # SIGTERM. Either one ends training early; the results are still written and the evaluator drained.
+    # Until training starts, Ctrl-C or SIGTERM simply abort (installed explicitly: a shell starts background
+    # jobs with SIGINT ignored, and train.sh stops us with SIGTERM).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        log.info("interrupted before training started")
+        return 130
+
+
+def run(args: Args) -> int:
     if args.eval_interval_s <= 0 or args.eval_every_rounds < 1 or args.duration_s <= 0:
         log.error("--eval-interval-s and --duration-s must be positive, --eval-every-rounds at least 1")
         return 2
@@ -233,22 +241,31 @@ def main(args: Args) -> int:
                      args.eval_every_rounds, t0)
     errors: list[str] = []
     threads = [threading.Thread(target=server_loop, args=(ctx, i, errors), name=f"server-{i}") for i in range(len(workers))]
+    # Ctrl-C and SIGTERM end training early, however often they arrive: the handler only flags it, and
+    # the results are still written and the evaluator drained.
+    interrupted = threading.Event()
+
+    def on_signal(signum, _frame):
+        if not interrupted.is_set():
+            log.info("%s: stopping, then writing the results", signal.Signals(signum).name)
+        interrupted.set()
+        state.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     if args.profile:
         profiling.start()
     timer = threading.Thread(target=eval_timer, args=(ctx, args.eval_interval_s), name="eval-timer")
     timer.start()
     for t in threads:
         t.start()
-    stop_reason = "duration"
-    try:
-        if state.stop_event.wait(args.duration_s):
-            stop_reason = "error"
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        log.info("interrupted: stopping, then writing the results")
-    # From here on a signal must not cut the write-out short: note it and carry on.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: log.info("already stopping; writing the results"))
+    # Wait in short slices, not one long wait: the kernel may deliver a signal to any thread, and a main
+    # thread blocked in one long lock wait would only run the Python handler when that wait ends.
+    deadline = t0 + args.duration_s
+    while not state.stop_event.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            break
+    stop_reason = "interrupted" if interrupted.is_set() else "error" if errors else "duration"
     state.stop()
     for t in threads + [timer]:
         t.join()

@@ -198,7 +198,7 @@ def handle_frame(worker: ShardWorker, frame: bytes, extra_info: dict) -> bytes:
             return wire.encode(reply, result.weights)
         raise ValueError(f"unknown message type {kind!r}")
     except (ValueError, TypeError, KeyError) as e:
-        log.warning("%s: refused a request: %s", worker.name, e)
+        log.warning("refused a request: %s", e)
         return wire.encode({"type": "error", "message": str(e)})
 
 
@@ -219,11 +219,14 @@ class ServerSpec:
 
 
 def serve_shard(spec: ServerSpec, ready_queue) -> None:
-    """Body of one server process: host the shard on a websocket until SIGTERM/SIGINT."""
+    """Body of one server process: host the shard on a websocket until SIGTERM."""
     torch.set_num_threads(1)  # one core per server; more threads only contend on a small machine
     setup_logging()
     # Ctrl-C reaches the whole process group: leave it to servers.py, which stops us with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM is blocked here, and so in every thread started from now on, and taken synchronously with
+    # sigwait below: a handler would run only when the main thread's blocking accept() happened to return.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     _die_with_parent()
     worker = ShardWorker(
         name=spec.name,
@@ -239,27 +242,31 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     def handler(conn: ServerConnection) -> None:
         peer = conn.remote_address
         threading.current_thread().name = f"{spec.name}-conn"
-        log.info("%s: connection from %s", spec.name, peer)
+        log.info("connection from %s", peer)
         try:
             for frame in conn:
                 conn.send(handle_frame(worker, frame, extra))
         except ConnectionClosed as e:
-            log.info("%s: connection from %s lost (%s)", spec.name, peer, e)
+            log.info("connection from %s lost (%s)", peer, e)
             return
-        log.info("%s: connection from %s closed", spec.name, peer)
+        log.info("connection from %s closed", peer)
 
     try:
-        with serve(handler, spec.host, spec.port, compression=None, max_size=wire.MAX_FRAME_BYTES) as server:
-            # SIGTERM ends serve_forever; shutdown() must run outside the signal handler's frame.
-            signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-            port = server.socket.getsockname()[1]
-            log.info("%s: %d samples, listening on ws://%s:%d", spec.name, len(spec.labels), spec.host, port)
-            ready_queue.put((spec.index, port))
-            server.serve_forever()
+        server = serve(handler, spec.host, spec.port, compression=None, max_size=wire.MAX_FRAME_BYTES)
     except OSError as e:
-        log.error("%s: cannot listen on %s:%d: %s", spec.name, spec.host, spec.port, e)
+        log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
         ready_queue.put((spec.index, -1))
         raise SystemExit(1) from None
+    with server:
+        accept = threading.Thread(target=server.serve_forever, name=f"{spec.name}-accept")
+        accept.start()
+        port = server.socket.getsockname()[1]
+        log.info("%d samples, listening on ws://%s:%d", len(spec.labels), spec.host, port)
+        ready_queue.put((spec.index, port))
+        signal.sigwait({signal.SIGTERM})
+        log.info("stopping")
+        server.shutdown()
+        accept.join()
 
 
 def _die_with_parent() -> None:

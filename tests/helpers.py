@@ -33,6 +33,15 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def wait_session_gone(sid: int, timeout_s: float = 10.0) -> list[int]:
+    """Processes of session ``sid`` still alive after up to ``timeout_s``: multiprocessing's resource
+    tracker exits on its own a moment after its parent, so an empty session is awaited, not sampled."""
+    deadline = time.monotonic() + timeout_s
+    while (pids := session_pids(sid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
 def run_script(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import ROOT, kill_session, read_csv, run_script, session_pids, wait_for_rows
+from tests.helpers import ROOT, kill_session, read_csv, run_script, wait_for_rows, wait_session_gone
 
 RUN_FILES = ["config.json", "rounds.csv", "f1_time.csv", "f1_epoch.csv", "yappi.csv", "client.log",
              "servers.log", "model.safetensors"]
@@ -71,7 +71,7 @@ def test_sigint_stops_everything_and_keeps_whole_rows(tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
         # Assert
-        assert session_pids(proc.pid) == []
+        assert wait_session_gone(proc.pid) == []
         assert proc.returncode == 130  # interrupted, as a shell reports Ctrl-C
         config = json.loads((tmp_path / "config.json").read_text())
         assert config["finished"]["stop_reason"] == "interrupted"

@@ -9,7 +9,7 @@ import torch
 from src.model import initial_weights
 from src.remote import RemoteError, WebsocketClientWorker
 from src.worker import TrainConfig
-from tests.helpers import PYTHON, ROOT, kill_session, session_pids
+from tests.helpers import PYTHON, ROOT, kill_session, wait_session_gone
 
 
 @pytest.fixture
@@ -49,4 +49,4 @@ def test_hello_fit_and_clean_stop(servers):
         w.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
-    assert session_pids(proc.pid) == []  # no server process outlives servers.py
+    assert wait_session_gone(proc.pid) == []  # no server process outlives servers.py
