@@ -10,6 +10,17 @@ if [[ ! -x .venv/bin/python ]]; then
     || { echo "setup.sh: Python 3.10 or newer is needed (3.11 is tested); set PYTHON=/path/to/python3.11" >&2; exit 1; }
   "$PYTHON" -m venv .venv
 fi
+# Network emulation (per-server loss, delay, rate) uses iproute2 and, where the kernel lacks netem,
+# nftables. As root on Debian/Ubuntu, install what is missing; otherwise say what runs with loss need.
+if ! command -v ip > /dev/null || ! command -v nft > /dev/null; then
+  if [[ $EUID == 0 ]] && command -v apt-get > /dev/null && [[ -z ${ASYNCFL_NO_APT:-} ]]; then
+    echo "setup.sh: installing iproute2 and nftables for network emulation (ASYNCFL_NO_APT=1 skips this)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables > /dev/null
+  else
+    echo "setup.sh: note: runs with network loss need root with iproute2 and nftables (apt-get install iproute2 nftables)"
+  fi
+fi
+
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then

@@ -10,7 +10,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 n_servers=4          # data servers (one process each)
-loss=0%              # network loss L on every link (the paper's 0%, 10%, 20%)
+loss=0%              # network loss L on every server's link (the paper's 0%, 10%, 20%; needs root)
+losses=""            # per-server loss in percent, e.g. "0 0 10 20" (instead of --loss)
+delays_ms=""         # per-server added one-way delay in ms, e.g. "0 0 50 200" (needs the kernel's netem)
+rates_mbit=""        # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
+netns=auto           # servers in their own network namespaces: auto (when a condition is set), always, never
 stdev=0              # D: per-class share standard deviation, in samples
 staleness=9999       # S: SSP staleness threshold in rounds (0 = sync, 9999 = async)
 speeds=""            # per-server speed ratios, e.g. "1 1 1 4"
@@ -34,6 +38,10 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --n-servers) need "$@"; n_servers=$2; shift 2 ;;
     --loss) need "$@"; loss=$2; shift 2 ;;
+    --losses) need "$@"; losses=$2; shift 2 ;;
+    --delays-ms) need "$@"; delays_ms=$2; shift 2 ;;
+    --rates-mbit) need "$@"; rates_mbit=$2; shift 2 ;;
+    --netns) need "$@"; netns=$2; shift 2 ;;
     --stdev) need "$@"; stdev=$2; shift 2 ;;
     --staleness-threshold) need "$@"; staleness=$2; shift 2 ;;
     --speeds) [[ $# -ge 2 ]] || { echo "train.sh: --speeds needs a value" >&2; exit 2; }; speeds=$2; shift 2 ;;
@@ -54,11 +62,8 @@ loss_pct=${loss%\%}
 if [[ ! $loss_pct =~ ^[0-9]+([.][0-9]+)?$ ]]; then
   echo "train.sh: --loss takes a percentage such as 10% (got '$loss')" >&2; exit 2
 fi
-if [[ $(awk -v l="$loss_pct" 'BEGIN { print (l > 0) }') == 1 ]]; then
-  echo "train.sh: --loss $loss needs network emulation, which this version does not have yet; only 0% runs" >&2
-  exit 2
-fi
-[[ -n $out_dir ]] || out_dir="out/L${loss_pct}-D${stdev}-S${staleness}-$(date +%Y%m%d-%H%M%S)"
+loss_name=${losses:+${losses// /_}}
+[[ -n $out_dir ]] || out_dir="out/L${loss_name:-$loss_pct}-D${stdev}-S${staleness}-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out_dir"
 ready="$out_dir/servers.ready"
 rm -f "$ready"
@@ -78,12 +83,15 @@ cleanup() {
     wait "$servers_pid" 2>/dev/null || true
   fi
   rm -f "$ready"
+  # Namespaces of runs whose servers.py was killed outright (its own exit removes its namespaces).
+  if [[ $EUID == 0 ]] && command -v ip > /dev/null; then "$PY" -m src.netem --cleanup || true; fi
 }
 trap on_signal INT TERM
 trap cleanup EXIT
 
 "$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --dataset "$dataset" --seed "$seed" \
-  --speeds "$speeds" --base-port "$base_port" --ready-file "$ready" > "$out_dir/servers.log" 2>&1 &
+  --speeds "$speeds" --loss "$loss" --losses "$losses" --delays-ms "$delays_ms" --rates-mbit "$rates_mbit" \
+  --netns "$netns" --base-port "$base_port" --ready-file "$ready" --die-with-parent > "$out_dir/servers.log" 2>&1 &
 servers_pid=$!
 echo "train.sh: starting $n_servers servers (log: $out_dir/servers.log)"
 # Readiness signal: servers.py writes the ready file once every server listens.
@@ -96,7 +104,7 @@ until [[ -e $ready ]]; do
 done
 
 "$PY" -m src.client --servers "$(<"$ready")" --staleness-threshold "$staleness" --duration-s "$duration_s" \
-  --dataset "$dataset" --eval-interval-s "$eval_interval_s" --seed "$seed" --out-dir "$out_dir" \
+  --dataset "$dataset" --eval-interval-s "$eval_interval_s" --seed "$seed" --out-dir "$out_dir" --die-with-parent \
   ${client_args[@]+"${client_args[@]}"} &
 client_pid=$!
 # A signal interrupts `wait` while the client is still writing its results: wait again until the client

@@ -5,13 +5,16 @@
 #
 # The paper's grid: L in {0%, 10%, 20%}, D in {0, 600, 10000}, S in {0, 6, 12, inf}, 3 repeats, 40 min
 # each. Here S=inf is 9999, and the default duration reaches mnist-5k's plateau in a minute.
+# L is applied per server link in network namespaces (see README, "Network conditions").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-LOSSES=(0%)                      # network loss L; the paper's (0% 10% 20%) needs network emulation
+LOSSES=(0% 10% 20%)              # network loss L on every link (non-zero needs root: see README)
+LINK_SETS=()                     # more per-server link conditions, each "losses;delays_ms;rates_mbit",
+                                 #   e.g. ("0 0 10 20;0 0 0 0;0 0 0 0" "0 0 0 0;0 0 50 200;0 0 100 10")
 STDEVS=(0 600 10000)             # data imbalance D, in samples
 STALENESS=(0 6 12 9999)          # SSP staleness threshold S, in rounds
-SPEED_SETS=("1 1 1 1" "1 1 1 4") # per-server speed ratios (one entry per server)
+SPEED_SETS=("1 1 1 1")           # per-server speed ratios (one entry per server), e.g. ("1 1 1 1" "1 1 1 4")
 REPEATS=3                        # runs per combination (seeds 0, 1, 2, ...)
 N_SERVERS=${N_SERVERS:-4}        # data servers per run
 DURATION_S=${DURATION_S:-60}     # training time per run, seconds
@@ -27,16 +30,18 @@ case ${1:-} in
   *) echo "train_batch.sh: unknown argument '$1' (edit the arrays at the top instead)" >&2; exit 2 ;;
 esac
 
-for loss in "${LOSSES[@]}"; do
-  if [[ ${loss%\%} != 0 ]]; then
-    echo "train_batch.sh: LOSSES has $loss, which needs network emulation; this version runs only 0%." >&2
-    echo "train_batch.sh: set LOSSES=(0%) at the top of $0" >&2
-    exit 2
-  fi
-done
+if [[ $EUID != 0 ]] && { printf '%s\n' "${LOSSES[@]}" | grep -qv '^0%\?$' || [[ ${#LINK_SETS[@]} -gt 0 ]]; }; then
+  echo "train_batch.sh: LOSSES or LINK_SETS ask for network conditions, which need root; run as root or set LOSSES=(0%) LINK_SETS=()" >&2
+  exit 2
+fi
+
+# The link dimension: "L<loss>" for every value of LOSSES, "links<k>" for the k-th entry of LINK_SETS.
+links=()
+for loss in "${LOSSES[@]}"; do links+=("L${loss%\%}"); done
+for k in "${!LINK_SETS[@]}"; do links+=("links$k"); done
 
 runs=()
-for loss in "${LOSSES[@]}"; do for stdev in "${STDEVS[@]}"; do for speeds in "${SPEED_SETS[@]}"; do
+for loss in "${links[@]}"; do for stdev in "${STDEVS[@]}"; do for speeds in "${SPEED_SETS[@]}"; do
   for staleness in "${STALENESS[@]}"; do for ((rep = 0; rep < REPEATS; rep++)); do
     runs+=("$loss|$stdev|$speeds|$staleness|$rep")
   done; done
@@ -47,11 +52,17 @@ echo "train_batch.sh: ${#runs[@]} runs of ${DURATION_S} s into $SWEEP_DIR"
 failed=0
 for i in "${!runs[@]}"; do
   IFS='|' read -r loss stdev speeds staleness rep <<< "${runs[$i]}"
-  name="L${loss%\%}-D${stdev}-S${staleness}-speeds_${speeds// /_}-r${rep}"
+  name="${loss}-D${stdev}-S${staleness}-speeds_${speeds// /_}-r${rep}"
+  if [[ $loss == links* ]]; then
+    IFS=';' read -r losses delays_ms rates_mbit <<< "${LINK_SETS[${loss#links}]}"
+    link_flags=(--losses "$losses" --delays-ms "$delays_ms" --rates-mbit "$rates_mbit")
+  else
+    link_flags=(--loss "${loss#L}%")
+  fi
   echo "[$((i + 1))/${#runs[@]}] $name"
   [[ $dry_run == 1 ]] && continue
   status=0
-  ./train.sh --n-servers "$N_SERVERS" --loss "$loss" --stdev "$stdev" --staleness-threshold "$staleness" \
+  ./train.sh --n-servers "$N_SERVERS" "${link_flags[@]}" --stdev "$stdev" --staleness-threshold "$staleness" \
     --speeds "$speeds" --duration-s "$DURATION_S" --dataset "$DATASET" --eval-interval-s "$EVAL_INTERVAL_S" \
     --seed "$rep" --out-dir "$SWEEP_DIR/$name" > "$SWEEP_DIR/$name.log" 2>&1 || status=$?
   if [[ $status == 130 ]]; then echo "train_batch.sh: interrupted"; exit 130; fi

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -42,8 +42,9 @@ if __package__ in (None, ""):  # run as `python src/client.py`: make `src` impor
 from src import data, profiling
 from src.aggregation import scaled_update
 from src.evaluator import EvalRequest, run_evaluator
+from src.lifecycle import die_with_parent
 from src.model import architecture_signature, initial_weights
-from src.remote import RemoteError, WebsocketClientWorker
+from src.remote import ConnectionLost, RemoteError, WebsocketClientWorker
 from src.runlog import CsvLog, setup_logging
 from src.state import TrainingState
 from src.worker import TrainConfig
@@ -73,6 +74,8 @@ class Args:
     out_dir: str = ""  # run folder; empty = out/L<loss>-D<stdev>-S<staleness>-<timestamp>
     profile: bool = True  # profile the server threads with yappi into yappi.csv
     connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds
+    round_timeout_s: float = 60.0  # a round with no reply after this many seconds is abandoned, the server reconnected and the round retried (the websocket default the paper cites)
+    die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
     evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
 
 
@@ -87,7 +90,9 @@ class RunContext:
     rounds_log: CsvLog
     feed: "EvalFeed"
     eval_every_rounds: int
+    round_timeout_s: float
     t0: float  # time.monotonic() when training started
+    retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
 
 
 class EvalFeed:
@@ -112,7 +117,8 @@ def run_round(ctx: RunContext, server: int) -> bool:
         return False
     snap = state.snapshot()
     t = time.perf_counter()
-    result = ctx.workers[server].fit(dataset_key=ctx.dataset_key, train_config=ctx.train_config, weights=snap.weights)
+    result = ctx.workers[server].fit(dataset_key=ctx.dataset_key, train_config=ctx.train_config, weights=snap.weights,
+                                     timeout_s=ctx.round_timeout_s)
     round_s = time.perf_counter() - t
     if state.stop_event.is_set():
         return False  # the run ended while this round was out: it does not count
@@ -125,10 +131,23 @@ def run_round(ctx: RunContext, server: int) -> bool:
 
 
 def server_loop(ctx: RunContext, server: int, errors: list) -> None:
+    worker = ctx.workers[server]
     try:
-        while run_round(ctx, server):
-            pass
-    except Exception as e:  # a broken server ends the run: its data would silently be missing otherwise
+        while True:
+            try:
+                if not run_round(ctx, server):
+                    return
+            except ConnectionLost as e:
+                if ctx.state.stop_event.is_set():
+                    return  # cut off because the run is stopping
+                # A lossy or broken link: the round is abandoned (nothing was applied) and retried on a new
+                # connection; the other threads go on, held back only by the SSP gate.
+                ctx.retries[server] += 1
+                log.warning("round abandoned (%s); reconnecting to %s", e, worker.uri)
+                if not worker.reconnect(ctx.state.stop_event, ctx.round_timeout_s):
+                    return
+                log.info("reconnected to %s", worker.uri)
+    except Exception as e:  # anything else ends the run: this server's data would silently be missing
         log.error("%s", e if isinstance(e, RemoteError) else repr(e), exc_info=not isinstance(e, RemoteError))
         errors.append(f"{threading.current_thread().name}: {e}")
         ctx.state.stop()
@@ -186,6 +205,8 @@ def main(args: Args) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        if args.die_with_parent:
+            die_with_parent()
         return run(args)
     except KeyboardInterrupt:
         log.info("interrupted before training started")
@@ -193,8 +214,8 @@ def main(args: Args) -> int:
 
 
 def run(args: Args) -> int:
-    if args.eval_interval_s <= 0 or args.eval_every_rounds < 1 or args.duration_s <= 0:
-        log.error("--eval-interval-s and --duration-s must be positive, --eval-every-rounds at least 1")
+    if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 1:
+        log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds at least 1")
         return 2
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)
@@ -238,7 +259,7 @@ def run(args: Args) -> int:
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
     t0 = time.monotonic()
     ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, EvalFeed(queue, t0),
-                     args.eval_every_rounds, t0)
+                     args.eval_every_rounds, args.round_timeout_s, t0, retries=[0] * len(workers))
     errors: list[str] = []
     threads = [threading.Thread(target=server_loop, args=(ctx, i, errors), name=f"server-{i}") for i in range(len(workers))]
     # Ctrl-C and SIGTERM end training early, however often they arrive: the handler only flags it, and
@@ -267,6 +288,8 @@ def run(args: Args) -> int:
             break
     stop_reason = "interrupted" if interrupted.is_set() else "error" if errors else "duration"
     state.stop()
+    for w in workers:
+        w.interrupt()  # rounds still out would be discarded anyway; don't wait up to a round timeout for them
     for t in threads + [timer]:
         t.join()
     elapsed_s = time.monotonic() - t0
@@ -296,6 +319,7 @@ def run(args: Args) -> int:
         "updates": state.updates(),
         "rounds_per_server": rounds,
         "max_staleness_per_server": state.max_staleness,
+        "retries_per_server": ctx.retries,
         "evaluations": done.value,
         "errors": errors,
     }

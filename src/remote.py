@@ -2,10 +2,14 @@
 
 ``connect`` retries until the server answers (or a deadline passes) and asks it ``hello``;
 ``fit(dataset_key=..., train_config=..., weights=...)`` runs one remote round and returns a ``FitResult``.
+A round that gets no reply within its timeout (a lossy link can stall TCP for minutes) is cut off by
+closing the socket, raising ``ConnectionLost``; ``reconnect`` then opens a new connection with back-off.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import torch
@@ -17,7 +21,11 @@ from src.worker import FitResult, TrainConfig
 
 
 class RemoteError(RuntimeError):
-    """The server refused a request, broke the protocol, or could not be reached."""
+    """The server refused a request or broke the protocol: retrying would not help."""
+
+
+class ConnectionLost(RemoteError):
+    """The connection failed or a reply did not come in time: a new connection may well work."""
 
 
 class WebsocketClientWorker:
@@ -25,33 +33,58 @@ class WebsocketClientWorker:
         self.uri, self.name = uri, name
         self.info: dict = {}
         self._ws: ClientConnection | None = None
+        self._timed_out = False
 
     def connect(self, timeout_s: float = 30.0) -> dict:
-        """Open the connection (retrying while the server is not up yet) and return its hello info."""
+        """Open the connection, retrying while the server is not up yet; return its hello info."""
         deadline = time.monotonic() + timeout_s
         delay = 0.05
         while True:
             try:
-                self._ws = connect(self.uri, compression=None, max_size=wire.MAX_FRAME_BYTES,
-                                   open_timeout=max(1.0, deadline - time.monotonic()), legacy=True)
-                break
-            except (OSError, WebSocketException, TimeoutError) as e:
+                return self._open(max(1.0, deadline - time.monotonic()))
+            except ConnectionLost as e:
                 if time.monotonic() + delay > deadline:
-                    raise RemoteError(f"{self.name}: cannot connect to {self.uri}: {e}") from None
+                    raise ConnectionLost(f"cannot connect to {self.uri}: {e}") from None
                 time.sleep(delay)  # back off between attempts to a server that is still starting
                 delay = min(delay * 2, 1.0)
-        header, _ = self._request({"type": "hello"}, None, "hello_ok")
+
+    def reconnect(self, stop: threading.Event, open_timeout_s: float, max_delay_s: float = 8.0) -> bool:
+        """Replace a lost connection, backing off between attempts; False if ``stop`` is set first."""
+        self.close()
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self._open(open_timeout_s)
+                return True
+            except ConnectionLost:
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, max_delay_s)
+        return False
+
+    def _open(self, open_timeout_s: float) -> dict:
+        try:
+            # No keepalive pings: the round timeout is the one liveness check (pings on a lossy link would
+            # close connections on their own 20 s schedule).
+            self._ws = connect(self.uri, compression=None, max_size=wire.MAX_FRAME_BYTES,
+                               open_timeout=open_timeout_s, ping_interval=None, close_timeout=2,
+                               legacy=True)
+        except (OSError, WebSocketException, TimeoutError) as e:
+            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+        header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)
         if header.get("protocol") != wire.PROTOCOL_VERSION:
-            raise RemoteError(f"{self.name}: protocol {header.get('protocol')} at {self.uri}, "
-                              f"this client speaks {wire.PROTOCOL_VERSION}")
+            self.close()
+            raise RemoteError(f"protocol {header.get('protocol')} at {self.uri}, this client speaks {wire.PROTOCOL_VERSION}")
         self.info = header
         return header
 
-    def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor]) -> FitResult:
+    def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
+            timeout_s: float | None = None) -> FitResult:
         header, new_weights = self._request(
-            {"type": "fit", "dataset_key": dataset_key, "train_config": train_config.to_dict()}, weights, "fit_ok")
+            {"type": "fit", "dataset_key": dataset_key, "train_config": train_config.to_dict()}, weights, "fit_ok",
+            timeout_s)
         if new_weights is None:
-            raise RemoteError(f"{self.name}: fit reply without weights")
+            raise RemoteError("fit reply without weights")
         return FitResult(new_weights, float(header["loss"]), int(header["n_samples"]),
                          float(header["compute_s"]), float(header.get("idle_s", 0.0)))
 
@@ -60,17 +93,44 @@ class WebsocketClientWorker:
             self._ws.close()
             self._ws = None
 
-    def _request(self, header: dict, weights, expect: str):
+    def interrupt(self) -> None:
+        """Cut off a request in flight (the run is stopping): its ``fit`` raises ConnectionLost at once."""
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _abort(self) -> None:
+        """Watchdog: unblock a send or receive that has waited too long by shutting the socket down."""
+        self._timed_out = True
+        self.interrupt()
+
+    def _request(self, header: dict, weights, expect: str, timeout_s: float | None):
         if self._ws is None:
-            raise RemoteError(f"{self.name}: not connected")
+            raise ConnectionLost("not connected")
+        self._timed_out = False
+        watchdog = threading.Timer(timeout_s, self._abort) if timeout_s else None
+        if watchdog:
+            watchdog.daemon = True
+            watchdog.start()
         try:
             self._ws.send(wire.encode(header, weights))
             reply = self._ws.recv()
+        except (WebSocketException, OSError) as e:
+            if self._timed_out:
+                raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s") from None
+            raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}") from None
+        finally:
+            if watchdog:
+                watchdog.cancel()
+        try:
             reply_header, reply_weights = wire.decode(reply)
-        except (WebSocketException, OSError, wire.WireError) as e:
-            raise RemoteError(f"{self.name}: {header['type']} failed: {e}") from None
+        except wire.WireError as e:
+            raise RemoteError(f"{header['type']}: malformed reply: {e}") from None
         if reply_header["type"] == "error":
-            raise RemoteError(f"{self.name}: server refused {header['type']}: {reply_header.get('message')}")
+            raise RemoteError(f"server refused {header['type']}: {reply_header.get('message')}")
         if reply_header["type"] != expect:
-            raise RemoteError(f"{self.name}: expected {expect}, got {reply_header['type']}")
+            raise RemoteError(f"expected {expect}, got {reply_header['type']}")
         return reply_header, reply_weights

@@ -19,8 +19,9 @@ import queue
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -28,7 +29,8 @@ import tyro
 if __package__ in (None, ""):  # run as `python src/servers.py`: make `src` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src import data
+from src import data, netem
+from src.lifecycle import die_with_parent
 from src.runlog import setup_logging
 from src.split_dataset import class_count_table, format_table, split_indices
 from src.worker import ServerSpec, serve_shard
@@ -44,10 +46,16 @@ class Args:
     data_dir: str = "data"  # where downloaded datasets are stored
     seed: int = 0  # seed of the split and of each server's batch order
     speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
-    host: str = "127.0.0.1"  # interface to listen on
+    loss: str = "0%"  # network loss L on every server's link, e.g. "10%" (the paper's L), in percent per direction
+    losses: str = ""  # per-server loss in percent, e.g. "0 0 10 20" (instead of --loss)
+    delays_ms: str = ""  # per-server added one-way delay in milliseconds, e.g. "0 0 50 200" (needs netem)
+    rates_mbit: str = ""  # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
+    netns: Literal["auto", "always", "never"] = "auto"  # run each server in its own network namespace: auto = when any condition is set (needs root)
+    host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address)
     base_port: int = 8777  # server i listens on base_port + i (0 = pick free ports)
     ready_file: str = ""  # if set, write the servers' addresses here once all listen
     start_timeout_s: float = 120.0  # give up if the servers are not all listening after this many seconds
+    die_with_parent: bool = False  # stop (cleanly) when the parent process dies, however it dies (train.sh sets it)
 
 
 def parse_speeds(text: str, n_servers: int) -> list[float]:
@@ -67,10 +75,36 @@ def main(args: Args) -> int:
     setup_logging()
     try:
         speeds = parse_speeds(args.speeds, args.n_servers)
+        conditions = netem.parse_conditions(args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit)
+        use_netns = args.netns == "always" or (args.netns == "auto" and not all(c.is_clean() for c in conditions))
+        if args.netns == "never" and not all(c.is_clean() for c in conditions):
+            raise ValueError("network conditions need namespaces; drop --netns never")
+        missing = netem.missing_tools(conditions) if use_netns else []
+        if missing:
+            raise ValueError("network conditions need " + " and ".join(missing) + "; nothing was started")
         ds = data.load(args.dataset, args.data_dir)
     except (ValueError, data.DatasetUnavailable) as e:
         log.error("%s", e)
         return 2
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us like Ctrl-C
+    if args.die_with_parent:
+        die_with_parent()
+    lab = netem.NetworkLab()
+    try:
+        links = lab.create(conditions) if use_netns else []
+        return _serve(args, ds, speeds, conditions, links)
+    except netem.NetemError as e:
+        log.error("%s; nothing was started", e)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        lab.close()
+
+
+def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, links: list) -> int:
     shards = split_indices(ds.train_labels, args.n_servers, args.stdev, np.random.default_rng(args.seed))
     table = class_count_table(ds.train_labels, shards, ds.n_classes)
     log.info("split of %s over %d servers, D=%g, seed=%d:\n%s", ds.name, args.n_servers, args.stdev, args.seed, format_table(table))
@@ -79,11 +113,21 @@ def main(args: Args) -> int:
     ctx = mp.get_context("spawn")
     ready_queue = ctx.Queue()
     procs = []
+    hosts = [link.ns_addr for link in links] or [args.host] * args.n_servers
+    for link in links:
+        log.info("server-%d in namespace %s at %s: loss %g%%, delay %g ms, rate %s (%s)", link.index, link.netns,
+                 link.ns_addr, link.conditions.loss_pct, link.conditions.delay_ms,
+                 f"{link.conditions.rate_mbit:g} Mbit/s" if link.conditions.rate_mbit else "unlimited",
+                 ", ".join(f"{k} by {v}" for k, v in link.mechanism.items()) or "no emulation")
     for i, shard in enumerate(shards):
+        network = links[i].describe() if links else {"netns": None, "address": args.host, **asdict(conditions[i]),
+                                                     "mechanism": {}}
         spec = ServerSpec(
             index=i,
             name=f"server-{i}",
-            host=args.host,
+            host=hosts[i],
+            netns=links[i].netns if links else None,
+            network=network,
             port=args.base_port + i if args.base_port else 0,
             dataset_key=ds.name,
             images=ds.train_images[shard],
@@ -96,12 +140,11 @@ def main(args: Args) -> int:
         p.start()
         procs.append(p)
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us like Ctrl-C
     try:
         ports = _wait_ready(procs, ready_queue, args.start_timeout_s)
         if ports is None:
             return 1
-        addresses = ",".join(f"ws://{args.host}:{ports[i]}" for i in range(args.n_servers))
+        addresses = ",".join(f"ws://{hosts[i]}:{ports[i]}" for i in range(args.n_servers))
         if args.ready_file:
             tmp = Path(args.ready_file + ".tmp")
             tmp.write_text(addresses + "\n")

@@ -11,7 +11,6 @@ compute time before replying, to emulate a slower data owner.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -29,6 +28,8 @@ from websockets.sync.server import ServerConnection, serve
 from src import wire
 from src.data import to_tensor
 from src.model import Net, architecture_signature, loss_fn
+from src.lifecycle import die_with_parent
+from src.netem import enter_netns
 from src.runlog import setup_logging
 
 log = logging.getLogger("asyncfl.worker")
@@ -216,10 +217,14 @@ class ServerSpec:
     seed: int
     speed_ratio: float
     split: dict  # how the shard was made (dataset, n_servers, stdev, seed), reported by hello
+    netns: str | None = None  # network namespace to run in (see netem.py), None = the current one
+    network: dict = field(default_factory=dict)  # the link's conditions and how they are emulated, reported by hello
 
 
 def serve_shard(spec: ServerSpec, ready_queue) -> None:
     """Body of one server process: host the shard on a websocket until SIGTERM."""
+    if spec.netns:
+        enter_netns(spec.netns)  # first, while this is the only thread: later threads and sockets follow
     torch.set_num_threads(1)  # one core per server; more threads only contend on a small machine
     setup_logging()
     # Ctrl-C reaches the whole process group: leave it to servers.py, which stops us with SIGTERM.
@@ -227,7 +232,7 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     # SIGTERM is blocked here, and so in every thread started from now on, and taken synchronously with
     # sigwait below: a handler would run only when the main thread's blocking accept() happened to return.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    _die_with_parent()
+    die_with_parent()
     worker = ShardWorker(
         name=spec.name,
         dataset_key=spec.dataset_key,
@@ -237,7 +242,7 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         speed_ratio=spec.speed_ratio,
     )
     worker.warm_up()
-    extra = {"split": spec.split, "index": spec.index}
+    extra = {"split": spec.split, "index": spec.index, "network": spec.network}
 
     def handler(conn: ServerConnection) -> None:
         peer = conn.remote_address
@@ -252,7 +257,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         log.info("connection from %s closed", peer)
 
     try:
-        server = serve(handler, spec.host, spec.port, compression=None, max_size=wire.MAX_FRAME_BYTES)
+        server = serve(handler, spec.host, spec.port, compression=None, max_size=wire.MAX_FRAME_BYTES,
+                       ping_interval=None)  # liveness is the client's round timeout
     except OSError as e:
         log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
         ready_queue.put((spec.index, -1))
@@ -268,14 +274,3 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         server.shutdown()
         accept.join()
 
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when servers.py dies, even by SIGKILL: no orphaned servers."""
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent was already gone before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)

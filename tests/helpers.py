@@ -43,7 +43,16 @@ def wait_session_gone(sid: int, timeout_s: float = 10.0) -> list[int]:
 
 
 def run_script(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    """Run a script to completion in a session of its own; on timeout, kill everything it started."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_session(proc)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def wait_for_rows(path: Path, n_rows: int, proc: subprocess.Popen, timeout_s: float) -> None:

@@ -85,11 +85,13 @@ def test_sigint_stops_everything_and_keeps_whole_rows(tmp_path):
         kill_session(proc)
 
 
-def test_nonzero_loss_stops_before_starting_anything(tmp_path):
-    run = train(tmp_path, "--loss", "10%", timeout_s=30)
-    assert run.returncode == 2
-    assert "network emulation" in run.stderr
-    assert not (tmp_path / "servers.log").exists()
+def test_bad_settings_stop_before_starting_anything(tmp_path):
+    bad_loss = train(tmp_path / "loss", "--loss", "ten", timeout_s=30)
+    assert bad_loss.returncode == 2 and "percentage" in bad_loss.stderr
+    assert not (tmp_path / "loss").exists()
+    bad_speeds = train(tmp_path / "speeds", "--n-servers", "2", "--speeds", "1 2 3", timeout_s=60)
+    assert bad_speeds.returncode != 0 and "--speeds has 3 values for 2 servers" in bad_speeds.stderr
+    assert not (tmp_path / "speeds" / "rounds.csv").exists()
 
 
 def test_split_dataset_prints_the_table():

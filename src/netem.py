@@ -1,0 +1,303 @@
+"""Per-server network conditions on real TCP: one network namespace and veth link per data server.
+
+The study applied ``tc netem`` loss to the whole loopback device (its L). Here every data server runs in
+a network namespace of its own, joined to the root namespace by a veth pair with link-local addresses
+(169.254.0.0/16, which no real network routes), so loss, delay and rate apply to that server's link only
+and nothing else on the machine is touched:
+
+    root namespace: client ── aflPIDhI 169.254.a.b+1 ══ veth ══ aflPIDnI 169.254.a.b+2 ── server I
+                                                                (namespace asyncfl-PID-I)
+
+Mechanisms, per link and in both directions:
+- ``tc netem`` (loss, delay, rate) on both veth ends where the kernel has it;
+- otherwise loss by an nftables ``numgen random`` drop rule inside the namespace (its own table, gone
+  with the namespace) and rate by a ``tbf`` qdisc on both ends; a delay cannot be emulated without netem,
+  and asking for one stops with a message instead of being ignored.
+
+The veth ends get loopback's MTU (65535), so a 1.7 MB model is about as many packets as on the paper's
+loopback and the same loss rate hurts about as much. Needs root, ``ip`` and ``tc`` (and ``nft`` for loss
+without netem). Namespaces are named after the owning process, so a later run removes those whose owner
+died (``python -m src.netem --cleanup`` does only that).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+NETNS_PREFIX = "asyncfl-"
+NFT_TABLE = "asyncfl"
+LOCK_PATH = Path("/run/lock/asyncfl-netns.lock")
+# Link-local /30 subnets, skipping the first and last /24 that RFC 3927 reserves: k -> 169.254.k//64.(k%64)*4
+SUBNETS = range(64, 255 * 64)
+MTU = 65535  # loopback's
+
+
+class NetemError(RuntimeError):
+    """Network conditions were asked for that this machine cannot provide (or setting them up failed)."""
+
+
+@dataclass(frozen=True)
+class LinkConditions:
+    loss_pct: float = 0.0  # random packet loss, each direction, in percent
+    delay_ms: float = 0.0  # added one-way delay, each direction, in milliseconds
+    rate_mbit: float = 0.0  # bandwidth cap, each direction, in Mbit/s (0 = unlimited)
+
+    def is_clean(self) -> bool:
+        return self.loss_pct == 0 and self.delay_ms == 0 and self.rate_mbit == 0
+
+
+def _numbers(text: str, what: str, n: int) -> list[float] | None:
+    parts = text.replace(",", " ").replace("%", " ").split()
+    if not parts:
+        return None
+    if len(parts) != n:
+        raise ValueError(f"{what} has {len(parts)} values for {n} servers")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} must be numbers, got {text!r}") from None
+    if any(v < 0 or v != v for v in values):
+        raise ValueError(f"{what} must not be negative")
+    return values
+
+
+def parse_conditions(n_servers: int, loss: str = "", losses: str = "", delays_ms: str = "",
+                     rates_mbit: str = "") -> list[LinkConditions]:
+    """Per-server conditions from the command-line forms: ``loss`` ("10%") for every link, or per-server
+    lists ("0 0 10 20"). Giving a non-zero ``loss`` and ``losses`` together is refused as ambiguous."""
+    every = _numbers(loss, "--loss", 1) if loss.strip() else None
+    per = _numbers(losses, "--losses", n_servers)
+    if every and every[0] > 0 and per is not None:
+        raise ValueError("give either --loss (every link) or --losses (per server), not both")
+    loss_list = per or [every[0] if every else 0.0] * n_servers
+    if any(v >= 100 for v in loss_list):
+        raise ValueError("a loss must be below 100%")
+    delay_list = _numbers(delays_ms, "--delays-ms", n_servers) or [0.0] * n_servers
+    rate_list = _numbers(rates_mbit, "--rates-mbit", n_servers) or [0.0] * n_servers
+    return [LinkConditions(l, d, r) for l, d, r in zip(loss_list, delay_list, rate_list)]
+
+
+@dataclass
+class Link:
+    index: int
+    netns: str
+    host_if: str
+    ns_if: str
+    host_addr: str
+    ns_addr: str
+    conditions: LinkConditions
+    mechanism: dict = field(default_factory=dict)  # what emulates each condition: netem, nftables, tbf
+
+    def describe(self) -> dict:
+        return {"netns": self.netns, "address": self.ns_addr, **asdict(self.conditions), "mechanism": self.mechanism}
+
+
+def link_names(owner_pid: int, index: int) -> tuple[str, str, str]:
+    """(namespace, host-side veth, namespace-side veth); interface names stay within Linux's 15 characters."""
+    return f"{NETNS_PREFIX}{owner_pid}-{index}", f"afl{owner_pid}h{index}", f"afl{owner_pid}n{index}"
+
+
+def subnet_addresses(k: int) -> tuple[str, str]:
+    base = (k % 64) * 4
+    return f"169.254.{k // 64}.{base + 1}", f"169.254.{k // 64}.{base + 2}"
+
+
+def free_subnets(used_addresses: set[str], count: int) -> list[int]:
+    """The first ``count`` /30 subnets none of whose addresses is in use."""
+    out = []
+    for k in SUBNETS:
+        if not used_addresses.intersection(subnet_addresses(k)):
+            out.append(k)
+            if len(out) == count:
+                return out
+    raise NetemError("no free link-local /30 subnet left")
+
+
+def netem_args(c: LinkConditions) -> list[str]:
+    args = []
+    if c.delay_ms:
+        args += ["delay", f"{c.delay_ms:g}ms"]
+    if c.loss_pct:
+        args += ["loss", f"{c.loss_pct:g}%"]
+    if c.rate_mbit:
+        args += ["rate", f"{c.rate_mbit:g}mbit"]
+    return args + ["limit", "100000"]
+
+
+def tbf_args(rate_mbit: float) -> list[str]:
+    # The bucket must hold at least one 64 KiB packet (the MTU), or nothing passes.
+    return ["rate", f"{rate_mbit:g}mbit", "burst", f"{2 * MTU}b", "latency", "1s"]
+
+
+def nft_loss_ruleset(loss_pct: float) -> str:
+    """Random drop of ``loss_pct`` percent (to 0.01 %) of the packets entering and leaving the namespace."""
+    threshold = int(round(loss_pct * 100))
+    rule = f"numgen random mod 10000 < {threshold} drop"
+    return (f"table inet {NFT_TABLE} {{\n"
+            f"  chain input {{ type filter hook input priority 0; policy accept; {rule}; }}\n"
+            f"  chain output {{ type filter hook output priority 0; policy accept; {rule}; }}\n"
+            f"}}\n")
+
+
+def missing_tools(conditions: list[LinkConditions]) -> list[str]:
+    """What a run with these conditions lacks before anything is created (root, ip, tc)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces and qdiscs need CAP_NET_ADMIN)")
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            missing.append(f"the '{tool}' command (Debian package iproute2)")
+    return missing
+
+
+def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
+
+
+def _must(cmd: list[str], stdin: str | None = None) -> None:
+    r = _run(cmd, stdin)
+    if r.returncode != 0:
+        raise NetemError(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip()}")
+
+
+def _used_addresses() -> set[str]:
+    out = _run(["ip", "-o", "-4", "addr", "show"]).stdout
+    return set(re.findall(r"inet (169\.254\.\d+\.\d+)/", out))
+
+
+class NetworkLab:
+    """The namespaces and links of one servers.py process; ``close()`` removes every one of them."""
+
+    def __init__(self, owner_pid: int | None = None):
+        self.owner_pid = owner_pid or os.getpid()
+        self.links: list[Link] = []
+        self._netem: bool | None = None
+
+    def create(self, conditions: list[LinkConditions]) -> list[Link]:
+        missing = missing_tools(conditions)
+        if missing:
+            raise NetemError("network conditions need " + " and ".join(missing))
+        cleanup_stale()
+        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOCK_PATH, "w") as lock:  # two runs starting at once must not pick the same subnets
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            subnets = free_subnets(_used_addresses(), len(conditions))
+            try:
+                for i, (c, k) in enumerate(zip(conditions, subnets)):
+                    self._create_link(i, c, k)
+            except BaseException:
+                self.close()
+                raise
+        return self.links
+
+    def _create_link(self, index: int, c: LinkConditions, k: int) -> Link:
+        netns, host_if, ns_if = link_names(self.owner_pid, index)
+        host_addr, ns_addr = subnet_addresses(k)
+        link = Link(index, netns, host_if, ns_if, host_addr, ns_addr, c)
+        self.links.append(link)  # registered first, so a failure below is still cleaned up
+        _must(["ip", "netns", "add", netns])
+        _must(["ip", "link", "add", host_if, "mtu", str(MTU), "type", "veth", "peer", "name", ns_if,
+               "mtu", str(MTU), "netns", netns])
+        _must(["ip", "addr", "add", f"{host_addr}/30", "dev", host_if])
+        _must(["ip", "link", "set", host_if, "up"])
+        ns = ["ip", "netns", "exec", netns]
+        _must(ns + ["ip", "addr", "add", f"{ns_addr}/30", "dev", ns_if])
+        _must(ns + ["ip", "link", "set", ns_if, "up"])
+        _must(ns + ["ip", "link", "set", "lo", "up"])
+        self._apply(link)
+        return link
+
+    def _has_netem(self, host_if: str) -> bool:
+        if self._netem is None:
+            r = _run(["tc", "qdisc", "add", "dev", host_if, "root", "netem", "delay", "0ms"])
+            self._netem = r.returncode == 0
+            if self._netem:
+                _must(["tc", "qdisc", "del", "dev", host_if, "root"])
+        return self._netem
+
+    def _apply(self, link: Link) -> None:
+        c = link.conditions
+        if c.is_clean():
+            return
+        ends = [["tc", "qdisc", "add", "dev", link.host_if, "root"],
+                ["ip", "netns", "exec", link.netns, "tc", "qdisc", "add", "dev", link.ns_if, "root"]]
+        if self._has_netem(link.host_if):
+            for end in ends:
+                _must(end + ["netem"] + netem_args(c))
+            link.mechanism = {k: "netem" for k, v in (("loss", c.loss_pct), ("delay", c.delay_ms), ("rate", c.rate_mbit)) if v}
+            return
+        if c.delay_ms:
+            raise NetemError(f"server {link.index}: a delay needs the kernel's netem qdisc (sch_netem), which this "
+                             "kernel does not have; loss and rate work without it")
+        if c.loss_pct:
+            if shutil.which("nft") is None:
+                raise NetemError("loss without netem needs the 'nft' command (Debian package nftables)")
+            _must(["ip", "netns", "exec", link.netns, "nft", "-f", "-"], stdin=nft_loss_ruleset(c.loss_pct))
+            link.mechanism["loss"] = "nftables"
+        if c.rate_mbit:
+            for end in ends:
+                _must(end + ["tbf"] + tbf_args(c.rate_mbit))
+            link.mechanism["rate"] = "tbf"
+
+    def close(self) -> None:
+        """Delete the namespaces; their veth ends, qdiscs and nftables tables go with them."""
+        for link in self.links:
+            _run(["ip", "netns", "del", link.netns])
+            _run(["ip", "link", "del", link.host_if])  # normally gone with its peer already
+        self.links = []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale() -> list[str]:
+    """Remove namespaces and veths of this project whose owning process is gone. Returns what was removed."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        return []
+    removed = []
+    for line in _run(["ip", "netns", "list"]).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        m = re.fullmatch(rf"{NETNS_PREFIX}(\d+)-\d+", name)
+        if m and not _alive(int(m.group(1))):
+            _run(["ip", "netns", "del", name])
+            removed.append(name)
+    for m in re.finditer(r"^\d+: (afl(\d+)h\d+)[@:]", _run(["ip", "-o", "link", "show"]).stdout, re.M):
+        if not _alive(int(m.group(2))):
+            _run(["ip", "link", "del", m.group(1)])
+            removed.append(m.group(1))
+    return removed
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (and every thread and socket it creates later) into namespace ``name``."""
+    CLONE_NEWNET = 0x40000000
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+    finally:
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--cleanup"]:
+        print("usage: python -m src.netem --cleanup   (remove namespaces left by runs that were killed)")
+        sys.exit(2)
+    for name in cleanup_stale():
+        print(f"removed {name}")
