@@ -22,6 +22,7 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import queue as queue_module
 import signal
 import subprocess
 import sys
@@ -41,7 +42,8 @@ if __package__ in (None, ""):  # run as `python src/client.py`: make `src` impor
 
 from src import data, profiling
 from src.aggregation import scaled_update
-from src.evaluator import EvalRequest, run_evaluator
+from src.evaluator import EvalRequest, format_score, run_evaluator
+from src.live import LiveStatus
 from src.lifecycle import die_with_parent
 from src.model import architecture_signature, initial_weights
 from src.remote import ConnectionLost, RemoteError, WebsocketClientWorker
@@ -73,6 +75,7 @@ class Args:
     seed: int = 0  # seed of the initial global model
     out_dir: str = ""  # run folder; empty = out/L<loss>-D<stdev>-S<staleness>-<timestamp>
     profile: bool = True  # profile the server threads with yappi into yappi.csv
+    live: bool = True  # a live status line (rounds, staleness, latest F1) when stdout is a terminal
     connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds
     round_timeout_s: float = 60.0  # a round with no reply after this many seconds is abandoned, the server reconnected and the round retried (the websocket default the paper cites)
     die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
@@ -108,6 +111,25 @@ class EvalFeed:
         self.queue.put(EvalRequest(kind, t, epoch, max_round, st_save(weights)))
         with self._lock:
             self.submitted += 1
+
+
+class ScoreReport:
+    """Prints the evaluator's scores as they come back (the evaluator itself writes the CSVs)."""
+
+    def __init__(self, scores, live: LiveStatus):
+        self.scores, self.live = scores, live
+        self.count = 0
+
+    def drain(self) -> None:
+        while True:
+            try:
+                req, f1 = self.scores.get_nowait()
+            except queue_module.Empty:
+                return
+            self.count += 1
+            if req.kind == "time":
+                self.live.latest_f1 = f1
+            log.info("%s", format_score(req, f1), extra={"who": "evaluator"})
 
 
 def run_round(ctx: RunContext, server: int) -> bool:
@@ -245,9 +267,9 @@ def run(args: Args) -> int:
     log.info("run folder %s; %d servers, S=%d, %.0f s", out_dir, len(workers), args.staleness_threshold, args.duration_s)
 
     ctx_mp = mp.get_context("spawn")
-    queue, ready, done = ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Value("i", 0)
+    queue, scores, ready = ctx_mp.Queue(), ctx_mp.Queue(), ctx_mp.Event()
     evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
-                               args=(queue, ready, done, args.dataset, args.data_dir, str(out_dir), args.evaluator_nice))
+                               args=(queue, scores, ready, args.dataset, args.data_dir, str(out_dir), args.evaluator_nice))
     evaluator.start()
     # Training starts once the evaluator can score: its start-up would otherwise eat the first seconds.
     while not ready.wait(0.5):
@@ -281,11 +303,19 @@ def run(args: Args) -> int:
     for t in threads:
         t.start()
     # Wait in short slices, not one long wait: the kernel may deliver a signal to any thread, and a main
-    # thread blocked in one long lock wait would only run the Python handler when that wait ends.
+    # thread blocked in one long lock wait would only run the Python handler when that wait ends. Each
+    # slice also prints the scores that came in and refreshes the live status.
+    live = LiveStatus(args.live and sys.stdout.isatty(), args.duration_s)
+    report = ScoreReport(scores, live)
     deadline = t0 + args.duration_s
-    while not state.stop_event.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
-            break
+    try:
+        while not state.stop_event.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+            report.drain()
+            live.update(time.monotonic() - t0, state.rounds(), state.updates())
+            if time.monotonic() >= deadline:
+                break
+    finally:
+        live.stop()
     stop_reason = "interrupted" if interrupted.is_set() else "error" if errors else "duration"
     state.stop()
     for w in workers:
@@ -303,11 +333,14 @@ def run(args: Args) -> int:
     log.info("training stopped (%s) after %.1f s: %d updates, rounds per server %s, largest staleness %d",
              stop_reason, elapsed_s, state.updates(), rounds, max(state.max_staleness))
 
-    pending = ctx.feed.submitted - done.value
+    report.drain()
+    pending = ctx.feed.submitted - report.count
     if pending > 0:
         log.info("waiting for the evaluator to score %d pending snapshots", pending)
     queue.put(None)
-    evaluator.join()
+    while evaluator.is_alive() or not scores.empty():
+        evaluator.join(0.25)
+        report.drain()
     if evaluator.exitcode != 0:
         errors.append(f"evaluator exited with code {evaluator.exitcode}")
         log.error("the evaluator exited with code %s", evaluator.exitcode)
@@ -320,7 +353,7 @@ def run(args: Args) -> int:
         "rounds_per_server": rounds,
         "max_staleness_per_server": state.max_staleness,
         "retries_per_server": ctx.retries,
-        "evaluations": done.value,
+        "evaluations": report.count,
         "errors": errors,
     }
     _write_json(out_dir / "config.json", config)

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,14 +67,15 @@ def format_score(req: EvalRequest, f1: float) -> str:
     return f"[round {req.epoch:5d}] f1={f1:.4f}  at {req.time_s:.1f} s"
 
 
-def run_evaluator(requests, ready, done_counter, dataset_name: str, data_dir: str, out_dir: str, nice: int) -> None:
+def run_evaluator(requests, scores, ready, dataset_name: str, data_dir: str, out_dir: str, nice: int) -> None:
     """Body of the evaluator process: set ``ready`` once able to score, then score every request until a
-    None arrives."""
+    None arrives. Each score goes to its CSV and, as (request without weights, f1), to ``scores``: the
+    client prints them, so that they interleave cleanly with its own output."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle; we drain first
     torch.set_num_threads(1)
     if nice:
         os.nice(nice)  # lower priority: scoring must not slow the training it measures
-    setup_logging(Path(out_dir) / "client.log")
+    setup_logging(Path(out_dir) / "client.log", console=False)  # errors only: scores travel through `scores`
     scorer = Scorer(data.load(dataset_name, data_dir))
     scorer.f1(Net().state_dict())  # warm-up: the first forward pass pays PyTorch's one-off set-up
     ready.set()
@@ -87,9 +88,7 @@ def run_evaluator(requests, ready, done_counter, dataset_name: str, data_dir: st
                 time_log.write(round(req.time_s, 3), round(f1, 6))
             else:
                 epoch_log.write(req.epoch, round(f1, 6))
-            with done_counter.get_lock():
-                done_counter.value += 1
-            log.info("%s", format_score(req, f1))
+            scores.put((replace(req, weights=b""), f1))
     finally:
         time_log.close()
         epoch_log.close()

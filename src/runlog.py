@@ -43,14 +43,26 @@ class _WhoFormatter(logging.Formatter):
     """Adds %(who)s: the thread's name, or the process's name for its main thread."""
 
     def format(self, record: logging.LogRecord) -> str:
-        record.who = record.processName if record.threadName == "MainThread" else record.threadName
+        if not hasattr(record, "who"):  # a record may name its source itself (the evaluator's scores)
+            record.who = record.processName if record.threadName == "MainThread" else record.threadName
         return super().format(record)
 
 
-def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> None:
-    """Log to stdout and, if given, append to ``log_path`` (several processes may share one file)."""
+class _CurrentStdout:
+    """Writes to whatever sys.stdout is at the time, so a live display that redirects it still works."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO, console: bool = True) -> None:
+    """Log to stdout (unless ``console`` is False) and, if given, append to ``log_path`` (several processes
+    may share one file)."""
     formatter = _WhoFormatter("%(asctime)s %(who)s %(message)s", datefmt="%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers: list[logging.Handler] = [logging.StreamHandler(_CurrentStdout())] if console else []
     if log_path:
         handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
     root = logging.getLogger()

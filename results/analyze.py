@@ -1,0 +1,155 @@
+"""Summarise run folders into one row per configuration: how fast, how far and how evenly each trained.
+
+    python results/analyze.py sweeps/20261128-001500            # a sweep folder (train_batch.sh)
+    python results/analyze.py out/L0-D0-S9999-20261127-231630   # or one run folder, or several
+
+Reads only the files a run writes (config.json, f1_time.csv, rounds.csv, yappi.csv). Writes
+``summary.csv`` (one row per configuration, repeats aggregated as mean, std, min and max) and
+``runs.csv`` (one row per run) into the first folder given (or ``--out``), and prints the table.
+
+Per run:
+- final_f1: F1 of the final model; f1_auc_frac: area under the F1-over-time curve divided by its
+  duration (the mean F1 over the run); time_to_f1_{80,90,95}_s: first evaluation at or above it (NaN: never);
+- max_f1_drop: largest fall of F1 between consecutive time-wise evaluations (the paper's "dips");
+- rounds_mean, rounds_min, rounds_max, rounds_max_min_ratio, rounds_gini: update counts per server and
+  how unequal they are (Gini 0 = equal);
+- max_staleness: largest round gap seen (at most S + 1);
+- gate_wait_frac_mean / _max: share of each server thread's round loop spent waiting at the SSP gate.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tyro
+
+THRESHOLDS = (0.80, 0.90, 0.95)
+CONFIG_KEYS = ["dataset", "n_servers", "loss", "stdev", "staleness", "speeds", "duration_s"]
+METRICS = ["final_f1", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
+           "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
+           "gate_wait_frac_mean", "gate_wait_frac_max"]
+
+
+def gini(values) -> float:
+    """Gini coefficient of non-negative values: 0 when all are equal, (n-1)/n when one has everything."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n, total = len(x), x.sum()
+    if n == 0 or total == 0:
+        return 0.0
+    return float((2 * np.arange(1, n + 1) - n - 1).dot(x) / (n * total))
+
+
+def time_to_threshold(f1_time: pd.DataFrame, threshold: float) -> float:
+    hit = f1_time.loc[f1_time["f1"] >= threshold, "time_s"]
+    return float(hit.iloc[0]) if len(hit) else float("nan")
+
+
+def f1_auc_frac(f1_time: pd.DataFrame) -> float:
+    t, f = f1_time["time_s"].to_numpy(float), f1_time["f1"].to_numpy(float)
+    if len(t) < 2 or t[-1] <= t[0]:
+        return float("nan")
+    return float(np.sum((t[1:] - t[:-1]) * (f[1:] + f[:-1]) / 2) / (t[-1] - t[0]))
+
+
+def max_drop(f1_time: pd.DataFrame) -> float:
+    f = f1_time["f1"].to_numpy(float)
+    return float(max(0.0, np.max(f[:-1] - f[1:]))) if len(f) > 1 else 0.0
+
+
+def run_config(config: dict) -> dict:
+    """The configuration a run belongs to (what its repeats share), from its config.json."""
+    infos = config.get("server_info", [])
+    losses = [info.get("network", {}).get("loss_pct", 0) for info in infos]
+    speeds = [info.get("speed_ratio", 1) for info in infos]
+    split = config.get("dataset", {})
+    return {
+        "dataset": split.get("dataset", config["args"].get("dataset")),
+        "n_servers": config.get("n_servers", len(infos)),
+        # One number when every link is the same (the paper's L), else the per-server list.
+        "loss": f"{losses[0]:g}%" if len(set(losses)) <= 1 and losses else " ".join(f"{v:g}" for v in losses),
+        "stdev": split.get("stdev"),
+        "staleness": config["args"]["staleness_threshold"],
+        "speeds": " ".join(f"{v:g}" for v in speeds),
+        "duration_s": config["args"]["duration_s"],
+    }
+
+
+def analyze_run(run_dir: Path) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    f1_time = pd.read_csv(run_dir / "f1_time.csv")
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    n_servers = config.get("n_servers", 1)
+    per_server = rounds.groupby("server")["round"].max().reindex(range(n_servers), fill_value=0)
+    row = {"run": run_dir.name, "seed": config["args"].get("seed"), **run_config(config)}
+    row["final_f1"] = float(f1_time["f1"].iloc[-1]) if len(f1_time) else float("nan")
+    row["f1_auc_frac"] = f1_auc_frac(f1_time)
+    for t in THRESHOLDS:
+        row[f"time_to_f1_{int(t * 100)}_s"] = time_to_threshold(f1_time, t)
+    row["max_f1_drop"] = max_drop(f1_time)
+    row["rounds_mean"] = float(per_server.mean())
+    row["rounds_min"], row["rounds_max"] = int(per_server.min()), int(per_server.max())
+    row["rounds_max_min_ratio"] = float(per_server.max() / per_server.min()) if per_server.min() > 0 else float("inf")
+    row["rounds_gini"] = gini(per_server)
+    row["max_staleness"] = int(rounds["staleness"].max()) if len(rounds) else 0
+    yappi_path = run_dir / "yappi.csv"
+    if yappi_path.exists():
+        gate = pd.read_csv(yappi_path)["gate_frac"]
+        row["gate_wait_frac_mean"], row["gate_wait_frac_max"] = float(gate.mean()), float(gate.max())
+    else:
+        row["gate_wait_frac_mean"] = row["gate_wait_frac_max"] = float("nan")
+    return row
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run folders among ``paths``: each one itself, or the run folders directly inside a sweep folder."""
+    runs = []
+    for p in paths:
+        if (p / "config.json").exists():
+            runs.append(p)
+        else:
+            runs.extend(sorted(d for d in p.iterdir() if (d / "config.json").exists() and (d / "f1_time.csv").exists()))
+    return runs
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: repeats counted, each metric as mean, std, min and max."""
+    grouped = runs.groupby(CONFIG_KEYS, dropna=False, sort=True)
+    summary = grouped[METRICS].agg(["mean", "std", "min", "max"])
+    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
+    summary.insert(0, "repeats", grouped.size())
+    return summary.reset_index()
+
+
+@dataclass
+class Args:
+    folders: tyro.conf.Positional[tuple[Path, ...]]  # run folders and/or sweep folders
+    out: Path | None = None  # where to write summary.csv and runs.csv (default: the first folder)
+
+
+def main(args: Args) -> int:
+    run_dirs = find_runs(args.folders)
+    if not run_dirs:
+        print("analyze.py: no run folders (with config.json and f1_time.csv) found", file=sys.stderr)
+        return 2
+    runs = pd.DataFrame([analyze_run(d) for d in run_dirs])
+    summary = summarize(runs)
+    out = args.out or args.folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "runs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    shown = ["loss", "stdev", "staleness", "speeds", "repeats", "final_f1_mean", "final_f1_std", "f1_auc_frac_mean",
+             "time_to_f1_90_s_mean", "max_f1_drop_mean", "rounds_mean_mean", "rounds_gini_mean", "max_staleness_max",
+             "gate_wait_frac_mean_mean"]
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
+        print(summary[shown].round(3).to_string(index=False))
+    print(f"\n{len(runs)} runs, {len(summary)} configurations -> {out / 'summary.csv'}, {out / 'runs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args, description=__doc__)))

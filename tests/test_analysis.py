@@ -1,0 +1,93 @@
+"""results/analyze.py and results/plot.py on small synthetic run folders with known answers."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "results"))
+import analyze  # noqa: E402
+import plot  # noqa: E402
+
+
+def make_run(folder: Path, staleness: int, seed: int, f1: list[tuple[float, float]], rounds: list[int],
+             loss: float = 0, stdev: float = 0, gate_frac=(0.1, 0.3)) -> Path:
+    """A run folder as client.py writes it, with the given F1 curve and final rounds per server."""
+    folder.mkdir(parents=True)
+    n = len(rounds)
+    config = {
+        "args": {"staleness_threshold": staleness, "duration_s": 10.0, "seed": seed, "dataset": "mnist-5k"},
+        "n_servers": n,
+        "dataset": {"dataset": "mnist-5k", "stdev": stdev, "seed": seed},
+        "server_info": [{"speed_ratio": 1.0, "network": {"loss_pct": loss}} for _ in range(n)],
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    pd.DataFrame(f1, columns=["time_s", "f1"]).to_csv(folder / "f1_time.csv", index=False)
+    rows = [(0.1 * r, s, r, 1 if s == 0 else 0, 0, 1.0, 0.01, 0.01) for s, total in enumerate(rounds)
+            for r in range(1, total + 1)]
+    pd.DataFrame(rows, columns=["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s",
+                                "compute_s"]).to_csv(folder / "rounds.csv", index=False)
+    pd.DataFrame({"server": range(n), "gate_frac": [gate_frac[i % 2] for i in range(n)]}).to_csv(folder / "yappi.csv", index=False)
+    return folder
+
+
+def test_gini_known_values():
+    assert analyze.gini([5, 5, 5, 5]) == 0
+    assert analyze.gini([0, 0, 0, 8]) == pytest.approx(0.75)  # (n-1)/n: one has everything
+    assert analyze.gini([1, 3]) == pytest.approx(0.25)
+
+
+def test_run_metrics_have_known_answers(tmp_path):
+    # Prepare: F1 0.5 at 0 s, 0.85 at 2 s, 0.7 at 4 s, 0.92 at 6 s, 0.96 at 10 s; rounds 10 and 40.
+    run = make_run(tmp_path / "r", 0, 0, [(0, 0.5), (2, 0.85), (4, 0.7), (6, 0.92), (10, 0.96)], [10, 40])
+    # Execute
+    row = analyze.analyze_run(run)
+    # Assert
+    assert row["final_f1"] == 0.96
+    assert row["time_to_f1_80_s"] == 2 and row["time_to_f1_90_s"] == 6 and row["time_to_f1_95_s"] == 10
+    assert row["max_f1_drop"] == pytest.approx(0.15)
+    # Trapezoids: (0.5+0.85) + (0.85+0.7) + (0.7+0.92) + 2*(0.92+0.96) = 8.28 f1*s over 10 s.
+    assert row["f1_auc_frac"] == pytest.approx(0.828)
+    assert (row["rounds_min"], row["rounds_max"], row["rounds_max_min_ratio"]) == (10, 40, 4.0)
+    assert row["rounds_gini"] == pytest.approx(0.3)
+    assert row["max_staleness"] == 1
+    assert row["gate_wait_frac_mean"] == pytest.approx(0.2) and row["gate_wait_frac_max"] == pytest.approx(0.3)
+
+
+def test_never_reaching_a_threshold_is_nan(tmp_path):
+    row = analyze.analyze_run(make_run(tmp_path / "r", 0, 0, [(0, 0.1), (5, 0.85)], [3, 3]))
+    assert row["time_to_f1_80_s"] == 5 and pd.isna(row["time_to_f1_90_s"])
+
+
+def test_sweep_summary_aggregates_repeats_per_configuration(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, final in enumerate([0.90, 0.96]):
+        make_run(sweep / f"S0-r{seed}", 0, seed, [(0, 0.1), (10, final)], [5, 5])
+    make_run(sweep / "S9999-r0", 9999, 0, [(0, 0.1), (10, 0.99)], [5, 15])
+    assert analyze.main(analyze.Args(folders=(sweep,))) == 0
+    summary = pd.read_csv(sweep / "summary.csv").set_index("staleness")
+    assert summary.loc[0, "repeats"] == 2 and summary.loc[9999, "repeats"] == 1
+    assert summary.loc[0, "final_f1_mean"] == pytest.approx(0.93)
+    assert summary.loc[0, "final_f1_min"] == 0.90 and summary.loc[0, "final_f1_max"] == 0.96
+    assert summary.loc[9999, "rounds_gini_mean"] == pytest.approx(0.25)
+    assert len(pd.read_csv(sweep / "runs.csv")) == 3
+
+
+def test_plots_from_a_sweep_and_from_one_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    for loss in (0, 20):
+        for stdev in (0, 10000):
+            for s in (0, 9999):
+                for seed in (0, 1):
+                    make_run(sweep / f"L{loss}-D{stdev}-S{s}-r{seed}", s, seed, [(0, 0.1), (5, 0.6), (10, 0.9)],
+                             [5, 7], loss=loss, stdev=stdev)
+    assert plot.main(plot.Args(folders=(sweep,), per_run=True)) == 0
+    for name in ("fig3_imbalance", "fig4_loss", "fig5_imbalance_x_loss", "fig6_repeats"):
+        assert (sweep / f"{name}.png").stat().st_size > 10_000
+    assert (sweep / "L0-D0-S0-r0" / "run.png").exists()
+    single = sweep / "L20-D10000-S9999-r1"
+    (single / "run.png").unlink()
+    assert plot.main(plot.Args(folders=(single,))) == 0
+    assert (single / "run.png").stat().st_size > 10_000
