@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 LOSSES=(0% 10% 20%)              # network loss L on every link (non-zero needs root: see README)
 LINK_SETS=()                     # more per-server link conditions, each "losses;delays_ms;rates_mbit",
                                  #   e.g. ("0 0 10 20;0 0 0 0;0 0 0 0" "0 0 0 0;0 0 50 200;0 0 100 10")
-STDEVS=(0 600 10000)             # data imbalance D, in samples
+STDEVS=(0 600 10000)             # data imbalance D, in samples (on mnist-5k, 40 is what 600 is on MNIST)
 STALENESS=(0 6 12 9999)          # SSP staleness threshold S, in rounds
 SPEED_SETS=("1 1 1 1")           # per-server speed ratios (one entry per server), e.g. ("1 1 1 1" "1 1 1 4")
 REPEATS=3                        # runs per combination (seeds 0, 1, 2, ...)

@@ -110,37 +110,32 @@ def family_figures(runs: pd.DataFrame, out: Path, suffix: str) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    at_base_loss = uniform[uniform["L"] == base_loss]
-    if len(at_base_loss):
-        ds = sorted(at_base_loss["stdev"].unique())
-        fig, axes = panel_grid(len(ds), 1)
-        for ax, d in zip(axes[:, 0], ds):
-            draw_curves(ax, at_base_loss[at_base_loss["stdev"] == d], f"L={base_loss:g}%, D={d:g}")
-        save(fig, "fig3_imbalance", "Effect of data imbalance D")
-    at_base_stdev = uniform[uniform["stdev"] == base_stdev]
-    if len(at_base_stdev):
-        ls = sorted(at_base_stdev["L"].unique())
-        fig, axes = panel_grid(len(ls), 1)
-        for ax, l in zip(axes[:, 0], ls):
-            draw_curves(ax, at_base_stdev[at_base_stdev["L"] == l], f"L={l:g}%, D={base_stdev:g}")
-        save(fig, "fig4_loss", "Effect of network loss L")
+    def cell(d, l, seed=None) -> tuple[pd.DataFrame, str]:
+        runs = uniform[(uniform["stdev"] == d) & (uniform["L"] == l)]
+        if seed is not None:
+            return runs[runs["seed"] == seed], f"L={l:g}%, D={d:g}, repeat {seed}"
+        return runs, f"L={l:g}%, D={d:g}"
+
+    def figure(cells: list[tuple[pd.DataFrame, str]], n_rows: int, name: str, title: str) -> None:
+        fig, axes = panel_grid(n_rows, len(cells) // n_rows)
+        for ax, (runs, panel_title) in zip(axes.flat, cells):
+            if len(runs):
+                draw_curves(ax, runs, panel_title)
+            else:
+                ax.set_axis_off()
+        save(fig, name, title)
+
+    if not len(uniform):
+        return written
+    figure([cell(d, base_loss) for d in stdevs], len(stdevs), "fig3_imbalance", "Effect of data imbalance D")
+    figure([cell(base_stdev, l) for l in losses], len(losses), "fig4_loss", "Effect of network loss L")
     if len(stdevs) > 1 or len(losses) > 1:
-        fig, axes = panel_grid(len(stdevs), len(losses))
-        for i, d in enumerate(stdevs):
-            for j, l in enumerate(losses):
-                cell = uniform[(uniform["stdev"] == d) & (uniform["L"] == l)]
-                if len(cell):
-                    draw_curves(axes[i, j], cell, f"L={l:g}%, D={d:g}")
-                else:
-                    axes[i, j].set_axis_off()
-        save(fig, "fig5_imbalance_x_loss", "Data imbalance x network loss")
-    if len(uniform):
-        worst = uniform[(uniform["L"] == losses[-1]) & (uniform["stdev"] == stdevs[-1])]
-        seeds = sorted(worst["seed"].unique())
-        fig, axes = panel_grid(1, len(seeds))
-        for ax, seed in zip(axes[0], seeds):
-            draw_curves(ax, worst[worst["seed"] == seed], f"L={losses[-1]:g}%, D={stdevs[-1]:g}, repeat {seed}")
-        save(fig, "fig6_repeats", "Repeats at the largest loss and imbalance")
+        figure([cell(d, l) for d in stdevs for l in losses], len(stdevs), "fig5_imbalance_x_loss",
+               "Data imbalance x network loss")
+    worst = uniform[(uniform["L"] == losses[-1]) & (uniform["stdev"] == stdevs[-1])]
+    seeds = sorted(worst["seed"].unique())
+    figure([cell(stdevs[-1], losses[-1], seed) for seed in seeds], 1, "fig6_repeats",
+           "Repeats at the largest loss and imbalance")
     return written
 
 
