@@ -2,6 +2,7 @@
 # Sweep a grid of configurations with train.sh, one run folder (and log) per combination, all in one
 # sweep folder. The grid is the arrays below: edit them, or override the scalars from the environment
 # (DURATION_S=120 ./train_batch.sh). `./train_batch.sh --dry-run` lists the runs without starting them.
+# An interrupted sweep resumes: run it again with the same SWEEP_DIR and finished runs are skipped.
 #
 # The paper's grid: L in {0%, 10%, 20%}, D in {0, 600, 10000}, S in {0, 6, 12, inf}, 3 repeats, 40 min
 # each. Here S=inf is 9999, and the default duration reaches mnist-5k's plateau in a minute.
@@ -61,6 +62,8 @@ for i in "${!runs[@]}"; do
   fi
   echo "[$((i + 1))/${#runs[@]}] $name"
   [[ $dry_run == 1 ]] && continue
+  # Resume: a run that already finished its whole duration in this sweep folder is not run again.
+  if grep -qs '"stop_reason": "duration"' "$SWEEP_DIR/$name/config.json"; then echo "  done already"; continue; fi
   status=0
   ./train.sh --n-servers "$N_SERVERS" "${link_flags[@]}" --stdev "$stdev" --staleness-threshold "$staleness" \
     --speeds "$speeds" --duration-s "$DURATION_S" --dataset "$DATASET" --eval-interval-s "$EVAL_INTERVAL_S" \
