@@ -105,14 +105,26 @@ def analyze_run(run_dir: Path) -> dict:
     return row
 
 
+def is_finished(run_dir: Path) -> bool:
+    """A run that wrote its final results (not one still running, or killed before the end)."""
+    try:
+        return "finished" in json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders among ``paths``: each one itself, or the run folders directly inside a sweep folder."""
-    runs = []
+    """Finished run folders among ``paths``: each one itself, or the run folders directly inside a sweep
+    folder. Unfinished ones are left out, and said so."""
+    candidates = []
     for p in paths:
         if (p / "config.json").exists():
-            runs.append(p)
+            candidates.append(p)
         else:
-            runs.extend(sorted(d for d in p.iterdir() if (d / "config.json").exists() and (d / "f1_time.csv").exists()))
+            candidates.extend(sorted(d for d in p.iterdir() if (d / "config.json").exists()))
+    runs = [d for d in candidates if is_finished(d)]
+    for d in sorted(set(candidates) - set(runs)):
+        print(f"left out {d}: not finished (still running, or killed)", file=sys.stderr)
     return runs
 
 

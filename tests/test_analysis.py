@@ -13,7 +13,7 @@ import plot  # noqa: E402
 
 
 def make_run(folder: Path, staleness: int, seed: int, f1: list[tuple[float, float]], rounds: list[int],
-             loss: float = 0, stdev: float = 0, gate_frac=(0.1, 0.3)) -> Path:
+             loss: float = 0, stdev: float = 0, gate_frac=(0.1, 0.3), finished: bool = True) -> Path:
     """A run folder as client.py writes it, with the given F1 curve and final rounds per server."""
     folder.mkdir(parents=True)
     n = len(rounds)
@@ -23,6 +23,8 @@ def make_run(folder: Path, staleness: int, seed: int, f1: list[tuple[float, floa
         "dataset": {"dataset": "mnist-5k", "stdev": stdev, "seed": seed},
         "server_info": [{"speed_ratio": 1.0, "network": {"loss_pct": loss}} for _ in range(n)],
     }
+    if finished:
+        config["finished"] = {"stop_reason": "duration"}
     (folder / "config.json").write_text(json.dumps(config))
     pd.DataFrame(f1, columns=["time_s", "f1"]).to_csv(folder / "f1_time.csv", index=False)
     rows = [(0.1 * r, s, r, 1 if s == 0 else 0, 0, 1.0, 0.01, 0.01) for s, total in enumerate(rounds)
@@ -91,3 +93,11 @@ def test_plots_from_a_sweep_and_from_one_run(tmp_path):
     (single / "run.png").unlink()
     assert plot.main(plot.Args(folders=(single,))) == 0
     assert (single / "run.png").stat().st_size > 10_000
+
+
+def test_unfinished_runs_are_left_out(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = make_run(sweep / "done", 0, 0, [(0, 0.1), (10, 0.9)], [3, 3])
+    running = make_run(sweep / "running", 0, 1, [(0, 0.1)], [1, 1], finished=False)
+    assert analyze.find_runs([sweep]) == [done]
+    assert running.exists()
