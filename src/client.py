@@ -175,10 +175,12 @@ def server_loop(ctx: RunContext, server: int, errors: list) -> None:
         ctx.state.stop()
 
 
-def eval_timer(ctx: RunContext, interval_s: float) -> None:
-    """Time-wise snapshots at t = k * interval_s (k = 0, 1, ...) until the run stops."""
+def eval_timer(ctx: RunContext, interval_s: float, duration_s: float) -> None:
+    """Time-wise snapshots at t = k * interval_s for every k * interval_s < duration_s, unless the run stops
+    first. The model at the end is always scored as well (by the main thread), so a multiple of the
+    interval that coincides with the end is not raced for."""
     k = 0
-    while True:
+    while k * interval_s < duration_s:
         due = ctx.t0 + k * interval_s
         if ctx.state.stop_event.wait(max(0.0, due - time.monotonic())):
             return
@@ -298,7 +300,7 @@ def run(args: Args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     if args.profile:
         profiling.start()
-    timer = threading.Thread(target=eval_timer, args=(ctx, args.eval_interval_s), name="eval-timer")
+    timer = threading.Thread(target=eval_timer, args=(ctx, args.eval_interval_s, args.duration_s), name="eval-timer")
     timer.start()
     for t in threads:
         t.start()
