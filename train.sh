@@ -74,6 +74,9 @@ on_signal() {
   trap '' INT TERM
   echo "train.sh: stopping"
   if [[ -n $client_pid ]]; then kill -TERM "$client_pid" 2>/dev/null || true; fi
+  # The servers stop at the same time: the client cuts its rounds in flight anyway, and waiting for it
+  # first would add their shutdown to the time an interrupted run takes.
+  if [[ -n $servers_pid ]]; then kill -TERM "$servers_pid" 2>/dev/null || true; fi
 }
 cleanup() {
   # Only the processes this script started; servers.py stops its own server processes.
@@ -88,6 +91,11 @@ cleanup() {
 }
 trap on_signal INT TERM
 trap cleanup EXIT
+
+# A fresh shared secret per run, unless the caller set one: only this run's client may use its servers.
+# It travels in the environment, which (unlike arguments) ps does not show.
+if [[ -z ${ASYNCFL_TOKEN:-} ]]; then ASYNCFL_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); fi
+export ASYNCFL_TOKEN
 
 "$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --dataset "$dataset" --seed "$seed" \
   --speeds "$speeds" --loss "$loss" --losses "$losses" --delays-ms "$delays_ms" --rates-mbit "$rates_mbit" \

@@ -10,13 +10,14 @@ snapshot of the global model, have the server train it (``fit``), then apply
 under the state's lock. A separate evaluator process scores snapshots taken every ``--eval-interval-s``
 and whenever the smallest completed round advances (every ``--eval-every-rounds``-th advance).
 
-The run folder (``--out-dir``) receives config.json, rounds.csv, f1_time.csv, f1_epoch.csv, yappi.csv,
-client.log and the final model.safetensors. The servers must be running (``src/servers.py``, or
+The run folder (``--out-dir``) receives config.json, rounds.csv, events.csv (lost connections, servers
+left out and rejoining), f1_time.csv, f1_epoch.csv, yappi.csv, client.log and the final model.safetensors. The servers must be running (``src/servers.py``, or
 ``train.sh`` which starts both).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import multiprocessing as mp
@@ -40,7 +41,7 @@ from safetensors.torch import save_file
 if __package__ in (None, ""):  # run as `python src/client.py`: make `src` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src import data, profiling
+from src import auth, data, profiling
 from src.aggregation import scaled_update
 from src.evaluator import EvalRequest, format_score, run_evaluator
 from src.live import LiveStatus
@@ -54,6 +55,7 @@ from src.worker import TrainConfig
 log = logging.getLogger("asyncfl.client")
 
 ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s"]
+EVENTS_HEADER = ["time_s", "server", "event", "detail"]
 
 
 @dataclass
@@ -80,6 +82,9 @@ class Args:
     round_timeout_s: float = 60.0  # a round with no reply after this many seconds is abandoned, the server reconnected and the round retried (the websocket default the paper cites)
     die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
     evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
+    server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
+    token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
+    cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
 
 
 @dataclass
@@ -91,26 +96,92 @@ class RunContext:
     train_config: TrainConfig
     dataset_key: str
     rounds_log: CsvLog
+    events_log: CsvLog
     feed: "EvalFeed"
     eval_every_rounds: int
     round_timeout_s: float
     t0: float  # time.monotonic() when training started
     retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
 
+    def event(self, server: int | str, event: str, detail: str = "", level: int = logging.INFO) -> None:
+        """Something happened to a server (or the evaluator): into events.csv and the log."""
+        self.events_log.write(round(time.monotonic() - self.t0, 4), server, event, detail)
+        who = f"server-{server}" if isinstance(server, int) else server
+        log.log(level, "%s%s", event.replace("_", " "), f": {detail}" if detail else "", extra={"who": who})
+
 
 class EvalFeed:
-    """Puts model snapshots on the evaluator's queue, stamped with the time they were taken."""
+    """Hands model snapshots, stamped with the time they were taken, to the evaluator one at a time.
+
+    The evaluator's queue holds at most one request; the backlog waits here as references to immutable
+    snapshots (serialised only when sent), so that an interrupted run can drop it at once instead of
+    waiting for the evaluator to read through it. A thread named eval-feed does the sending."""
 
     def __init__(self, queue, t0: float):
         self.queue, self.t0 = queue, t0
-        self.submitted = 0
-        self._lock = threading.Lock()
+        self.submitted = 0  # requests handed to the evaluator
+        self.dropped = 0  # snapshots never sent: dropped on an interrupt
+        self.closed = False  # the evaluator is gone: nothing more is taken or sent
+        self._pending: collections.deque = collections.deque()
+        self._done = False  # no more snapshots will come: send the end marker once the backlog is out
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._send_loop, name="eval-feed", daemon=True)
+        self._thread.start()
 
-    def submit(self, kind: str, weights, epoch: int, max_round: int, time_s: float | None = None) -> None:
+    def submit(self, kind: str, weights, epoch: int, max_round: int, time_s: float | None = None,
+               final: bool = False) -> None:
         t = time.monotonic() - self.t0 if time_s is None else time_s
-        self.queue.put(EvalRequest(kind, t, epoch, max_round, st_save(weights)))
-        with self._lock:
-            self.submitted += 1
+        with self._cond:
+            if not self.closed:
+                self._pending.append((kind, t, epoch, max_round, weights, final))
+                self._cond.notify()
+
+    def drop_backlog(self) -> None:
+        with self._cond:
+            self.dropped += len(self._pending)
+            self._pending.clear()
+
+    def backlog(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def finish(self) -> None:
+        """No more snapshots: the feed sends the end marker after the backlog (the evaluator then exits)."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        """The evaluator died: stop taking snapshots, and never wait on its queue again."""
+        with self._cond:
+            self.closed = True
+            self.dropped += len(self._pending)
+            self._pending.clear()
+            self._cond.notify()
+        self.queue.cancel_join_thread()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._done and not self.closed:
+                    self._cond.wait()
+                if self.closed:
+                    return
+                if not self._pending:  # done, and everything sent
+                    item = None
+                else:
+                    kind, t, epoch, max_round, weights, final = self._pending.popleft()
+                    item = EvalRequest(kind, t, epoch, max_round, st_save(weights), final)
+            while not self.closed:  # blocks while the evaluator is busy with the previous request
+                try:
+                    self.queue.put(item, timeout=0.5)
+                    break
+                except queue_module.Full:
+                    continue
+            if item is None:
+                return
+            with self._cond:
+                self.submitted += 1
 
 
 class ScoreReport:
@@ -118,7 +189,8 @@ class ScoreReport:
 
     def __init__(self, scores, live: LiveStatus):
         self.scores, self.live = scores, live
-        self.count = 0
+        self.count = 0  # requests answered, scored or (on an interrupt) skipped
+        self.skipped = 0
 
     def drain(self) -> None:
         while True:
@@ -127,6 +199,9 @@ class ScoreReport:
             except queue_module.Empty:
                 return
             self.count += 1
+            if f1 is None:
+                self.skipped += 1
+                continue
             if req.kind == "time":
                 self.live.latest_f1 = f1
             log.info("%s", format_score(req, f1), extra={"who": "evaluator"})
@@ -145,6 +220,8 @@ def run_round(ctx: RunContext, server: int) -> bool:
     if state.stop_event.is_set():
         return False  # the run ended while this round was out: it does not count
     info = state.apply(server, scaled_update(snap.weights, result.weights, len(ctx.workers)), snap)
+    if info.rejoined is not None:
+        ctx.event(server, "rejoined", f"answered again at round {info.round}; {info.rejoined} rounds skipped")
     ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
                          result.loss, round(round_s, 6), round(result.compute_s, 6))
     if info.min_advanced and info.min_round % ctx.eval_every_rounds == 0:
@@ -162,13 +239,17 @@ def server_loop(ctx: RunContext, server: int, errors: list) -> None:
             except ConnectionLost as e:
                 if ctx.state.stop_event.is_set():
                     return  # cut off because the run is stopping
-                # A lossy or broken link: the round is abandoned (nothing was applied) and retried on a new
-                # connection; the other threads go on, held back only by the SSP gate.
+                # A lossy or broken link, a server that died, or a reply that broke the protocol: the round
+                # is abandoned (nothing was applied) and retried on a new connection; the other threads go
+                # on, held back only by the SSP gate (and not even by that with --server-timeout-s).
                 ctx.retries[server] += 1
-                log.warning("round abandoned (%s); reconnecting to %s", e, worker.uri)
+                ctx.event(server, "round_abandoned", f"{e}; reconnecting to {worker.uri}", logging.WARNING)
                 if not worker.reconnect(ctx.state.stop_event, ctx.round_timeout_s):
                     return
-                log.info("reconnected to %s", worker.uri)
+                ctx.event(server, "reconnected", worker.uri)
+                skipped = ctx.state.rejoin(server)
+                if skipped is not None:
+                    ctx.event(server, "rejoined", f"{skipped} rounds skipped")
     except Exception as e:  # anything else ends the run: this server's data would silently be missing
         log.error("%s", e if isinstance(e, RemoteError) else repr(e), exc_info=not isinstance(e, RemoteError))
         errors.append(f"{threading.current_thread().name}: {e}")
@@ -187,6 +268,11 @@ def eval_timer(ctx: RunContext, interval_s: float, duration_s: float) -> None:
         snap = ctx.state.snapshot()
         ctx.feed.submit("time", snap.weights, snap.min_round, snap.max_round, time_s=k * interval_s)
         k += 1
+
+
+def redacted(args: Args) -> dict:
+    """The arguments as config.json records them: the token never leaves the process."""
+    return {**asdict(args), "token": "<set>" if args.token else ""}
 
 
 def resolve_servers(args: Args) -> list[str]:
@@ -238,17 +324,20 @@ def main(args: Args) -> int:
 
 
 def run(args: Args) -> int:
-    if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 1:
-        log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds at least 1")
+    if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 1 \
+            or args.server_timeout_s < 0:
+        log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds at "
+                  "least 1, --server-timeout-s not negative")
         return 2
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)
-    workers = [WebsocketClientWorker(uri, f"server-{i}") for i, uri in enumerate(uris)]
     try:
+        token = auth.resolve_token(args.token)
+        workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile) for i, uri in enumerate(uris)]
         train_config.validate()
         infos = [w.connect(args.connect_timeout_s) for w in workers]
         check_servers(args, infos)
-    except (ValueError, RemoteError) as e:
+    except (ValueError, OSError, RemoteError) as e:
         log.error("%s", e)
         return 2
 
@@ -256,8 +345,9 @@ def run(args: Args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(out_dir / "client.log")
     config = {
-        "args": asdict(args),
+        "args": redacted(args),
         "servers": uris,
+        "security": {"token": token is not None, "tls": [u.startswith("wss://") for u in uris], "cafile": args.cafile},
         "n_servers": len(workers),
         "train_config": train_config.to_dict(),
         "server_info": infos,
@@ -269,20 +359,23 @@ def run(args: Args) -> int:
     log.info("run folder %s; %d servers, S=%d, %.0f s", out_dir, len(workers), args.staleness_threshold, args.duration_s)
 
     ctx_mp = mp.get_context("spawn")
-    queue, scores, ready = ctx_mp.Queue(), ctx_mp.Queue(), ctx_mp.Event()
+    queue, scores, ready, hurry = ctx_mp.Queue(maxsize=1), ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Event()
     evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
-                               args=(queue, scores, ready, args.dataset, args.data_dir, str(out_dir), args.evaluator_nice))
+                               args=(queue, scores, ready, hurry, args.dataset, args.data_dir, str(out_dir),
+                                     args.evaluator_nice))
     evaluator.start()
     # Training starts once the evaluator can score: its start-up would otherwise eat the first seconds.
     while not ready.wait(0.5):
         if not evaluator.is_alive():
             log.error("the evaluator exited with code %s before it was ready", evaluator.exitcode)
             return 1
+    log.info("evaluator ready (pid %d)", evaluator.pid)
 
     state = TrainingState(initial_weights(args.seed), len(workers), args.staleness_threshold)
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
+    events_log = CsvLog(out_dir / "events.csv", EVENTS_HEADER)
     t0 = time.monotonic()
-    ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, EvalFeed(queue, t0),
+    ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, EvalFeed(queue, t0),
                      args.eval_every_rounds, args.round_timeout_s, t0, retries=[0] * len(workers))
     errors: list[str] = []
     threads = [threading.Thread(target=server_loop, args=(ctx, i, errors), name=f"server-{i}") for i in range(len(workers))]
@@ -294,6 +387,7 @@ def run(args: Args) -> int:
         if not interrupted.is_set():
             log.info("%s: stopping, then writing the results", signal.Signals(signum).name)
         interrupted.set()
+        hurry.set()  # the evaluator skips what it was sent but not yet scored, except the final model
         state.stop_event.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -314,11 +408,22 @@ def run(args: Args) -> int:
         while not state.stop_event.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
             report.drain()
             live.update(time.monotonic() - t0, state.rounds(), state.updates())
+            if args.server_timeout_s:
+                for i in state.leave_out_silent(args.server_timeout_s):
+                    ctx.event(i, "left_out", f"no answer for {args.server_timeout_s:g} s: the others go on without "
+                              "it", logging.WARNING)
+            if not ctx.feed.closed and not evaluator.is_alive():
+                # No more scores, but the training (and its final model) is still worth finishing.
+                ctx.feed.close()
+                errors.append(f"evaluator exited with code {evaluator.exitcode} during training")
+                ctx.event("evaluator", "evaluator_died", f"exit code {evaluator.exitcode}; training goes on without "
+                          "F1 scores (score model.safetensors later with python -m src.evaluator)", logging.ERROR)
             if time.monotonic() >= deadline:
                 break
     finally:
         live.stop()
-    stop_reason = "interrupted" if interrupted.is_set() else "error" if errors else "duration"
+    # The stop event is set only by a signal or by a server thread that failed; the deadline leaves it clear.
+    stop_reason = "interrupted" if interrupted.is_set() else "error" if state.stop_event.is_set() else "duration"
     state.stop()
     for w in workers:
         w.interrupt()  # rounds still out would be discarded anyway; don't wait up to a round timeout for them
@@ -326,7 +431,10 @@ def run(args: Args) -> int:
         t.join()
     elapsed_s = time.monotonic() - t0
     final = state.snapshot()
-    ctx.feed.submit("time", final.weights, final.min_round, final.max_round, time_s=elapsed_s)
+    if interrupted.is_set():
+        ctx.feed.drop_backlog()  # an interrupted run must end within seconds: only the final model is scored
+    ctx.feed.submit("time", final.weights, final.min_round, final.max_round, time_s=elapsed_s, final=True)
+    ctx.feed.finish()
     rounds_log.close()
     if args.profile:
         profiling.write_csv(out_dir / "yappi.csv", [t.name for t in threads], state.rounds(), state.max_staleness)
@@ -336,16 +444,18 @@ def run(args: Args) -> int:
              stop_reason, elapsed_s, state.updates(), rounds, max(state.max_staleness))
 
     report.drain()
-    pending = ctx.feed.submitted - report.count
-    if pending > 0:
+    if ctx.feed.dropped and not ctx.feed.closed:
+        log.info("interrupted: %d pending snapshots not scored", ctx.feed.dropped)
+    pending = ctx.feed.backlog() + ctx.feed.submitted - report.count
+    if pending > 0 and not ctx.feed.closed:
         log.info("waiting for the evaluator to score %d pending snapshots", pending)
-    queue.put(None)
     while evaluator.is_alive() or not scores.empty():
         evaluator.join(0.25)
         report.drain()
-    if evaluator.exitcode != 0:
+    if evaluator.exitcode != 0 and not ctx.feed.closed:
         errors.append(f"evaluator exited with code {evaluator.exitcode}")
         log.error("the evaluator exited with code %s", evaluator.exitcode)
+    events_log.close()
     for w in workers:
         w.close()
     config["finished"] = {
@@ -355,7 +465,10 @@ def run(args: Args) -> int:
         "rounds_per_server": rounds,
         "max_staleness_per_server": state.max_staleness,
         "retries_per_server": ctx.retries,
-        "evaluations": report.count,
+        "skipped_rounds_per_server": state.skipped,
+        "left_out_at_end": sorted(state.left_out()),
+        "evaluations": report.count - report.skipped,
+        "evaluations_dropped": ctx.feed.dropped + report.skipped,
         "errors": errors,
     }
     _write_json(out_dir / "config.json", config)

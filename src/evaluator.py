@@ -44,6 +44,7 @@ class EvalRequest:
     epoch: int  # smallest completed round at snapshot time
     max_round: int  # largest completed round at snapshot time
     weights: bytes  # safetensors bytes of the snapshot
+    final: bool = False  # the model at the end of training: always scored, even in a hurry
 
 
 class Scorer:
@@ -67,10 +68,12 @@ def format_score(req: EvalRequest, f1: float) -> str:
     return f"[round {req.epoch:5d}] f1={f1:.4f}  at {req.time_s:.1f} s"
 
 
-def run_evaluator(requests, scores, ready, dataset_name: str, data_dir: str, out_dir: str, nice: int) -> None:
+def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: str, out_dir: str, nice: int) -> None:
     """Body of the evaluator process: set ``ready`` once able to score, then score every request until a
     None arrives. Each score goes to its CSV and, as (request without weights, f1), to ``scores``: the
-    client prints them, so that they interleave cleanly with its own output."""
+    client prints them, so that they interleave cleanly with its own output. Once ``hurry`` is set (the
+    run was interrupted and must end within seconds) only the final model is scored; a request skipped is
+    answered with (request, None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle; we drain first
     torch.set_num_threads(1)
     if nice:
@@ -83,6 +86,9 @@ def run_evaluator(requests, scores, ready, dataset_name: str, data_dir: str, out
     epoch_log = CsvLog(Path(out_dir) / "f1_epoch.csv", ["epoch", "f1"])
     try:
         while (req := requests.get()) is not None:
+            if hurry.is_set() and not req.final:
+                scores.put((replace(req, weights=b""), None))
+                continue
             f1 = scorer.f1(st_load(req.weights))
             if req.kind == "time":
                 time_log.write(round(req.time_s, 3), round(f1, 6))

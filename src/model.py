@@ -42,6 +42,23 @@ def initial_weights(seed: int) -> dict[str, torch.Tensor]:
         torch.random.set_rng_state(generator_state)
 
 
+def weight_spec() -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The model's tensor names with their shapes and dtypes: what any weights on the wire must match."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in Net().state_dict().items()}
+
+
+def check_weights(weights: dict[str, torch.Tensor] | None, spec: dict) -> None:
+    """Raise ValueError unless ``weights`` hold exactly the tensors of ``spec``, all finite. Both sides run
+    it on what they receive: a wrong tensor must never reach ``load_state_dict`` or the global model."""
+    if weights is None or set(weights) != set(spec):
+        raise ValueError("weights must hold exactly the model's tensors")
+    for k, (shape, dtype) in spec.items():
+        if tuple(weights[k].shape) != shape or weights[k].dtype != dtype:
+            raise ValueError(f"tensor {k!r} must be {dtype} of shape {shape}")
+        if not torch.isfinite(weights[k]).all():
+            raise ValueError(f"tensor {k!r} has non-finite values")
+
+
 def architecture_signature() -> str:
     """A short hash of the parameter names, shapes and dtypes: equal iff two sides can swap weights."""
     spec = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in Net().state_dict().items())

@@ -4,19 +4,24 @@
 ``fit(dataset_key=..., train_config=..., weights=...)`` runs one remote round and returns a ``FitResult``.
 A round that gets no reply within its timeout (a lossy link can stall TCP for minutes) is cut off by
 closing the socket, raising ``ConnectionLost``; ``reconnect`` then opens a new connection with back-off.
+Every reply is checked before use (exact tensors, finite values, plausible numbers); a bad one raises
+``BadReply`` and is never applied. With a token, each connection presents it (see auth.py); ``wss://``
+addresses are verified against ``cafile`` or the system's CAs.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 
 import torch
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from src import wire
+from src import auth, wire
+from src.model import check_weights, weight_spec
 from src.worker import FitResult, TrainConfig
 
 
@@ -26,6 +31,11 @@ class RemoteError(RuntimeError):
 
 class ConnectionLost(RemoteError):
     """The connection failed or a reply did not come in time: a new connection may well work."""
+
+
+class BadReply(ConnectionLost):
+    """A reply that breaks the protocol (malformed, wrong tensors, non-finite values): it is dropped, never
+    applied, and the round retried on a new connection."""
 
 
 class _Watchdog:
@@ -60,8 +70,11 @@ class _Watchdog:
 
 
 class WebsocketClientWorker:
-    def __init__(self, uri: str, name: str):
+    def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = ""):
         self.uri, self.name = uri, name
+        self._headers = auth.auth_headers(token)
+        self._ssl = auth.client_ssl_context(uri, cafile)
+        self._spec = weight_spec()
         self.info: dict = {}
         self._ws: ClientConnection | None = None
         self._timed_out = False
@@ -100,7 +113,17 @@ class WebsocketClientWorker:
             # close connections on their own 20 s schedule).
             self._ws = connect(self.uri, compression=None, max_size=wire.MAX_FRAME_BYTES,
                                open_timeout=open_timeout_s, ping_interval=None, close_timeout=2,
-                               legacy=True)
+                               additional_headers=self._headers, ssl=self._ssl,
+                               legacy=True,  # a plain connection: reconnecting is ours to do (with back-off)
+                               proxy=None)  # data servers are reached directly, never through an HTTP proxy
+        except InvalidStatus as e:
+            if e.response.status_code == 401:
+                raise RemoteError(f"{self.uri} refused the connection: "
+                                  f"{'wrong' if self._headers else 'no'} token (set {auth.TOKEN_ENV})") from None
+            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+        except ssl.SSLCertVerificationError as e:
+            raise RemoteError(f"{self.uri}: TLS certificate not trusted ({e.verify_message}); "
+                              "pass --cafile with the server's certificate") from None
         except (OSError, WebSocketException, TimeoutError) as e:
             raise ConnectionLost(f"{type(e).__name__}: {e}") from None
         header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)
@@ -115,10 +138,18 @@ class WebsocketClientWorker:
         header, new_weights = self._request(
             {"type": "fit", "dataset_key": dataset_key, "train_config": train_config.to_dict()}, weights, "fit_ok",
             timeout_s)
-        if new_weights is None:
-            raise RemoteError("fit reply without weights")
-        return FitResult(new_weights, float(header["loss"]), int(header["n_samples"]),
-                         float(header["compute_s"]), float(header.get("idle_s", 0.0)))
+        try:
+            check_weights(new_weights, self._spec)
+            stats = {k: header[k] for k in ("loss", "n_samples", "compute_s", "idle_s")}
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats.values()):
+                raise ValueError("loss, n_samples, compute_s and idle_s must be numbers")
+            if not (isinstance(stats["n_samples"], int) and 0 <= stats["n_samples"] <= 10**8
+                    and 0 <= stats["compute_s"] < 1e6 and 0 <= stats["idle_s"] < 1e7):
+                raise ValueError(f"implausible round statistics {stats}")
+        except (KeyError, ValueError) as e:
+            raise BadReply(f"fit reply rejected: {e}") from None
+        return FitResult(new_weights, float(stats["loss"]), stats["n_samples"], float(stats["compute_s"]),
+                         float(stats["idle_s"]))
 
     def close(self) -> None:
         if self._ws is not None:
@@ -160,7 +191,7 @@ class WebsocketClientWorker:
         try:
             reply_header, reply_weights = wire.decode(reply)
         except wire.WireError as e:
-            raise RemoteError(f"{header['type']}: malformed reply: {e}") from None
+            raise BadReply(f"{header['type']}: malformed reply: {e}") from None
         if reply_header["type"] == "error":
             raise RemoteError(f"server refused {header['type']}: {reply_header.get('message')}")
         if reply_header["type"] != expect:

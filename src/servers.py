@@ -3,10 +3,13 @@
     python -m src.servers --n-servers 4 --stdev 600 --dataset mnist-5k --speeds "1 1 1 4"
 
 Server i listens on ws://HOST:BASE_PORT+i (``--base-port 0`` lets every server pick a free port). Once
-every server listens, this prints one line ``READY ws://...,ws://...`` and, with ``--ready-file``, writes
+every server listens, this prints one line ``READY ws://...,ws://...`` (``wss://`` with TLS) and, with ``--ready-file``, writes
 the same comma-separated addresses to that file (written whole, then renamed into place), which is what
 ``train.sh`` and the tests wait for. It then runs until SIGINT/SIGTERM, or until a server process dies,
-and stops every process it started.
+and stops every process it started. A server process that dies is restarted on its port (``--max-restarts``).
+
+With a token (``ASYNCFL_TOKEN=... python -m src.servers``) every connection must present it; listening
+beyond loopback (``--host 0.0.0.0``) requires one. ``--certfile/--keyfile`` add TLS (see auth.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import queue
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +32,7 @@ import tyro
 if __package__ in (None, ""):  # run as `python src/servers.py`: make `src` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src import data, netem
+from src import auth, data, netem
 from src.lifecycle import die_with_parent
 from src.runlog import setup_logging
 from src.split_dataset import class_count_table, format_table, split_indices
@@ -51,7 +54,11 @@ class Args:
     delays_ms: str = ""  # per-server added one-way delay in milliseconds, e.g. "0 0 50 200" (needs netem)
     rates_mbit: str = ""  # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
     netns: Literal["auto", "always", "never"] = "auto"  # run each server in its own network namespace: auto = when any condition is set (needs root)
-    host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address)
+    host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address); beyond loopback a token is required
+    token: str = ""  # shared secret every connection must present; prefer the ASYNCFL_TOKEN environment variable, which ps does not show
+    certfile: str = ""  # TLS certificate (PEM): with --keyfile the servers speak wss://
+    keyfile: str = ""  # TLS private key (PEM)
+    max_restarts: int = 5  # a server process that dies is restarted on the same port up to this many times (0 = a dead server stops all)
     base_port: int = 8777  # server i listens on base_port + i (0 = pick free ports)
     ready_file: str = ""  # if set, write the servers' addresses here once all listen
     start_timeout_s: float = 120.0  # give up if the servers are not all listening after this many seconds
@@ -82,8 +89,13 @@ def main(args: Args) -> int:
         missing = netem.missing_tools(conditions) if use_netns else []
         if missing:
             raise ValueError("network conditions need " + " and ".join(missing) + "; nothing was started")
+        token = auth.resolve_token(args.token)
+        if token is None and not auth.is_loopback(args.host):
+            raise ValueError(f"listening on {args.host!r} lets other machines in: set a token (--token or "
+                             f"{auth.TOKEN_ENV}), or listen on 127.0.0.1")
+        auth.server_ssl_context(args.certfile, args.keyfile)  # fail now, not in every server process
         ds = data.load(args.dataset, args.data_dir)
-    except (ValueError, data.DatasetUnavailable) as e:
+    except (ValueError, OSError, data.DatasetUnavailable) as e:
         log.error("%s", e)
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us like Ctrl-C
@@ -92,7 +104,7 @@ def main(args: Args) -> int:
     lab = netem.NetworkLab()
     try:
         links = lab.create(conditions) if use_netns else []
-        return _serve(args, ds, speeds, conditions, links)
+        return _serve(args, ds, speeds, conditions, links, token)
     except netem.NetemError as e:
         log.error("%s; nothing was started", e)
         return 2
@@ -104,7 +116,7 @@ def main(args: Args) -> int:
         lab.close()
 
 
-def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, links: list) -> int:
+def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, links: list, token: str | None) -> int:
     shards = split_indices(ds.train_labels, args.n_servers, args.stdev, np.random.default_rng(args.seed))
     table = class_count_table(ds.train_labels, shards, ds.n_classes)
     log.info("split of %s over %d servers, D=%g, seed=%d:\n%s", ds.name, args.n_servers, args.stdev, args.seed, format_table(table))
@@ -112,7 +124,7 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
 
     ctx = mp.get_context("spawn")
     ready_queue = ctx.Queue()
-    procs = []
+    procs, specs = [], []
     hosts = [link.ns_addr for link in links] or [args.host] * args.n_servers
     for link in links:
         log.info("server-%d in namespace %s at %s: loss %g%%, delay %g ms, rate %s (%s)", link.index, link.netns,
@@ -135,29 +147,44 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
             seed=args.seed,
             speed_ratio=speeds[i],
             split=split,
+            token=token,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
-        p = ctx.Process(target=serve_shard, args=(spec, ready_queue), name=spec.name, daemon=True)
-        p.start()
-        procs.append(p)
+        specs.append(spec)
+        procs.append(_start(ctx, spec, ready_queue))
 
     try:
         ports = _wait_ready(procs, ready_queue, args.start_timeout_s)
         if ports is None:
             return 1
-        addresses = ",".join(f"ws://{hosts[i]}:{ports[i]}" for i in range(args.n_servers))
+        scheme = "wss" if args.certfile else "ws"
+        addresses = ",".join(f"{scheme}://{hosts[i]}:{ports[i]}" for i in range(args.n_servers))
         if args.ready_file:
             tmp = Path(args.ready_file + ".tmp")
             tmp.write_text(addresses + "\n")
             tmp.rename(args.ready_file)
         print(f"READY {addresses}", flush=True)
-        # Serve until told to stop; a server that dies takes the whole set down (a run with a missing
-        # data owner would silently be a different experiment).
-        sentinels = {p.sentinel: p for p in procs}
+        # Serve until told to stop. A server process that dies is started again on the same port with the
+        # same shard (its client reconnects); past --max-restarts the whole set stops, since a run with a
+        # missing data owner would silently be a different experiment.
+        restarts = [0] * len(procs)
         while True:
-            done = mp.connection.wait(list(sentinels), timeout=None)
-            dead = [sentinels[s] for s in done]
-            log.error("%s exited with code %s; stopping all servers", dead[0].name, dead[0].exitcode)
-            return 1
+            sentinels = {p.sentinel: i for i, p in enumerate(procs)}
+            for s in mp.connection.wait(list(sentinels)):
+                i = sentinels[s]
+                procs[i].join(1.0)  # reap it, so that its exit code is known
+                if restarts[i] >= args.max_restarts:
+                    log.error("%s exited with code %s after %d restarts; stopping all servers", specs[i].name,
+                              procs[i].exitcode, restarts[i])
+                    return 1
+                restarts[i] += 1
+                log.warning("%s exited with code %s; restarting it on port %d (restart %d of %d)", specs[i].name,
+                            procs[i].exitcode, ports[i], restarts[i], args.max_restarts)
+                if restarts[i] > 1:  # a server that keeps dying at once must not spin: back off
+                    time.sleep(min(8.0, 2.0 ** (restarts[i] - 2)))
+                specs[i] = replace(specs[i], port=ports[i])
+                procs[i] = _start(ctx, specs[i], ready_queue)
     except KeyboardInterrupt:
         log.info("stopping %d servers", len(procs))
         return 0
@@ -165,6 +192,12 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop_all(procs)
+
+
+def _start(ctx, spec: ServerSpec, ready_queue):
+    p = ctx.Process(target=serve_shard, args=(spec, ready_queue), name=spec.name, daemon=True)
+    p.start()
+    return p
 
 
 def _wait_ready(procs, ready_queue, timeout_s: float) -> dict[int, int] | None:
@@ -201,5 +234,5 @@ def _stop_all(procs) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned servers before torch loads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned servers before they import torch
     sys.exit(main(tyro.cli(Args, description=__doc__)))

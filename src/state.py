@@ -8,19 +8,32 @@ snapshot the global model, to apply its update, and to wait at the Stale Synchro
 i.e. a thread starting round r = completed[i] + 1 waits while r - min(completed) > S + 1. S = 0 is
 synchronous (nobody runs more than one round ahead), a huge S (9999) asynchronous. Waiters are woken
 only when the smallest completed round advances, the one event that can open the gate.
+
+A server whose round has gone unanswered for longer than a timeout can be left out of that minimum
+(``leave_out_silent``), so that the others go on without it. When it answers again it rejoins at the
+others' smallest round: the rounds it missed are counted as skipped, and it does not hold everyone back
+while it catches up.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from src.aggregation import StateDict, add
 
 
-def may_start(completed: list[int], server: int, staleness_threshold: int) -> bool:
-    """The SSP rule: may ``server`` (with ``completed[server]`` rounds done) start its next round?"""
-    return completed[server] - min(completed) <= staleness_threshold
+def may_start(completed: list[int], server: int, staleness_threshold: int, left_out: frozenset[int] = frozenset()) -> bool:
+    """The SSP rule: may ``server`` (with ``completed[server]`` rounds done) start its next round? Servers
+    in ``left_out`` (silent for too long, see ``TrainingState.leave_out_silent``) do not count."""
+    return completed[server] - gate_min(completed, left_out) <= staleness_threshold
+
+
+def gate_min(completed: list[int], left_out: frozenset[int] = frozenset()) -> int:
+    """The smallest completed round among the servers the gate waits for (all, if all are left out)."""
+    present = [c for i, c in enumerate(completed) if i not in left_out]
+    return min(present or completed)
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class UpdateInfo:
     max_round: int
     min_advanced: bool  # did this update raise the smallest completed round?
     weights: StateDict  # the global model right after this update
+    rejoined: int | None = None  # rounds skipped if this update brought a left-out server back, else None
 
 
 class TrainingState:
@@ -52,33 +66,78 @@ class TrainingState:
         self._completed = [0] * n_servers
         self.staleness_threshold = staleness_threshold
         self.max_staleness = [0] * n_servers
+        self.skipped = [0] * n_servers  # rounds fast-forwarded on rejoining after being left out
+        self._left_out: frozenset[int] = frozenset()
+        self._busy_since: list[float | None] = [None] * n_servers  # when the round out now started; None at the gate
         self.stop_event = threading.Event()
 
     def wait_turn(self, server: int) -> bool:
         """Block at the SSP gate; True when ``server`` may start its next round, False once stopped."""
         with self._cond:
-            while not self.stop_event.is_set() and not may_start(self._completed, server, self.staleness_threshold):
+            while not self.stop_event.is_set() and not may_start(self._completed, server, self.staleness_threshold,
+                                                                 self._left_out):
                 self._cond.wait()
+            if self._busy_since[server] is None:
+                self._busy_since[server] = time.monotonic()
             return not self.stop_event.is_set()
 
     def snapshot(self) -> Snapshot:
         with self._cond:
-            return Snapshot(self._weights, self._version, min(self._completed), max(self._completed))
+            return Snapshot(self._weights, self._version, gate_min(self._completed, self._left_out), max(self._completed))
 
     def apply(self, server: int, update: StateDict, snapshot: Snapshot) -> UpdateInfo:
         """global += update (already scaled, see aggregation.scaled_update); the server's round completes."""
         with self._cond:
-            old_min = min(self._completed)
+            rejoined = self._rejoin(server)
+            old_min = gate_min(self._completed, self._left_out)
             self._weights = add(self._weights, update)
             updates_behind = self._version - snapshot.version
             self._version += 1
             self._completed[server] += 1
-            new_min, new_max = min(self._completed), max(self._completed)
+            self._busy_since[server] = None
+            new_min, new_max = gate_min(self._completed, self._left_out), max(self._completed)
             staleness = self._completed[server] - new_min
             self.max_staleness[server] = max(self.max_staleness[server], staleness)
             if new_min > old_min:
                 self._cond.notify_all()
-            return UpdateInfo(self._completed[server], staleness, updates_behind, new_min, new_max, new_min > old_min, self._weights)
+            return UpdateInfo(self._completed[server], staleness, updates_behind, new_min, new_max, new_min > old_min,
+                              self._weights, rejoined)
+
+    def leave_out_silent(self, timeout_s: float, now: float | None = None) -> list[int]:
+        """Leave out of the gate's minimum every server whose round has been out for more than
+        ``timeout_s``; returns the servers newly left out."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            silent = [i for i, t in enumerate(self._busy_since)
+                      if t is not None and now - t > timeout_s and i not in self._left_out]
+            if silent:
+                old_min = gate_min(self._completed, self._left_out)
+                self._left_out = self._left_out | frozenset(silent)
+                if gate_min(self._completed, self._left_out) > old_min:
+                    self._cond.notify_all()
+            return silent
+
+    def rejoin(self, server: int) -> int | None:
+        """``server`` answers again (it reconnected): its silence ends, and if it was left out it rejoins
+        (see ``_rejoin``)."""
+        with self._cond:
+            self._busy_since[server] = None
+            return self._rejoin(server)
+
+    def _rejoin(self, server: int) -> int | None:
+        """Take a left-out server back into the gate at the others' smallest round (never below the one it
+        had, so the minimum cannot drop). Returns the rounds skipped, or None if it was not left out."""
+        if server not in self._left_out:
+            return None
+        self._left_out = self._left_out - {server}
+        skipped = max(0, gate_min(self._completed, self._left_out | {server}) - self._completed[server])
+        self._completed[server] += skipped
+        self.skipped[server] += skipped
+        return skipped
+
+    def left_out(self) -> frozenset[int]:
+        with self._cond:
+            return self._left_out
 
     def rounds(self) -> list[int]:
         with self._cond:

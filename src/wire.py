@@ -5,7 +5,8 @@ One websocket binary frame per message:
     [4 bytes: header length, little-endian u32][header: UTF-8 JSON object][weights: safetensors bytes]
 
 The JSON header always has a ``type``; the weights part is empty for messages without a model. Weights
-are only ever parsed by safetensors (a flat, typed tensor format): nothing from the network is unpickled.
+are only ever parsed by safetensors (a flat, typed tensor format, no code): network bytes never reach a
+Python object deserialiser.
 
 Messages (client -> server, server -> client):
 - ``hello`` -> ``hello_ok``: protocol version, server name, dataset key, shard size and class counts,
@@ -24,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 PROTOCOL_VERSION = 1
-MAX_FRAME_BYTES = 64 * 1024 * 1024  # the model is 1.7 MB; anything this large is not ours
+MAX_FRAME_BYTES = 8 * 1024 * 1024  # the model is 1.7 MB; a larger frame is refused by the websocket layer
 MAX_HEADER_BYTES = 64 * 1024
 _LEN = struct.Struct("<I")
 

@@ -25,9 +25,9 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from src import wire
+from src import auth, wire
 from src.data import to_tensor
-from src.model import Net, architecture_signature, loss_fn
+from src.model import Net, architecture_signature, check_weights, loss_fn, weight_spec
 from src.lifecycle import die_with_parent
 from src.netem import enter_netns
 from src.runlog import setup_logging
@@ -54,11 +54,12 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536):
+        if not (_is_int(self.batch_size) and 1 <= self.batch_size <= 65536):
             raise ValueError("batch_size must be an integer in [1, 65536]")
-        if not (isinstance(self.max_nr_batches, int) and 1 <= self.max_nr_batches <= 100000):
+        if not (_is_int(self.max_nr_batches) and 1 <= self.max_nr_batches <= 100000):
             raise ValueError("max_nr_batches must be an integer in [1, 100000]")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 100):
+        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+                and 0 < self.lr <= 100):
             raise ValueError("lr must be a number in (0, 100]")
         if not isinstance(self.shuffle, bool):
             raise ValueError("shuffle must be true or false")
@@ -67,6 +68,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # JSON true is not a batch size
 
 
 @torch.no_grad()
@@ -120,16 +125,12 @@ class ShardWorker:
 
     def __post_init__(self) -> None:
         self.stream = BatchStream(len(self.labels), np.random.default_rng(self.seed))
-        self.reference = {k: (tuple(v.shape), v.dtype) for k, v in self.model.state_dict().items()}
+        self.reference = weight_spec()
+        self.fits = 0  # rounds trained since this process started (reported by hello)
+        self._lock = threading.Lock()  # one model: connections that overlap take turns
 
     def check_weights(self, weights: dict[str, torch.Tensor] | None) -> None:
-        if weights is None or set(weights) != set(self.reference):
-            raise ValueError("weights must hold exactly the model's tensors")
-        for k, (shape, dtype) in self.reference.items():
-            if tuple(weights[k].shape) != shape or weights[k].dtype != dtype:
-                raise ValueError(f"tensor {k!r} must be {dtype} of shape {shape}")
-            if not torch.isfinite(weights[k]).all():
-                raise ValueError(f"tensor {k!r} has non-finite values")
+        check_weights(weights, self.reference)
 
     def warm_up(self) -> None:
         """One throwaway forward/backward pass: PyTorch's first call pays one-off set-up costs, which would
@@ -142,6 +143,10 @@ class ShardWorker:
     def fit(self, dataset_key: str, config: TrainConfig, weights: dict[str, torch.Tensor]) -> FitResult:
         if dataset_key != self.dataset_key:
             raise ValueError(f"unknown dataset_key {dataset_key!r}; this server hosts {self.dataset_key!r}")
+        with self._lock:
+            return self._fit(config, weights)
+
+    def _fit(self, config: TrainConfig, weights: dict[str, torch.Tensor]) -> FitResult:
         t0 = time.perf_counter()
         self.model.load_state_dict(weights)
         self.model.train()
@@ -158,11 +163,14 @@ class ShardWorker:
             losses.append(loss.item())
             n_samples += len(idx)
         compute_s = time.perf_counter() - t0
+        self.fits += 1
+        new_weights = {k: v.detach() for k, v in self.model.state_dict().items()}
+        check_weights(new_weights, self.reference)  # weights that trained into inf/NaN are not sent back
         idle_s = (self.speed_ratio - 1.0) * compute_s if self.speed_ratio > 1.0 else 0.0
         if idle_s > 0:
             time.sleep(idle_s)
         return FitResult(
-            weights={k: v.detach() for k, v in self.model.state_dict().items()},
+            weights=new_weights,
             loss=float(np.mean(losses)) if losses else float("nan"),
             n_samples=n_samples,
             compute_s=compute_s,
@@ -181,33 +189,44 @@ class ShardWorker:
             "speed_ratio": self.speed_ratio,
             "architecture": architecture_signature(),
             "pid": os.getpid(),
+            "fits": self.fits,
             **extra,
         }
 
 
-def handle_frame(worker: ShardWorker, frame: bytes, extra_info: dict) -> bytes:
-    """Answer one request frame with one reply frame; never raises for bad input."""
+REQUEST_KEYS = {"hello": {"type"}, "fit": {"type", "dataset_key", "train_config"}}
+
+
+def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> tuple[bytes, str | None]:
+    """Answer one request frame with one reply frame, and say why it was refused (None if served).
+    Never raises: whatever arrives, the reply is ``hello_ok``, ``fit_ok`` or ``error``."""
     try:
         header, weights = wire.decode(frame)
         kind = header["type"]
+        if kind not in REQUEST_KEYS:
+            raise ValueError(f"unknown message type {kind[:40]!r}")
+        if set(header) != REQUEST_KEYS[kind]:
+            raise ValueError(f"a {kind} request has exactly the keys {sorted(REQUEST_KEYS[kind])}")
         if kind == "hello":
-            return wire.encode(worker.info(extra_info))
-        if kind == "fit":
-            config = TrainConfig.from_dict(header.get("train_config", {}))
-            worker.check_weights(weights)
-            result = worker.fit(str(header.get("dataset_key")), config, weights)
-            reply = {
-                "type": "fit_ok",
-                "loss": result.loss,
-                "n_samples": result.n_samples,
-                "compute_s": result.compute_s,
-                "idle_s": result.idle_s,
-            }
-            return wire.encode(reply, result.weights)
-        raise ValueError(f"unknown message type {kind!r}")
-    except (ValueError, TypeError, KeyError) as e:
-        log.warning("refused a request: %s", e)
-        return wire.encode({"type": "error", "message": str(e)})
+            if weights is not None:
+                raise ValueError("hello carries no weights")
+            return wire.encode(worker.info(extra_info)), None
+        if not isinstance(header["dataset_key"], str):
+            raise ValueError("dataset_key must be a string")
+        config = TrainConfig.from_dict(header["train_config"])
+        worker.check_weights(weights)
+        result = worker.fit(header["dataset_key"], config, weights)
+        reply = {
+            "type": "fit_ok",
+            "loss": result.loss,
+            "n_samples": result.n_samples,
+            "compute_s": result.compute_s,
+            "idle_s": result.idle_s,
+        }
+        return wire.encode(reply, result.weights), None
+    except Exception as e:  # noqa: BLE001 - bad input of any kind (even a RecursionError from nested JSON)
+        reason = f"{type(e).__name__}: {e}"[:300]
+        return wire.encode({"type": "error", "message": reason}), reason
 
 
 @dataclass
@@ -226,6 +245,9 @@ class ServerSpec:
     split: dict  # how the shard was made (dataset, n_servers, stdev, seed), reported by hello
     netns: str | None = None  # network namespace to run in (see netem.py), None = the current one
     network: dict = field(default_factory=dict)  # the link's conditions and how they are emulated, reported by hello
+    token: str | None = None  # shared secret every connection must present (see auth.py); None = no check
+    certfile: str = ""  # TLS certificate (PEM); with keyfile, the server speaks wss://
+    keyfile: str = ""  # TLS private key (PEM)
 
 
 def serve_shard(spec: ServerSpec, ready_queue) -> None:
@@ -234,6 +256,7 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         enter_netns(spec.netns)  # first, while this is the only thread: later threads and sockets follow
     torch.set_num_threads(1)  # one core per server; more threads only contend on a small machine
     setup_logging()
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # our handler logs connections, with the peer
     # Ctrl-C reaches the whole process group: leave it to servers.py, which stops us with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM is blocked here, and so in every thread started from now on, and taken synchronously with
@@ -255,18 +278,29 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         peer = conn.remote_address
         threading.current_thread().name = f"{spec.name}-conn"
         log.info("connection from %s", peer)
+        served = refused = 0
         try:
             for frame in conn:
-                conn.send(handle_frame(worker, frame, extra))
+                reply, reason = handle_frame(worker, frame, extra)
+                if reason is None:
+                    served += 1
+                else:
+                    refused += 1
+                    if refused <= 3:  # a flood of bad requests must not flood the log: the count comes at close
+                        log.warning("refused a request from %s: %s", peer, reason)
+                conn.send(reply)
         except ConnectionClosed as e:
-            log.info("connection from %s lost (%s)", peer, e)
+            log.info("connection from %s lost (%s); %d requests served, %d refused", peer, e, served, refused)
             return
-        log.info("connection from %s closed", peer)
+        log.info("connection from %s closed; %d requests served, %d refused", peer, served, refused)
 
     try:
         server = serve(handler, spec.host, spec.port, compression=None, max_size=wire.MAX_FRAME_BYTES,
-                       ping_interval=None)  # liveness is the client's round timeout
-    except OSError as e:
+                       ping_interval=None,  # liveness is the client's round timeout
+                       max_queue=4,  # frames read ahead per connection: bounds what a flood can buffer
+                       process_request=auth.token_check(spec.token, spec.name),
+                       ssl=auth.server_ssl_context(spec.certfile, spec.keyfile))
+    except (OSError, ValueError) as e:
         log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
         ready_queue.put((spec.index, -1))
         raise SystemExit(1) from None
@@ -274,7 +308,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         accept = threading.Thread(target=server.serve_forever, name=f"{spec.name}-accept")
         accept.start()
         port = server.socket.getsockname()[1]
-        log.info("%d samples, listening on ws://%s:%d", len(spec.labels), spec.host, port)
+        log.info("%d samples, listening on %s://%s:%d%s", len(spec.labels), "wss" if spec.certfile else "ws", spec.host,
+                 port, " (token required)" if spec.token else "")
         ready_queue.put((spec.index, port))
         signal.sigwait({signal.SIGTERM})
         log.info("stopping")

@@ -72,3 +72,29 @@ def kill_session(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def start_servers(tmp_path: Path, *flags: str, env: dict | None = None, timeout_s: float = 60.0):
+    """Start servers.py (output to tmp_path/servers.log) and wait for its ready file; returns the process
+    and the server addresses. Stop it with kill_session."""
+    ready = tmp_path / "servers.ready"
+    log_file = open(tmp_path / "servers.log", "w")
+    proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--base-port", "0", "--ready-file", str(ready), *flags],
+                            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    log_file.close()
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            kill_session(proc)
+            raise AssertionError("servers.py did not get ready:\n" + (tmp_path / "servers.log").read_text())
+        time.sleep(0.05)
+    return proc, ready.read_text().strip().split(",")
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of a process in KiB (VmHWM: its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)

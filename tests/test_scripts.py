@@ -60,32 +60,6 @@ def test_semi_synchronous_gap_and_slow_server(tmp_path):
     assert 0.15 <= rounds[1] / rounds[0] <= 0.45
 
 
-def test_sigint_stops_everything_and_keeps_whole_rows(tmp_path):
-    # Prepare
-    proc = subprocess.Popen(["./train.sh", "--n-servers", "2", "--base-port", "0", "--duration-s", "120",
-                             "--eval-interval-s", "1", "--out-dir", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        wait_for_rows(tmp_path / "rounds.csv", 20, proc, timeout_s=90)
-        # Execute: Ctrl-C, as a terminal sends it, to the whole process group.
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-        # Assert
-        assert wait_session_gone(proc.pid) == []
-        assert proc.returncode == 130  # interrupted, as a shell reports Ctrl-C
-        config = json.loads((tmp_path / "config.json").read_text())
-        assert config["finished"]["stop_reason"] == "interrupted"
-        assert config["finished"]["training_s"] < 60
-        for name in ("rounds.csv", "f1_time.csv", "f1_epoch.csv"):
-            text = (tmp_path / name).read_text()
-            assert text.endswith("\n")
-            rows = read_csv(tmp_path / name)
-            assert all(None not in r.values() and None not in r for r in rows)
-    finally:
-        kill_session(proc)
-
-
 def test_bad_settings_stop_before_starting_anything(tmp_path):
     bad_loss = train(tmp_path / "loss", "--loss", "ten", timeout_s=30)
     assert bad_loss.returncode == 2 and "percentage" in bad_loss.stderr

@@ -2,11 +2,12 @@
 
 import random
 import threading
+import time
 
 import pytest
 import torch
 
-from src.state import TrainingState, may_start
+from src.state import TrainingState, gate_min, may_start
 
 
 def zero_model():
@@ -100,3 +101,46 @@ def test_concurrent_servers_never_exceed_the_threshold(threshold):
     assert state.rounds() == [rounds] * n
     assert max(gaps) <= threshold + 1
     assert max(state.max_staleness) <= threshold + 1
+
+
+def test_a_silent_server_is_left_out_of_the_gate_and_rejoins_at_the_others_round():
+    # Prepare: S=0, three servers; server 2 takes a round and goes silent.
+    state = TrainingState(zero_model(), 3, 0)
+    for s in (0, 1, 2):
+        assert state.wait_turn(s)
+    state.apply(0, {"w": torch.ones(3)}, state.snapshot())
+    state.apply(1, {"w": torch.ones(3)}, state.snapshot())
+    t_busy = time.monotonic()
+    # Execute / Assert: before the timeout nobody is left out and server 0 must wait for server 2.
+    assert state.leave_out_silent(10.0, now=t_busy + 5) == []
+    assert not may_start(state.rounds(), 0, 0, state.left_out())
+    assert state.leave_out_silent(10.0, now=t_busy + 11) == [2]
+    assert state.leave_out_silent(10.0, now=t_busy + 12) == []  # reported once
+    # Left out: servers 0 and 1 go on for 5 rounds in step.
+    for _ in range(5):
+        for s in (0, 1):
+            assert state.wait_turn(s)
+            state.apply(s, {"w": torch.ones(3)}, state.snapshot())
+    assert state.rounds() == [6, 6, 0]
+    # Server 2 answers again: it rejoins at the others' smallest round, its missed rounds counted as skipped.
+    assert state.rejoin(2) == 6
+    assert state.rounds() == [6, 6, 6] and state.skipped == [0, 0, 6] and state.left_out() == frozenset()
+    assert state.rejoin(2) is None  # already back
+
+
+def test_a_late_reply_brings_a_left_out_server_back():
+    state = TrainingState(zero_model(), 2, 0)
+    snap = state.snapshot()
+    assert state.wait_turn(1)
+    assert state.leave_out_silent(1.0, now=time.monotonic() + 2) == [1]
+    for _ in range(3):
+        assert state.wait_turn(0)
+        state.apply(0, {"w": torch.ones(3)}, state.snapshot())
+    info = state.apply(1, {"w": torch.ones(3)}, snap)
+    assert (info.rejoined, info.round, info.updates_behind) == (3, 4, 3)
+    assert state.rounds() == [3, 4]
+
+
+def test_gate_min_ignores_left_out_servers_unless_all_are():
+    assert gate_min([5, 2, 9], frozenset({1})) == 5
+    assert gate_min([5, 2, 9], frozenset({0, 1, 2})) == 2

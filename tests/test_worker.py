@@ -67,12 +67,15 @@ def test_bad_train_configs_are_refused(config):
 
 def test_handle_frame_answers_hello_fit_and_errors():
     worker = make_worker()
-    hello, _ = wire.decode(handle_frame(worker, wire.encode({"type": "hello"}), {}))
-    assert hello["type"] == "hello_ok" and hello["n_samples"] == 64 and hello["protocol"] == wire.PROTOCOL_VERSION
+    reply, refused = handle_frame(worker, wire.encode({"type": "hello"}), {})
+    hello, _ = wire.decode(reply)
+    assert refused is None and hello["type"] == "hello_ok" and hello["n_samples"] == 64
+    assert hello["protocol"] == wire.PROTOCOL_VERSION and hello["fits"] == 0
 
     fit = wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {"batch_size": 8}}, initial_weights(1))
-    header, weights = wire.decode(handle_frame(worker, fit, {}))
+    header, weights = wire.decode(handle_frame(worker, fit, {})[0])
     assert header["type"] == "fit_ok" and header["n_samples"] == 8 and weights is not None
+    assert worker.fits == 1
 
     bad_shape = {k: v for k, v in initial_weights(0).items()}
     bad_shape["fc2.bias"] = torch.zeros(11)
@@ -81,6 +84,15 @@ def test_handle_frame_answers_hello_fit_and_errors():
     for frame in (b"junk", wire.encode({"type": "nope"}),
                   wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}}, bad_shape),
                   wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}}, nan),
-                  wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}})):
-        header, weights = wire.decode(handle_frame(worker, frame, {}))
-        assert header["type"] == "error" and weights is None
+                  wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}}),
+                  wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {}, "extra": 1}, initial_weights(0)),
+                  wire.encode({"type": "fit", "dataset_key": 7, "train_config": {}}, initial_weights(0)),
+                  wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {"batch_size": True}}, initial_weights(0)),
+                  wire.encode({"type": "hello"}, initial_weights(0)),
+                  "a text frame",
+                  b"\x00\x80\x00\x00" + b"[" * 32768):  # nested JSON deep enough for a RecursionError
+        reply, refused = handle_frame(worker, frame, {})
+        header, weights = wire.decode(reply)
+        assert header["type"] == "error" and weights is None and refused == header["message"]
+    assert worker.fits == 1  # none of them trained
+
