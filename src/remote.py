@@ -126,6 +126,7 @@ class WebsocketClientWorker:
                               "pass --cafile with the server's certificate") from None
         except (OSError, WebSocketException, TimeoutError) as e:
             raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+        self._ws.recv_bufsize = wire.RECV_BUFSIZE
         header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)
         if header.get("protocol") != wire.PROTOCOL_VERSION:
             self.close()

@@ -25,9 +25,10 @@ class CsvLog:
     def write(self, *values) -> None:
         if len(values) != len(self.header):
             raise ValueError(f"expected {len(self.header)} values, got {len(values)}")
-        line = ",".join(_fmt(v) for v in values) + "\n"
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_fmt(v) for v in values])  # quotes free text with commas
         with self._lock:
-            self._file.write(line)
+            self._file.write(buf.getvalue())
             self._file.flush()
 
     def close(self) -> None:
@@ -74,3 +75,9 @@ def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO,
         h.setFormatter(formatter)
         root.addHandler(h)
     root.setLevel(level)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a CSV written by CsvLog, as dicts of strings."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -27,6 +27,8 @@ from safetensors.torch import save as st_save
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # the model is 1.7 MB; a larger frame is refused by the websocket layer
 MAX_HEADER_BYTES = 64 * 1024
+RECV_BUFSIZE = 1024 * 1024  # bytes per socket read in websockets' reader thread (its default 64 KiB takes
+# 27 passes through its Python frame parser for one model)
 _LEN = struct.Struct("<I")
 
 

@@ -276,6 +276,7 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
 
     def handler(conn: ServerConnection) -> None:
         peer = conn.remote_address
+        conn.recv_bufsize = wire.RECV_BUFSIZE
         threading.current_thread().name = f"{spec.name}-conn"
         log.info("connection from %s", peer)
         served = refused = 0

@@ -1,0 +1,269 @@
+"""Benchmark: what a round costs over its compute, time to F1 0.90 against central training, how updates
+per second scale with the number of servers, and how long the split takes. Anyone can rerun it:
+
+    .venv/bin/python bench/run.py            # the full benchmark (about 10 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # a shorter version (about 4 minutes)
+
+It starts the real ``src/servers.py`` and ``src/client.py`` processes on loopback, reads the run files they
+write, prints a table and writes ``bench/results.json``:
+
+- ``round_overhead_ratio``: 1 server, 1 batch per round: median client-observed round time (``round_s``)
+  over the median server compute time (``compute_s``), over every round of the run but the first 10.
+- ``tta90_fl_s`` / ``tta90_central_s`` / ``tta90_ratio``: seconds from the first round to F1 >= 0.90 on
+  mnist-5k, 4 servers, D=0, S=9999, no loss (scored every 0.5 s), against a plain single-process loop
+  with the same model, batch size and learning rate scored at the same training-time interval (its
+  scoring time not counted); median of ``--repeats`` each.
+- ``scaling``: for each server count, aggregate updates per second (S=9999, time-wise evaluation only, so
+  that the training pipeline is what is measured; ``updates_per_s_default_eval`` adds the client's default
+  round-wise evaluation), that figure over the compute bound ``cores / median step time``, and resident
+  memory per server process (RSS, and PSS which splits shared pages among the processes sharing them).
+- ``split_s``: median time to split 60,000 labels over 32 servers (D=600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from src import data  # noqa: E402
+from src.evaluator import Scorer  # noqa: E402
+from src.model import Net, initial_weights, loss_fn  # noqa: E402
+from src.runlog import read_rows  # noqa: E402
+from src.split_dataset import split_indices  # noqa: E402
+from src.worker import sgd_step  # noqa: E402
+
+PYTHON = sys.executable
+TOKEN = secrets.token_hex(16)
+
+
+@dataclass
+class Args:
+    quick: bool = False  # shorter runs and one repeat: a rough figure in about 4 minutes
+    out: str = "bench/results.json"  # where the figures are written
+    servers: str = "1,2,4,8,16,32"  # server counts for the scaling table
+    repeats: int = 3  # repeats of the time-to-F1 measurements (1 with --quick)
+    overhead_s: float = 20.0  # length of the 1-server run that measures the round overhead, seconds
+    scaling_s: float = 15.0  # length of each scaling run, seconds
+    tta_s: float = 30.0  # length of each federated time-to-F1 run, seconds (stops early is not possible: F1 is scored afterwards)
+
+
+@contextlib.contextmanager
+def servers(n: int, workdir: Path, *flags: str):
+    """servers.py with n servers on free loopback ports; yields (addresses, process)."""
+    ready = workdir / f"servers-{n}.ready"
+    ready.unlink(missing_ok=True)  # left by an earlier start with as many servers
+    log = open(workdir / f"servers-{n}.log", "w")
+    proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--n-servers", str(n), "--base-port", "0",
+                             "--ready-file", str(ready), "--die-with-parent", *flags], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "ASYNCFL_TOKEN": TOKEN})
+    try:
+        while not ready.exists():  # the readiness signal
+            if proc.poll() is not None:
+                raise RuntimeError(f"servers.py exited: {(workdir / f'servers-{n}.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield ready.read_text().strip(), proc
+    finally:
+        proc.terminate()
+        proc.wait()
+        log.close()
+
+
+def client(addresses: str, out_dir: Path, duration_s: float, *flags: str) -> dict:
+    """One client run; returns its config.json."""
+    run = subprocess.run([PYTHON, "-m", "src.client", "--servers", addresses, "--duration-s", str(duration_s),
+                          "--out-dir", str(out_dir), "--no-live", *flags], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "ASYNCFL_TOKEN": TOKEN})
+    if run.returncode != 0:
+        raise RuntimeError(f"client failed ({run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
+    return json.loads((out_dir / "config.json").read_text())
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of a process in KiB."""
+    rss = pss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1])
+    return rss, pss
+
+
+def step_time_s(n_steps: int = 200) -> float:
+    """Median time of one training step as a server runs it (load the weights, forward, backward, SGD),
+    in this process on one thread: the unit of the compute bound."""
+    ds = data.load("mnist-5k", str(ROOT / "data"))
+    x, y = data.to_tensor(ds.train_images, ds.name), torch.from_numpy(ds.train_labels)
+    net, weights = Net(), initial_weights(0)
+    params = list(net.parameters())
+    rng = np.random.default_rng(0)
+    times = []
+    for i in range(n_steps + 10):
+        idx = torch.from_numpy(rng.choice(len(y), 32, replace=False))
+        t = time.perf_counter()
+        net.load_state_dict(weights)
+        net.zero_grad(set_to_none=True)
+        loss_fn(net(x[idx]), y[idx]).backward()
+        sgd_step(params, 0.1)
+        if i >= 10:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def central_tta90_s(seed: int, eval_every_s: float = 0.5, limit_s: float = 60.0) -> float | None:
+    """Plain single-process training with the same model, batch size and learning rate; scored every
+    ``eval_every_s`` seconds of training (scoring time not counted). Training seconds to F1 >= 0.90."""
+    ds = data.load("mnist-5k", str(ROOT / "data"))
+    x, y = data.to_tensor(ds.train_images, ds.name), torch.from_numpy(ds.train_labels)
+    scorer = Scorer(ds)
+    net = Net()
+    net.load_state_dict(initial_weights(seed))
+    params = list(net.parameters())
+    rng = np.random.default_rng(seed)
+    order, pos, trained_s, next_eval = rng.permutation(len(y)), 0, 0.0, 0.0
+    while trained_s < limit_s:
+        if trained_s >= next_eval:
+            if scorer.f1({k: v.detach() for k, v in net.state_dict().items()}) >= 0.90:
+                return round(trained_s, 3)
+            next_eval += eval_every_s
+        t = time.perf_counter()
+        if pos >= len(y):
+            order, pos = rng.permutation(len(y)), 0
+        idx = torch.from_numpy(order[pos : pos + 32])
+        pos += 32
+        net.zero_grad(set_to_none=True)
+        loss_fn(net(x[idx]), y[idx]).backward()
+        sgd_step(params, 0.1)
+        trained_s += time.perf_counter() - t
+    return None
+
+
+def first_time_at(out_dir: Path, threshold: float) -> float | None:
+    return next((float(r["time_s"]) for r in read_rows(out_dir / "f1_time.csv") if float(r["f1"]) >= threshold), None)
+
+
+def median_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def bench_overhead(args: Args, workdir: Path) -> dict:
+    with servers(1, workdir) as (addresses, _):
+        client(addresses, workdir / "overhead", args.overhead_s, "--eval-interval-s", str(args.overhead_s))
+    rows = read_rows(workdir / "overhead" / "rounds.csv")[10:]
+    round_s = statistics.median(float(r["round_s"]) for r in rows)
+    compute_s = statistics.median(float(r["compute_s"]) for r in rows)
+    return {"rounds": len(rows), "round_s_median": round(round_s, 5), "compute_s_median": round(compute_s, 5),
+            "round_overhead_ratio": round(round_s / compute_s, 3)}
+
+
+def bench_tta(args: Args, workdir: Path) -> dict:
+    fl = []
+    with servers(4, workdir, "--stdev", "0") as (addresses, _):
+        for r in range(args.repeats):
+            out = workdir / f"tta-{r}"
+            client(addresses, out, args.tta_s, "--staleness-threshold", "9999", "--eval-interval-s", "0.5",
+                   "--seed", str(r))
+            fl.append(first_time_at(out, 0.90))
+    central = [central_tta90_s(seed) for seed in range(args.repeats)]
+    fl_s, central_s = median_or_none(fl), median_or_none(central)
+    return {"tta90_fl_s": fl_s, "tta90_central_s": central_s, "tta90_fl_runs_s": fl, "tta90_central_runs_s": central,
+            "tta90_ratio": round(fl_s / central_s, 3) if fl_s and central_s else None}
+
+
+def bench_scaling(args: Args, workdir: Path, step_s: float) -> list[dict]:
+    cores = len(os.sched_getaffinity(0))
+    bound = cores / step_s
+    table = []
+    for n in [int(v) for v in args.servers.split(",")]:
+        with servers(n, workdir) as (addresses, _):
+            config = client(addresses, workdir / f"scaling-{n}", args.scaling_s, "--eval-interval-s", str(args.scaling_s),
+                            "--eval-every-rounds", str(10**9))
+            memory = [memory_kib(info["pid"]) for info in config["server_info"]]
+            default = client(addresses, workdir / f"scaling-{n}-eval", args.scaling_s) if n <= 8 else None
+        fin = config["finished"]
+        per_s = fin["updates"] / fin["training_s"]
+        table.append({
+            "servers": n,
+            "updates_per_s": round(per_s, 1),
+            "of_compute_bound": round(per_s / bound, 3),
+            "updates_per_s_default_eval": round(default["finished"]["updates"] / default["finished"]["training_s"], 1)
+            if default else None,
+            "rss_mib_per_server": round(statistics.mean(m[0] for m in memory) / 1024, 1),
+            "pss_mib_per_server": round(statistics.mean(m[1] for m in memory) / 1024, 1),
+            "errors": fin["errors"],
+        })
+        print(f"  {n:3d} servers: {per_s:6.1f} updates/s = {per_s / bound:5.1%} of the bound", flush=True)
+    return table
+
+
+def bench_split(n_repeats: int = 7) -> float:
+    labels = np.repeat(np.arange(10), 6000)  # MNIST's 60,000 training labels, 6,000 per class
+    np.random.default_rng(0).shuffle(labels)
+    times = []
+    for i in range(n_repeats):
+        t = time.perf_counter()
+        split_indices(labels, 32, 600.0, np.random.default_rng(i))
+        times.append(time.perf_counter() - t)
+    return round(statistics.median(times), 4)
+
+
+def main(args: Args) -> int:
+    torch.set_num_threads(1)
+    if args.quick:
+        args.repeats, args.overhead_s, args.scaling_s, args.tta_s = 1, 10.0, 8.0, 20.0
+    results: dict = {"machine": {"cores": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
+                                 "torch": torch.__version__}, "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="asyncfl-bench-") as tmp:
+        workdir = Path(tmp)
+        print("split ...", flush=True)
+        results["split_s"] = bench_split()
+        print("step time ...", flush=True)
+        step_s = step_time_s()
+        results["step_s_median"] = round(step_s, 5)
+        results["compute_bound_updates_per_s"] = round(results["machine"]["cores"] / step_s, 1)
+        print("round overhead (1 server) ...", flush=True)
+        results.update(bench_overhead(args, workdir))
+        print("time to F1 0.90 ...", flush=True)
+        results.update(bench_tta(args, workdir))
+        print("scaling ...", flush=True)
+        results["scaling"] = bench_scaling(args, workdir, step_s)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    print(f"\n{'figure':<34}{'value':>12}")
+    for key, unit in [("round_overhead_ratio", ""), ("round_s_median", "s"), ("compute_s_median", "s"),
+                      ("tta90_fl_s", "s"), ("tta90_central_s", "s"), ("tta90_ratio", ""), ("split_s", "s"),
+                      ("step_s_median", "s"), ("compute_bound_updates_per_s", "/s")]:
+        print(f"{key:<34}{r[key] if r[key] is not None else 'never':>12} {unit}")
+    print(f"\n{'servers':>7} {'updates/s':>10} {'of bound':>9} {'with eval':>10} {'RSS MiB':>8} {'PSS MiB':>8}")
+    for row in r["scaling"]:
+        with_eval = row["updates_per_s_default_eval"]
+        print(f"{row['servers']:>7} {row['updates_per_s']:>10} {row['of_compute_bound']:>9.1%} "
+              f"{with_eval if with_eval is not None else '-':>10} {row['rss_mib_per_server']:>8} "
+              f"{row['pss_mib_per_server']:>8}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args, description=__doc__)))
