@@ -19,6 +19,8 @@ import os
 import ssl
 from http import HTTPStatus
 
+from src.transport import Refusal
+
 TOKEN_ENV = "ASYNCFL_TOKEN"
 MIN_TOKEN_CHARS = 16  # a shared secret shorter than this is guessable
 
@@ -50,20 +52,20 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 
 def token_check(token: str | None, server_name: str):
-    """A websockets ``process_request`` hook refusing handshakes without the token (None: no check)."""
-    if token is None:
-        return None
-    expected = f"Bearer {token}".encode()
+    """The handshake check of a data server (see transport.Server): refuse ``401`` without the token."""
+    expected = f"Bearer {token}".encode() if token else None
 
-    def process_request(connection, request):
-        given = request.headers.get("Authorization", "")
+    def check(headers: dict[str, str], peer) -> Refusal | None:
+        if expected is None:
+            return None
+        given = headers.get("authorization", "")
         if hmac.compare_digest(given.encode(), expected):  # constant time: no guessing by timing
             return None
-        log.warning("%s refused a connection from %s: %s token", server_name, connection.remote_address,
-                    "wrong" if given else "no", extra={"who": server_name})
-        return connection.respond(HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
+        log.warning("%s refused a connection from %s: %s token", server_name, peer, "wrong" if given else "no",
+                    extra={"who": server_name})
+        return Refusal(HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
 
-    return process_request
+    return check
 
 
 def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext | None:

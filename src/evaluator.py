@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as `python src/evaluator.py`: make `src` im
 
 from src import data
 from src.model import Net
+from src.lifecycle import keep_freed_memory
 from src.runlog import CsvLog, setup_logging
 
 log = logging.getLogger("asyncfl.evaluator")
@@ -76,6 +77,7 @@ def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: s
     answered with (request, None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle; we drain first
     torch.set_num_threads(1)
+    keep_freed_memory()
     if nice:
         os.nice(nice)  # lower priority: scoring must not slow the training it measures
     setup_logging(Path(out_dir) / "client.log", console=False)  # errors only: scores travel through `scores`

@@ -11,16 +11,12 @@ addresses are verified against ``cafile`` or the system's CAs.
 
 from __future__ import annotations
 
-import socket
 import ssl
 import threading
 import time
 
 import torch
-from websockets.exceptions import InvalidStatus, WebSocketException
-from websockets.sync.client import ClientConnection, connect
-
-from src import auth, wire
+from src import auth, transport, wire
 from src.model import check_weights, weight_spec
 from src.worker import FitResult, TrainConfig
 
@@ -76,7 +72,7 @@ class WebsocketClientWorker:
         self._ssl = auth.client_ssl_context(uri, cafile)
         self._spec = weight_spec()
         self.info: dict = {}
-        self._ws: ClientConnection | None = None
+        self._ws: transport.Connection | None = None
         self._timed_out = False
         self._watchdog: _Watchdog | None = None  # started on the first request with a timeout
 
@@ -109,24 +105,19 @@ class WebsocketClientWorker:
 
     def _open(self, open_timeout_s: float) -> dict:
         try:
-            # No keepalive pings: the round timeout is the one liveness check (pings on a lossy link would
-            # close connections on their own 20 s schedule).
-            self._ws = connect(self.uri, compression=None, max_size=wire.MAX_FRAME_BYTES,
-                               open_timeout=open_timeout_s, ping_interval=None, close_timeout=2,
-                               additional_headers=self._headers, ssl=self._ssl,
-                               legacy=True,  # a plain connection: reconnecting is ours to do (with back-off)
-                               proxy=None)  # data servers are reached directly, never through an HTTP proxy
-        except InvalidStatus as e:
-            if e.response.status_code == 401:
+            # No keepalive pings: the round timeout is the one liveness check. Data servers are reached
+            # directly, never through an HTTP proxy.
+            self._ws = transport.connect(self.uri, self._headers, self._ssl, wire.MAX_FRAME_BYTES, open_timeout_s)
+        except transport.HandshakeRefused as e:
+            if e.status == 401:
                 raise RemoteError(f"{self.uri} refused the connection: "
                                   f"{'wrong' if self._headers else 'no'} token (set {auth.TOKEN_ENV})") from None
-            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+            raise ConnectionLost(f"{self.uri}: {e}") from None
         except ssl.SSLCertVerificationError as e:
             raise RemoteError(f"{self.uri}: TLS certificate not trusted ({e.verify_message}); "
                               "pass --cafile with the server's certificate") from None
-        except (OSError, WebSocketException, TimeoutError) as e:
+        except (OSError, TimeoutError) as e:
             raise ConnectionLost(f"{type(e).__name__}: {e}") from None
-        self._ws.recv_bufsize = wire.RECV_BUFSIZE
         header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)
         if header.get("protocol") != wire.PROTOCOL_VERSION:
             self.close()
@@ -161,10 +152,7 @@ class WebsocketClientWorker:
         """Cut off a request in flight (the run is stopping): its ``fit`` raises ConnectionLost at once."""
         ws = self._ws
         if ws is not None:
-            try:
-                ws.socket.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            ws.shutdown()
 
     def _abort(self) -> None:
         """Watchdog: unblock a send or receive that has waited too long by shutting the socket down."""
@@ -180,9 +168,9 @@ class WebsocketClientWorker:
                 self._watchdog = _Watchdog(self._abort, name=f"{self.name}-watchdog")
             self._watchdog.arm(timeout_s)
         try:
-            self._ws.send(wire.encode(header, weights))
+            self._ws.send(wire.encode_parts(header, weights))
             reply = self._ws.recv()
-        except (WebSocketException, OSError) as e:
+        except OSError as e:  # transport.ConnectionClosed included
             if self._timed_out:
                 raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s") from None
             raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}") from None
@@ -190,7 +178,9 @@ class WebsocketClientWorker:
             if timeout_s:
                 self._watchdog.disarm()
         try:
-            reply_header, reply_weights = wire.decode(reply)
+            # The weights stay views of the connection's receive buffer, valid until its next request: the
+            # caller combines them into the global model first (run_round), which copies what it keeps.
+            reply_header, reply_weights = wire.decode(reply, copy=False)
         except wire.WireError as e:
             raise BadReply(f"{header['type']}: malformed reply: {e}") from None
         if reply_header["type"] == "error":

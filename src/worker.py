@@ -22,13 +22,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import ServerConnection, serve
-
-from src import auth, wire
+from src import auth, transport, wire
 from src.data import to_tensor
 from src.model import Net, architecture_signature, check_weights, loss_fn, weight_spec
-from src.lifecycle import die_with_parent
+from src.lifecycle import die_with_parent, keep_freed_memory
 from src.netem import enter_netns
 from src.runlog import setup_logging
 
@@ -85,7 +82,7 @@ def sgd_step(params: list[torch.Tensor], lr: float) -> None:
 
 @dataclass
 class FitResult:
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]  # from a remote fit: views valid until that connection's next request
     loss: float  # mean training loss over the round's batches (NaN if the shard is empty)
     n_samples: int  # samples used this round
     compute_s: float  # seconds of training, excluding the speed-ratio idle time
@@ -197,11 +194,13 @@ class ShardWorker:
 REQUEST_KEYS = {"hello": {"type"}, "fit": {"type", "dataset_key", "train_config"}}
 
 
-def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> tuple[bytes, str | None]:
-    """Answer one request frame with one reply frame, and say why it was refused (None if served).
+def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> tuple[list, str | None]:
+    """Answer one request frame with one reply frame (as wire.encode_parts buffers), and say why it was
+    refused (None if served).
     Never raises: whatever arrives, the reply is ``hello_ok``, ``fit_ok`` or ``error``."""
     try:
-        header, weights = wire.decode(frame)
+        # Weights as views of the receive buffer: checked, then copied into the model before the next read.
+        header, weights = wire.decode(frame, copy=False)
         kind = header["type"]
         if kind not in REQUEST_KEYS:
             raise ValueError(f"unknown message type {kind[:40]!r}")
@@ -210,7 +209,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> t
         if kind == "hello":
             if weights is not None:
                 raise ValueError("hello carries no weights")
-            return wire.encode(worker.info(extra_info)), None
+            return wire.encode_parts(worker.info(extra_info)), None
         if not isinstance(header["dataset_key"], str):
             raise ValueError("dataset_key must be a string")
         config = TrainConfig.from_dict(header["train_config"])
@@ -223,10 +222,10 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> t
             "compute_s": result.compute_s,
             "idle_s": result.idle_s,
         }
-        return wire.encode(reply, result.weights), None
+        return wire.encode_parts(reply, result.weights), None
     except Exception as e:  # noqa: BLE001 - bad input of any kind (even a RecursionError from nested JSON)
         reason = f"{type(e).__name__}: {e}"[:300]
-        return wire.encode({"type": "error", "message": reason}), reason
+        return wire.encode_parts({"type": "error", "message": reason}), reason
 
 
 @dataclass
@@ -255,8 +254,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     if spec.netns:
         enter_netns(spec.netns)  # first, while this is the only thread: later threads and sockets follow
     torch.set_num_threads(1)  # one core per server; more threads only contend on a small machine
+    keep_freed_memory()
     setup_logging()
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # our handler logs connections, with the peer
     # Ctrl-C reaches the whole process group: leave it to servers.py, which stops us with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM is blocked here, and so in every thread started from now on, and taken synchronously with
@@ -274,15 +273,13 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     worker.warm_up()
     extra = {"split": spec.split, "index": spec.index, "network": spec.network}
 
-    def handler(conn: ServerConnection) -> None:
+    def handler(conn: transport.Connection) -> None:
         peer = conn.remote_address
-        conn.recv_bufsize = wire.RECV_BUFSIZE
-        threading.current_thread().name = f"{spec.name}-conn"
         log.info("connection from %s", peer)
         served = refused = 0
         try:
-            for frame in conn:
-                reply, reason = handle_frame(worker, frame, extra)
+            while True:
+                reply, reason = handle_frame(worker, conn.recv(), extra)
                 if reason is None:
                     served += 1
                 else:
@@ -290,30 +287,26 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
                     if refused <= 3:  # a flood of bad requests must not flood the log: the count comes at close
                         log.warning("refused a request from %s: %s", peer, reason)
                 conn.send(reply)
-        except ConnectionClosed as e:
-            log.info("connection from %s lost (%s); %d requests served, %d refused", peer, e, served, refused)
-            return
-        log.info("connection from %s closed; %d requests served, %d refused", peer, served, refused)
+        except transport.ConnectionClosed as e:
+            log.info("connection from %s ended (%s); %d requests served, %d refused", peer, e, served, refused)
 
     try:
-        server = serve(handler, spec.host, spec.port, compression=None, max_size=wire.MAX_FRAME_BYTES,
-                       ping_interval=None,  # liveness is the client's round timeout
-                       max_queue=4,  # frames read ahead per connection: bounds what a flood can buffer
-                       process_request=auth.token_check(spec.token, spec.name),
-                       ssl=auth.server_ssl_context(spec.certfile, spec.keyfile))
+        # One thread per connection reads a request, answers it, reads the next: a client has at most one
+        # request out, so nothing is ever read ahead and a flood cannot pile up in memory.
+        server = transport.Server(spec.host, spec.port, handler, auth.token_check(spec.token, spec.name),
+                                  wire.MAX_FRAME_BYTES, auth.server_ssl_context(spec.certfile, spec.keyfile),
+                                  name=spec.name, on_error=lambda e: log.info("dropped a connection: %s", e))
     except (OSError, ValueError) as e:
         log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
         ready_queue.put((spec.index, -1))
         raise SystemExit(1) from None
-    with server:
-        accept = threading.Thread(target=server.serve_forever, name=f"{spec.name}-accept")
-        accept.start()
-        port = server.socket.getsockname()[1]
-        log.info("%d samples, listening on %s://%s:%d%s", len(spec.labels), "wss" if spec.certfile else "ws", spec.host,
-                 port, " (token required)" if spec.token else "")
-        ready_queue.put((spec.index, port))
-        signal.sigwait({signal.SIGTERM})
-        log.info("stopping")
-        server.shutdown()
-        accept.join()
-
+    accept = threading.Thread(target=server.serve_forever, name=f"{spec.name}-accept")
+    accept.start()
+    port = server.socket.getsockname()[1]  # with --base-port 0, the one the kernel chose
+    log.info("%d samples, listening on %s://%s:%d%s", len(spec.labels), "wss" if spec.certfile else "ws", spec.host,
+             port, " (token required)" if spec.token else "")
+    ready_queue.put((spec.index, port))
+    signal.sigwait({signal.SIGTERM})
+    log.info("stopping")
+    server.shutdown()
+    accept.join()

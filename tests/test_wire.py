@@ -4,6 +4,7 @@ import struct
 
 import pytest
 import torch
+from safetensors.torch import save as st_save
 
 from src import wire
 from src.model import initial_weights
@@ -37,3 +38,18 @@ def test_round_trip_without_weights():
 def test_malformed_frames_raise_wire_error(frame):
     with pytest.raises(wire.WireError):
         wire.decode(frame)
+
+
+def test_encoded_weights_are_what_safetensors_writes_and_reads():
+    # Prepare
+    model = initial_weights(0)
+    mixed = {"b": torch.arange(3, dtype=torch.float32), "a": torch.ones(2, 5), "i": torch.tensor([7], dtype=torch.int64)}
+    head = wire.encode({"type": "fit_ok"})
+    # Execute
+    frame = wire.encode({"type": "fit_ok"}, model)
+    parts = wire.encode_parts({"type": "fit_ok"}, model)
+    # Assert: the model (all float32) byte for byte as the library lays it out; any dict parsed back by it.
+    assert frame[len(head):] == st_save(model)
+    assert b"".join(parts) == frame
+    _, back = wire.decode(wire.encode({"type": "fit_ok"}, mixed))
+    assert all(torch.equal(back[k], mixed[k]) and back[k].dtype == mixed[k].dtype for k in mixed)

@@ -68,12 +68,12 @@ def test_bad_train_configs_are_refused(config):
 def test_handle_frame_answers_hello_fit_and_errors():
     worker = make_worker()
     reply, refused = handle_frame(worker, wire.encode({"type": "hello"}), {})
-    hello, _ = wire.decode(reply)
+    hello, _ = wire.decode(b"".join(reply))
     assert refused is None and hello["type"] == "hello_ok" and hello["n_samples"] == 64
     assert hello["protocol"] == wire.PROTOCOL_VERSION and hello["fits"] == 0
 
     fit = wire.encode({"type": "fit", "dataset_key": "toy", "train_config": {"batch_size": 8}}, initial_weights(1))
-    header, weights = wire.decode(handle_frame(worker, fit, {})[0])
+    header, weights = wire.decode(b"".join(handle_frame(worker, fit, {})[0]))
     assert header["type"] == "fit_ok" and header["n_samples"] == 8 and weights is not None
     assert worker.fits == 1
 
@@ -92,7 +92,7 @@ def test_handle_frame_answers_hello_fit_and_errors():
                   "a text frame",
                   b"\x00\x80\x00\x00" + b"[" * 32768):  # nested JSON deep enough for a RecursionError
         reply, refused = handle_frame(worker, frame, {})
-        header, weights = wire.decode(reply)
+        header, weights = wire.decode(b"".join(reply))
         assert header["type"] == "error" and weights is None and refused == header["message"]
     assert worker.fits == 1  # none of them trained
 
