@@ -15,7 +15,10 @@ losses=""            # per-server loss in percent, e.g. "0 0 10 20" (instead of 
 delays_ms=""         # per-server added one-way delay in ms, e.g. "0 0 50 200" (needs the kernel's netem)
 rates_mbit=""        # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
 netns=auto           # servers in their own network namespaces: auto (when a condition is set), always, never
-stdev=0              # D: per-class share standard deviation, in samples
+stdev=0              # D: per-class share standard deviation, in samples (--partition gaussian)
+partition=gaussian   # split: gaussian (the study's D), dirichlet, shards
+alpha_dirichlet=0.5  # --partition dirichlet: concentration (small = each class on few servers)
+shards_per_server=2  # --partition shards: label-sorted shards per server
 staleness=9999       # S: SSP staleness threshold in rounds (0 = sync, 9999 = async)
 speeds=""            # per-server speed ratios, e.g. "1 1 1 4"
 duration_s=60        # training time, seconds
@@ -24,6 +27,7 @@ eval_interval_s=15   # seconds between time-wise evaluations
 seed=0               # split, batch order and initial-model seed
 base_port=8777       # server i listens on base_port + i (0 = free ports)
 out_dir=""           # run folder; default out/L<loss>-D<stdev>-S<staleness>-<timestamp>
+servers=""           # data owners elsewhere, ws[s]://host:port,... : start no local servers (server flags above then do not apply)
 client_args=()
 
 usage() {
@@ -43,6 +47,9 @@ while [[ $# -gt 0 ]]; do
     --rates-mbit) need "$@"; rates_mbit=$2; shift 2 ;;
     --netns) need "$@"; netns=$2; shift 2 ;;
     --stdev) need "$@"; stdev=$2; shift 2 ;;
+    --partition) need "$@"; partition=$2; shift 2 ;;
+    --alpha-dirichlet) need "$@"; alpha_dirichlet=$2; shift 2 ;;
+    --shards-per-server) need "$@"; shards_per_server=$2; shift 2 ;;
     --staleness-threshold) need "$@"; staleness=$2; shift 2 ;;
     --speeds) [[ $# -ge 2 ]] || { echo "train.sh: --speeds needs a value" >&2; exit 2; }; speeds=$2; shift 2 ;;
     --duration-s) need "$@"; duration_s=$2; shift 2 ;;
@@ -51,6 +58,7 @@ while [[ $# -gt 0 ]]; do
     --seed) need "$@"; seed=$2; shift 2 ;;
     --base-port) need "$@"; base_port=$2; shift 2 ;;
     --out-dir) need "$@"; out_dir=$2; shift 2 ;;
+    --servers) need "$@"; servers=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) client_args+=("$1"); shift ;;
   esac
@@ -92,24 +100,31 @@ cleanup() {
 trap on_signal INT TERM
 trap cleanup EXIT
 
-# A fresh shared secret per run, unless the caller set one: only this run's client may use its servers.
-# It travels in the environment, which (unlike arguments) ps does not show.
-if [[ -z ${ASYNCFL_TOKEN:-} ]]; then ASYNCFL_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); fi
-export ASYNCFL_TOKEN
+if [[ -n $servers ]]; then
+  # Data owners on other hosts (README, "Data owners on other machines"): nothing to start here; their
+  # token, if they want one, comes from ASYNCFL_TOKEN.
+  echo "$servers" > "$ready"
+else
+  # A fresh shared secret per run, unless the caller set one: only this run's client may use its servers.
+  # It travels in the environment, which (unlike arguments) ps does not show.
+  if [[ -z ${ASYNCFL_TOKEN:-} ]]; then ASYNCFL_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); fi
+  export ASYNCFL_TOKEN
 
-"$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --dataset "$dataset" --seed "$seed" \
-  --speeds "$speeds" --loss "$loss" --losses "$losses" --delays-ms "$delays_ms" --rates-mbit "$rates_mbit" \
-  --netns "$netns" --base-port "$base_port" --ready-file "$ready" --die-with-parent > "$out_dir/servers.log" 2>&1 &
-servers_pid=$!
-echo "train.sh: starting $n_servers servers (log: $out_dir/servers.log)"
-# Readiness signal: servers.py writes the ready file once every server listens.
-until [[ -e $ready ]]; do
-  if [[ $stopping == 1 ]]; then exit 130; fi
-  if ! kill -0 "$servers_pid" 2>/dev/null; then
-    echo "train.sh: the servers failed to start:" >&2; tail -n 5 "$out_dir/servers.log" >&2; exit 1
-  fi
-  sleep 0.1
-done
+  "$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --dataset "$dataset" --seed "$seed" \
+    --partition "$partition" --alpha-dirichlet "$alpha_dirichlet" --shards-per-server "$shards_per_server" \
+    --speeds "$speeds" --loss "$loss" --losses "$losses" --delays-ms "$delays_ms" --rates-mbit "$rates_mbit" \
+    --netns "$netns" --base-port "$base_port" --ready-file "$ready" --die-with-parent > "$out_dir/servers.log" 2>&1 &
+  servers_pid=$!
+  echo "train.sh: starting $n_servers servers (log: $out_dir/servers.log)"
+  # Readiness signal: servers.py writes the ready file once every server listens.
+  until [[ -e $ready ]]; do
+    if [[ $stopping == 1 ]]; then exit 130; fi
+    if ! kill -0 "$servers_pid" 2>/dev/null; then
+      echo "train.sh: the servers failed to start:" >&2; tail -n 5 "$out_dir/servers.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+fi
 
 "$PY" -m src.client --servers "$(<"$ready")" --staleness-threshold "$staleness" --duration-s "$duration_s" \
   --dataset "$dataset" --eval-interval-s "$eval_interval_s" --seed "$seed" --out-dir "$out_dir" --die-with-parent \

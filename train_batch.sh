@@ -16,6 +16,12 @@ LINK_SETS=()                     # more per-server link conditions, each "losses
 STDEVS=(0 600 10000)             # data imbalance D, in samples (on mnist-5k, 40 is what 600 is on MNIST)
 STALENESS=(0 6 12 9999)          # SSP staleness threshold S, in rounds
 SPEED_SETS=("1 1 1 1")           # per-server speed ratios (one entry per server), e.g. ("1 1 1 1" "1 1 1 4")
+RULES=("ssp")                    # aggregation rules, each "rule [its client flags]", e.g. ("ssp" "fedavg"
+                                 #   "fedasync --alpha 0.6 --staleness-fn polynomial --staleness-a 0.5"
+                                 #   "fedbuff --buffer-size 4 --server-lr 1"); fedavg runs once per cell (no S)
+PARTITIONS=("gaussian")          # splits, each "partition [its server flags]", e.g. ("gaussian"
+                                 #   "dirichlet --alpha-dirichlet 0.3" "shards --shards-per-server 2");
+                                 #   only gaussian uses STDEVS (the others run with the first D)
 REPEATS=3                        # runs per combination (seeds 0, 1, 2, ...)
 N_SERVERS=${N_SERVERS:-4}        # data servers per run
 DURATION_S=${DURATION_S:-60}     # training time per run, seconds
@@ -42,18 +48,30 @@ for loss in "${LOSSES[@]}"; do links+=("L${loss%\%}"); done
 for k in "${!LINK_SETS[@]}"; do links+=("links$k"); done
 
 runs=()
-for loss in "${links[@]}"; do for stdev in "${STDEVS[@]}"; do for speeds in "${SPEED_SETS[@]}"; do
-  for staleness in "${STALENESS[@]}"; do for ((rep = 0; rep < REPEATS; rep++)); do
-    runs+=("$loss|$stdev|$speeds|$staleness|$rep")
-  done; done
+for loss in "${links[@]}"; do for part in "${PARTITIONS[@]}"; do for stdev in "${STDEVS[@]}"; do
+  [[ ${part%% *} != gaussian && $stdev != "${STDEVS[0]}" ]] && continue
+  for speeds in "${SPEED_SETS[@]}"; do for rule in "${RULES[@]}"; do for staleness in "${STALENESS[@]}"; do
+    [[ ${rule%% *} == fedavg && $staleness != "${STALENESS[0]}" ]] && continue
+    for ((rep = 0; rep < REPEATS; rep++)); do runs+=("$loss|$part|$stdev|$speeds|$rule|$staleness|$rep"); done
+  done; done; done
 done; done; done
+
+# A run's folder name from a rule or partition entry: "fedbuff --buffer-size 4" -> "fedbuff_buffer-size-4".
+slug() { local s=${1// --/_}; s=${s//--/}; echo "${s// /-}"; }
 
 echo "train_batch.sh: ${#runs[@]} runs of ${DURATION_S} s into $SWEEP_DIR"
 [[ $dry_run == 1 ]] || mkdir -p "$SWEEP_DIR"
 failed=0
 for i in "${!runs[@]}"; do
-  IFS='|' read -r loss stdev speeds staleness rep <<< "${runs[$i]}"
+  IFS='|' read -r loss part stdev speeds rule staleness rep <<< "${runs[$i]}"
+  [[ ${rule%% *} == fedavg ]] && staleness=0  # its barrier: the S it runs with, in its name too
   name="${loss}-D${stdev}-S${staleness}-speeds_${speeds// /_}-r${rep}"
+  # Runs of the study's rule and split keep the names they always had, so older sweeps still resume.
+  [[ $rule == ssp ]] || name="$(slug "$rule")-$name"
+  [[ $part == gaussian ]] || name="$(slug "$part")-$name"
+  rule_flags=() part_flags=()
+  if [[ $rule == *" "* ]]; then read -r -a rule_flags <<< "${rule#* }"; fi
+  if [[ $part == *" "* ]]; then read -r -a part_flags <<< "${part#* }"; fi
   if [[ $loss == links* ]]; then
     IFS=';' read -r losses delays_ms rates_mbit <<< "${LINK_SETS[${loss#links}]}"
     link_flags=(--losses "$losses" --delays-ms "$delays_ms" --rates-mbit "$rates_mbit")
@@ -66,6 +84,8 @@ for i in "${!runs[@]}"; do
   if grep -qs '"stop_reason": "duration"' "$SWEEP_DIR/$name/config.json"; then echo "  done already"; continue; fi
   status=0
   ./train.sh --n-servers "$N_SERVERS" "${link_flags[@]}" --stdev "$stdev" --staleness-threshold "$staleness" \
+    --partition "${part%% *}" ${part_flags[@]+"${part_flags[@]}"} --aggregation "${rule%% *}" \
+    ${rule_flags[@]+"${rule_flags[@]}"} \
     --speeds "$speeds" --duration-s "$DURATION_S" --dataset "$DATASET" --eval-interval-s "$EVAL_INTERVAL_S" \
     --seed "$rep" --out-dir "$SWEEP_DIR/$name" > "$SWEEP_DIR/$name.log" 2>&1 || status=$?
   if [[ $status == 130 ]]; then echo "train_batch.sh: interrupted"; exit 130; fi

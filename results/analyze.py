@@ -29,7 +29,7 @@ import pandas as pd
 import tyro
 
 THRESHOLDS = (0.80, 0.90, 0.95)
-CONFIG_KEYS = ["dataset", "n_servers", "loss", "stdev", "staleness", "speeds", "duration_s"]
+CONFIG_KEYS = ["dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation", "speeds", "duration_s"]
 METRICS = ["final_f1", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
            "gate_wait_frac_mean", "gate_wait_frac_max"]
@@ -61,6 +61,29 @@ def max_drop(f1_time: pd.DataFrame) -> float:
     return float(max(0.0, np.max(f[:-1] - f[1:]))) if len(f) > 1 else 0.0
 
 
+def aggregation_label(rule: dict) -> str:
+    """'ssp', 'fedavg', 'fedasync(alpha=0.6,polynomial,a=0.5)', 'fedbuff(K=4,lr=1)'."""
+    name = rule.get("aggregation", "ssp")
+    if name == "fedasync":
+        fn = rule["staleness_fn"]
+        params = {"constant": "", "polynomial": f",a={rule['staleness_a']:g}",
+                  "hinge": f",a={rule['staleness_a']:g},b={rule['staleness_b']:g}"}[fn]
+        return f"fedasync(alpha={rule['alpha']:g},{fn}{params})"
+    if name == "fedbuff":
+        return f"fedbuff(K={rule['buffer_size']},lr={rule['server_lr']:g})"
+    return name
+
+
+def partition_label(split: dict) -> str:
+    """'gaussian' (the study's, whose D is its own column), 'dirichlet(0.5)', 'shards(2)'."""
+    name = split.get("partition", "gaussian")
+    if name == "dirichlet":
+        return f"dirichlet({split['alpha_dirichlet']:g})"
+    if name == "shards":
+        return f"shards({split['shards_per_server']})"
+    return name
+
+
 def run_config(config: dict) -> dict:
     """The configuration a run belongs to (what its repeats share), from its config.json."""
     infos = config.get("server_info", [])
@@ -72,8 +95,10 @@ def run_config(config: dict) -> dict:
         "n_servers": config.get("n_servers", len(infos)),
         # One number when every link is the same (the paper's L), else the per-server list.
         "loss": f"{losses[0]:g}%" if len(set(losses)) <= 1 and losses else " ".join(f"{v:g}" for v in losses),
+        "partition": partition_label(split),
         "stdev": split.get("stdev"),
-        "staleness": config["args"]["staleness_threshold"],
+        "staleness": config.get("staleness_threshold", config["args"]["staleness_threshold"]),
+        "aggregation": aggregation_label(config.get("aggregation", {"aggregation": "ssp"})),
         "speeds": " ".join(f"{v:g}" for v in speeds),
         "duration_s": config["args"]["duration_s"],
     }
@@ -154,7 +179,9 @@ def main(args: Args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    shown = ["loss", "stdev", "staleness", "speeds", "repeats", "final_f1_mean", "final_f1_std", "f1_auc_frac_mean",
+    # The rule and split columns only when the runs differ in them (the study's sweeps keep their table).
+    varying = [c for c in ("partition", "aggregation") if summary[c].nunique() > 1]
+    shown = ["loss", "stdev", *varying, "staleness", "speeds", "repeats", "final_f1_mean", "final_f1_std", "f1_auc_frac_mean",
              "time_to_f1_90_s_mean", "max_f1_drop_mean", "rounds_mean_mean", "rounds_gini_mean", "max_staleness_max",
              "gate_wait_frac_mean_mean"]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):

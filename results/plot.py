@@ -35,6 +35,9 @@ COLOURS = {0: "tab:blue", 6: "tab:orange", 12: "tab:green"}
 ASYNC = 9999  # this S or more is the paper's S = inf
 
 
+RULE_COLOURS = {"fedavg": "black", "fedasync": "tab:purple", "fedbuff": "tab:brown"}
+
+
 def s_label(s: int) -> str:
     return "S=0 (sync)" if s == 0 else "S=inf (async)" if s >= ASYNC else f"S={s}"
 
@@ -53,16 +56,20 @@ def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
 
 
 def draw_curves(ax, runs: pd.DataFrame, title: str) -> None:
-    """One curve per S: the mean over repeats on a common time grid, with a min-max band."""
-    for s, group in sorted(runs.groupby("staleness"), key=lambda kv: kv[0]):
+    """One curve per aggregation rule and S: the mean over repeats on a common time grid, with a min-max
+    band. The study's rule is labelled by S alone."""
+    for (rule, s), group in sorted(runs.groupby(["aggregation", "staleness"]), key=lambda kv: (kv[0][0] != "ssp", kv[0])):
+        label, colour = (s_label(s), s_colour(s)) if rule == "ssp" else (
+            f"{rule}" + (f", {s_label(s)}" if s < ASYNC and not rule.startswith("fedavg") else ""),
+            RULE_COLOURS.get(rule.split("(")[0], "tab:gray"))
         end = min(float(f["time_s"].iloc[-1]) for f in group["f1"])
         grid = np.unique(np.concatenate([f["time_s"].to_numpy(float) for f in group["f1"]]))
         grid = grid[grid <= end]
         curves = np.stack([np.interp(grid, f["time_s"], f["f1"]) for f in group["f1"]])
-        ax.plot(grid, curves.mean(axis=0), color=s_colour(s), lw=1.4 if s >= ASYNC else 1.0,
-                label=s_label(s) + (f" (n={len(curves)})" if len(curves) > 1 else ""))
+        ax.plot(grid, curves.mean(axis=0), color=colour, lw=1.4 if s >= ASYNC else 1.0,
+                ls="-" if rule == "ssp" else "--", label=label + (f" (n={len(curves)})" if len(curves) > 1 else ""))
         if len(curves) > 1:
-            ax.fill_between(grid, curves.min(axis=0), curves.max(axis=0), color=s_colour(s), alpha=0.15, lw=0)
+            ax.fill_between(grid, curves.min(axis=0), curves.max(axis=0), color=colour, alpha=0.15, lw=0)
     ax.set_title(title, fontsize=10)
     ax.set_ylim(0, 1)
     ax.set_xlabel("time (s)")
@@ -87,10 +94,10 @@ def panel_grid(n_rows: int, n_cols: int):
 def sweep_figures(runs: pd.DataFrame, out: Path) -> list[Path]:
     """Figures 3-6 for every (dataset, servers, speed ratios) family in the sweep, which are never mixed
     in one curve; a sweep with several families gets a suffix per family."""
-    families = list(runs.groupby(["dataset", "n_servers", "speeds"], sort=True))
+    families = list(runs.groupby(["dataset", "n_servers", "speeds", "partition"], sort=True))
     written = []
-    for (dataset, n, speeds), family in families:
-        suffix = "" if len(families) == 1 else f"_{dataset}_n{n}_speeds_{speeds.replace(' ', '_')}"
+    for (dataset, n, speeds, partition), family in families:
+        suffix = "" if len(families) == 1 else f"_{dataset}_n{n}_speeds_{speeds.replace(' ', '_')}_{partition}"
         written += family_figures(family, out, suffix)
     return written
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Literal
 
 import tyro
 from safetensors.torch import save as st_save
@@ -42,10 +43,10 @@ if __package__ in (None, ""):  # run as `python src/client.py`: make `src` impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src import auth, data, profiling
-from src.aggregation import scaled_update
+from src import aggregation
 from src.evaluator import EvalRequest, format_score, run_evaluator
 from src.live import LiveStatus
-from src.lifecycle import die_with_parent
+from src.lifecycle import die_with_parent, keep_freed_memory
 from src.model import architecture_signature, initial_weights
 from src.remote import ConnectionLost, RemoteError, WebsocketClientWorker
 from src.runlog import CsvLog, setup_logging
@@ -64,7 +65,14 @@ class Args:
     n_servers: int = 4  # number of data servers (ignored when --servers is given)
     host: str = "127.0.0.1"  # host of the data servers when --servers is empty
     base_port: int = 8777  # server i is at base_port + i when --servers is empty
-    staleness_threshold: int = 9999  # S, in rounds: 0 = synchronous, 9999 = asynchronous (the paper's S=inf)
+    staleness_threshold: int = 9999  # S, in rounds: 0 = synchronous, 9999 = asynchronous (the paper's S=inf); the gate for every rule but fedavg
+    aggregation: Literal["ssp", "fedavg", "fedasync", "fedbuff"] = "ssp"  # how results change the global model: ssp = the study's global += (new-old)/n; fedavg = synchronous rounds averaged by samples; fedasync = mix with a staleness weight; fedbuff = buffered deltas
+    alpha: float = 0.6  # fedasync: mixing weight alpha in (0, 1]
+    staleness_fn: Literal["constant", "polynomial", "hinge"] = "polynomial"  # fedasync: s(gap), gap = global updates since the snapshot
+    staleness_a: float = 0.5  # fedasync: a of the polynomial (1+gap)^-a or of the hinge 1/(a(gap-b)+1)
+    staleness_b: int = 4  # fedasync: b of the hinge (no discount up to b updates behind)
+    buffer_size: int = 4  # fedbuff: K, results buffered before one update of the global model
+    server_lr: float = 1.0  # fedbuff: the server learning rate applied to the buffer's mean delta
     duration_s: float = 60.0  # training time in seconds
     eval_interval_s: float = 15.0  # seconds between time-wise evaluations (fractions allowed)
     eval_every_rounds: int = 10  # round-wise evaluation at every k-th advance of the smallest completed round (1 = every advance, as the paper)
@@ -219,7 +227,8 @@ def run_round(ctx: RunContext, server: int) -> bool:
     round_s = time.perf_counter() - t
     if state.stop_event.is_set():
         return False  # the run ended while this round was out: it does not count
-    info = state.apply(server, scaled_update(snap.weights, result.weights, len(ctx.workers)), snap)
+    prepared = state.rule.prepare(snap.weights, result.weights, result.n_samples)  # outside the lock
+    info = state.apply(server, prepared, snap)
     if info.rejoined is not None:
         ctx.event(server, "rejoined", f"answered again at round {info.round}; {info.rejoined} rounds skipped")
     ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
@@ -270,6 +279,19 @@ def eval_timer(ctx: RunContext, interval_s: float, duration_s: float) -> None:
         k += 1
 
 
+def make_rule(args: Args, n_servers: int) -> tuple[aggregation.Rule, int]:
+    """The aggregation rule, and the staleness threshold the gate uses with it (fedavg: 0, its barrier)."""
+    if args.aggregation == "fedavg":
+        if args.server_timeout_s:
+            raise ValueError("--aggregation fedavg waits for every server each round: --server-timeout-s does not apply")
+        return aggregation.FedAvgRule(n_servers), 0
+    if args.aggregation == "fedasync":
+        return aggregation.FedAsyncRule(args.alpha, args.staleness_fn, args.staleness_a, args.staleness_b), args.staleness_threshold
+    if args.aggregation == "fedbuff":
+        return aggregation.FedBuffRule(args.buffer_size, args.server_lr), args.staleness_threshold
+    return aggregation.SSPRule(n_servers), args.staleness_threshold
+
+
 def redacted(args: Args) -> dict:
     """The arguments as config.json records them: the token never leaves the process."""
     return {**asdict(args), "token": "<set>" if args.token else ""}
@@ -289,7 +311,7 @@ def default_out_dir(infos: list[dict], staleness_threshold: int) -> str:
 
 def versions() -> dict:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "numpy", "websockets", "safetensors", "scikit-learn", "yappi"):
+    for pkg in ("torch", "numpy", "safetensors", "scikit-learn", "yappi"):
         out[pkg] = version(pkg)
     try:
         out["asyncfl_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -334,6 +356,7 @@ def run(args: Args) -> int:
     try:
         token = auth.resolve_token(args.token)
         workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile) for i, uri in enumerate(uris)]
+        rule, staleness_threshold = make_rule(args, len(workers))
         train_config.validate()
         infos = [w.connect(args.connect_timeout_s) for w in workers]
         check_servers(args, infos)
@@ -347,6 +370,8 @@ def run(args: Args) -> int:
     config = {
         "args": redacted(args),
         "servers": uris,
+        "aggregation": rule.describe(),
+        "staleness_threshold": staleness_threshold,  # the gate's S as used (fedavg: 0)
         "security": {"token": token is not None, "tls": [u.startswith("wss://") for u in uris], "cafile": args.cafile},
         "n_servers": len(workers),
         "train_config": train_config.to_dict(),
@@ -356,7 +381,8 @@ def run(args: Args) -> int:
         "started_at": datetime.now().isoformat(timespec="seconds"),
     }
     _write_json(out_dir / "config.json", config)
-    log.info("run folder %s; %d servers, S=%d, %.0f s", out_dir, len(workers), args.staleness_threshold, args.duration_s)
+    log.info("run folder %s; %d servers, %s, S=%d, %.0f s", out_dir, len(workers), args.aggregation, staleness_threshold,
+             args.duration_s)
 
     ctx_mp = mp.get_context("spawn")
     queue, scores, ready, hurry = ctx_mp.Queue(maxsize=1), ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Event()
@@ -371,7 +397,7 @@ def run(args: Args) -> int:
             return 1
     log.info("evaluator ready (pid %d)", evaluator.pid)
 
-    state = TrainingState(initial_weights(args.seed), len(workers), args.staleness_threshold)
+    state = TrainingState(initial_weights(args.seed), len(workers), staleness_threshold, rule)
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
     events_log = CsvLog(out_dir / "events.csv", EVENTS_HEADER)
     t0 = time.monotonic()
@@ -461,7 +487,8 @@ def run(args: Args) -> int:
     config["finished"] = {
         "stop_reason": stop_reason,
         "training_s": round(elapsed_s, 3),
-        "updates": state.updates(),
+        "updates": state.updates(),  # changes of the global model (a buffering rule makes one per K results)
+        "results": sum(state.rounds()) - sum(state.skipped),  # server results received and combined
         "rounds_per_server": rounds,
         "max_staleness_per_server": state.max_staleness,
         "retries_per_server": ctx.retries,
@@ -487,4 +514,5 @@ if __name__ == "__main__":
     import torch
 
     torch.set_num_threads(1)
+    keep_freed_memory()
     sys.exit(main(tyro.cli(Args, description=__doc__)))

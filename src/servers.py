@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as `python src/servers.py`: make `src` impo
 from src import auth, data, netem
 from src.lifecycle import die_with_parent
 from src.runlog import setup_logging
-from src.split_dataset import class_count_table, format_table, split_indices
+from src.split_dataset import class_count_table, format_table, partition
 from src.worker import ServerSpec, serve_shard
 
 log = logging.getLogger("asyncfl.servers")
@@ -44,7 +44,10 @@ log = logging.getLogger("asyncfl.servers")
 @dataclass
 class Args:
     n_servers: int = 4  # number of data servers (one process each)
-    stdev: float = 0.0  # D: standard deviation of each server's per-class share, in samples (0 = even)
+    stdev: float = 0.0  # D: standard deviation of each server's per-class share, in samples (0 = even); --partition gaussian only
+    partition: Literal["gaussian", "dirichlet", "shards"] = "gaussian"  # how the training set is split: the study's Gaussian D, Dirichlet proportions, or label-sorted shards
+    alpha_dirichlet: float = 0.5  # --partition dirichlet: concentration (small = each class on few servers)
+    shards_per_server: int = 2  # --partition shards: label-sorted shards per server (2 = about two classes each)
     dataset: data.DatasetName = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
     data_dir: str = "data"  # where downloaded datasets are stored
     seed: int = 0  # seed of the split and of each server's batch order
@@ -58,6 +61,9 @@ class Args:
     token: str = ""  # shared secret every connection must present; prefer the ASYNCFL_TOKEN environment variable, which ps does not show
     certfile: str = ""  # TLS certificate (PEM): with --keyfile the servers speak wss://
     keyfile: str = ""  # TLS private key (PEM)
+    server_id: int = -1  # start only this one data owner (0..n_servers-1) of the same split, as on its own host; -1 = all of them
+    shard: str = ""  # start one data owner on your own data: an .npz with images (uint8 [n, 28, 28]) and labels (integers 0-9 [n]); --dataset names what it is
+    port: int = 0  # the port of a single data owner (--server-id or --shard); 0 = base_port + server id
     max_restarts: int = 5  # a server process that dies is restarted on the same port up to this many times (0 = a dead server stops all)
     base_port: int = 8777  # server i listens on base_port + i (0 = pick free ports)
     ready_file: str = ""  # if set, write the servers' addresses here once all listen
@@ -78,6 +84,40 @@ def parse_speeds(text: str, n_servers: int) -> list[float]:
     return speeds
 
 
+def load_shard(path: str, dataset: str) -> data.Dataset:
+    """A data owner's own data (``--shard``): an .npz with ``images`` uint8 [n, 28, 28] and ``labels``
+    integers in 0..9 [n], e.g. ``numpy.savez("mine.npz", images=images, labels=labels)``. Read without
+    pickle; the images are normalised as ``dataset``'s."""
+    with np.load(path, allow_pickle=False) as f:
+        if set(f.files) != {"images", "labels"}:
+            raise ValueError(f"{path} must hold exactly the arrays 'images' and 'labels' (it has {sorted(f.files)})")
+        images, labels = f["images"], f["labels"]
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"{path}: images must be uint8 [n, 28, 28], not {images.dtype} {list(images.shape)}")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0 \
+            or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{path}: labels must be n integers in 0..9, one per image")
+    empty = np.zeros((0, 28, 28), np.uint8)
+    return data.Dataset(dataset, path, images, labels.astype(np.int64), empty, np.zeros(0, np.int64))
+
+
+def split_record(args, ds: data.Dataset) -> dict:
+    """How the shards were made, as hello reports it and config.json records it."""
+    split = {"dataset": ds.name, "dataset_source": ds.source, "n_servers": args.n_servers, "partition": args.partition,
+             "stdev": args.stdev, "seed": args.seed}
+    if args.partition == "dirichlet":
+        split["alpha_dirichlet"] = args.alpha_dirichlet
+    if args.partition == "shards":
+        split["shards_per_server"] = args.shards_per_server
+    return split
+
+
+def describe_split(split: dict) -> str:
+    return {"gaussian": f"gaussian, D={split['stdev']:g}",
+            "dirichlet": f"dirichlet, alpha={split.get('alpha_dirichlet', 0):g}",
+            "shards": f"shards, {split.get('shards_per_server')} per server"}[split["partition"]]
+
+
 def main(args: Args) -> int:
     setup_logging()
     try:
@@ -94,7 +134,11 @@ def main(args: Args) -> int:
             raise ValueError(f"listening on {args.host!r} lets other machines in: set a token (--token or "
                              f"{auth.TOKEN_ENV}), or listen on 127.0.0.1")
         auth.server_ssl_context(args.certfile, args.keyfile)  # fail now, not in every server process
-        ds = data.load(args.dataset, args.data_dir)
+        if not -1 <= args.server_id < args.n_servers:
+            raise ValueError(f"--server-id must be in 0..{args.n_servers - 1}")
+        if args.shard and use_netns:
+            raise ValueError("--shard starts one data owner without emulated network conditions")
+        ds = load_shard(args.shard, args.dataset) if args.shard else data.load(args.dataset, args.data_dir)
     except (ValueError, OSError, data.DatasetUnavailable) as e:
         log.error("%s", e)
         return 2
@@ -117,10 +161,20 @@ def main(args: Args) -> int:
 
 
 def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, links: list, token: str | None) -> int:
-    shards = split_indices(ds.train_labels, args.n_servers, args.stdev, np.random.default_rng(args.seed))
-    table = class_count_table(ds.train_labels, shards, ds.n_classes)
-    log.info("split of %s over %d servers, D=%g, seed=%d:\n%s", ds.name, args.n_servers, args.stdev, args.seed, format_table(table))
-    split = {"dataset": ds.name, "dataset_source": ds.source, "n_servers": args.n_servers, "stdev": args.stdev, "seed": args.seed}
+    if args.shard:  # the owner's own data, whole
+        shards, split = [np.arange(len(ds.train_labels))], {"dataset": ds.name, "dataset_source": ds.source,
+                                                           "partition": "own", "shard_file": args.shard}
+        log.info("own data from %s: %d samples, per class %s", args.shard, len(ds.train_labels),
+                 np.bincount(ds.train_labels, minlength=10).tolist())
+    else:
+        shards = partition(ds.train_labels, args.n_servers, args.partition, np.random.default_rng(args.seed), args.stdev,
+                           args.alpha_dirichlet, args.shards_per_server)
+        table = class_count_table(ds.train_labels, shards, ds.n_classes)
+        split = split_record(args, ds)
+        log.info("split of %s over %d servers (%s), seed=%d:\n%s", ds.name, args.n_servers, describe_split(split),
+                 args.seed, format_table(table))
+    # Which data owners this process starts: all, or one (the same shard every host derives from the seed).
+    chosen = [max(args.server_id, 0)] if args.shard else [args.server_id] if args.server_id >= 0 else range(args.n_servers)
 
     ctx = mp.get_context("spawn")
     ready_queue = ctx.Queue()
@@ -131,7 +185,8 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
                  link.ns_addr, link.conditions.loss_pct, link.conditions.delay_ms,
                  f"{link.conditions.rate_mbit:g} Mbit/s" if link.conditions.rate_mbit else "unlimited",
                  ", ".join(f"{k} by {v}" for k, v in link.mechanism.items()) or "no emulation")
-    for i, shard in enumerate(shards):
+    for i in chosen:
+        shard = shards[0] if args.shard else shards[i]
         network = links[i].describe() if links else {"netns": None, "address": args.host, **asdict(conditions[i]),
                                                      "mechanism": {}}
         spec = ServerSpec(
@@ -140,7 +195,7 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
             host=hosts[i],
             netns=links[i].netns if links else None,
             network=network,
-            port=args.base_port + i if args.base_port else 0,
+            port=args.port if args.port and len(chosen) == 1 else args.base_port + i if args.base_port else 0,
             dataset_key=ds.name,
             images=ds.train_images[shard],
             labels=ds.train_labels[shard],
@@ -159,7 +214,7 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
         if ports is None:
             return 1
         scheme = "wss" if args.certfile else "ws"
-        addresses = ",".join(f"{scheme}://{hosts[i]}:{ports[i]}" for i in range(args.n_servers))
+        addresses = ",".join(f"{scheme}://{spec.host}:{ports[spec.index]}" for spec in specs)
         if args.ready_file:
             tmp = Path(args.ready_file + ".tmp")
             tmp.write_text(addresses + "\n")
@@ -179,11 +234,12 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
                               procs[i].exitcode, restarts[i])
                     return 1
                 restarts[i] += 1
+                port = ports[specs[i].index]
                 log.warning("%s exited with code %s; restarting it on port %d (restart %d of %d)", specs[i].name,
-                            procs[i].exitcode, ports[i], restarts[i], args.max_restarts)
+                            procs[i].exitcode, port, restarts[i], args.max_restarts)
                 if restarts[i] > 1:  # a server that keeps dying at once must not spin: back off
                     time.sleep(min(8.0, 2.0 ** (restarts[i] - 2)))
-                specs[i] = replace(specs[i], port=ports[i])
+                specs[i] = replace(specs[i], port=port)
                 procs[i] = _start(ctx, specs[i], ready_queue)
     except KeyboardInterrupt:
         log.info("stopping %d servers", len(procs))

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from src.aggregation import StateDict, add
+from src.aggregation import Rule, SSPRule, StateDict
 
 
 def may_start(completed: list[int], server: int, staleness_threshold: int, left_out: frozenset[int] = frozenset()) -> bool:
@@ -54,13 +54,15 @@ class UpdateInfo:
     min_advanced: bool  # did this update raise the smallest completed round?
     weights: StateDict  # the global model right after this update
     rejoined: int | None = None  # rounds skipped if this update brought a left-out server back, else None
+    applied: bool = True  # did the global model change (False: the rule buffered the result)
 
 
 class TrainingState:
-    def __init__(self, weights: StateDict, n_servers: int, staleness_threshold: int):
+    def __init__(self, weights: StateDict, n_servers: int, staleness_threshold: int, rule: Rule | None = None):
         if staleness_threshold < 0:
             raise ValueError("the staleness threshold must not be negative")
-        self._cond = threading.Condition()  # its lock guards every field below
+        self.rule = rule or SSPRule(n_servers)  # how a result changes the global model (aggregation.py)
+        self._cond = threading.Condition()  # its lock guards every field below, and the rule's buffers
         self._weights = weights
         self._version = 0
         self._completed = [0] * n_servers
@@ -85,14 +87,17 @@ class TrainingState:
         with self._cond:
             return Snapshot(self._weights, self._version, gate_min(self._completed, self._left_out), max(self._completed))
 
-    def apply(self, server: int, update: StateDict, snapshot: Snapshot) -> UpdateInfo:
-        """global += update (already scaled, see aggregation.scaled_update); the server's round completes."""
+    def apply(self, server: int, prepared, snapshot: Snapshot) -> UpdateInfo:
+        """Combine a server's result (``rule.prepare``'s output) into the global model under the lock (a
+        buffering rule may hold it for later); the server's round completes."""
         with self._cond:
             rejoined = self._rejoin(server)
             old_min = gate_min(self._completed, self._left_out)
-            self._weights = add(self._weights, update)
             updates_behind = self._version - snapshot.version
-            self._version += 1
+            new_weights = self.rule.combine(self._weights, prepared, updates_behind)
+            if new_weights is not None:
+                self._weights = new_weights
+                self._version += 1
             self._completed[server] += 1
             self._busy_since[server] = None
             new_min, new_max = gate_min(self._completed, self._left_out), max(self._completed)
@@ -101,7 +106,7 @@ class TrainingState:
             if new_min > old_min:
                 self._cond.notify_all()
             return UpdateInfo(self._completed[server], staleness, updates_behind, new_min, new_max, new_min > old_min,
-                              self._weights, rejoined)
+                              self._weights, rejoined, new_weights is not None)
 
     def leave_out_silent(self, timeout_s: float, now: float | None = None) -> list[int]:
         """Leave out of the gate's minimum every server whose round has been out for more than

@@ -1,5 +1,6 @@
 """Async FedAvg arithmetic, against hand-computed values."""
 
+import pytest
 import torch
 
 from src import aggregation
@@ -44,3 +45,71 @@ def test_delta_scale_add():
     assert torch.equal(aggregation.delta(a, b)["w"], torch.tensor([2.0, -1.0]))
     assert torch.equal(aggregation.scale(b, 0.5)["w"], torch.tensor([1.5, 0.0]))
     assert torch.equal(aggregation.add(a, b)["b"], torch.tensor([2.0]))
+
+
+# ---- the other rules: hand-computed vectors ----------------------------------------------------------
+
+
+def vec(*values):
+    return {"w": torch.tensor(values, dtype=torch.float32)}
+
+
+def test_fedavg_weights_deltas_by_samples():
+    # old (1, 1); two servers: new (3, 1) on 30 samples, (1, 5) on 10 samples.
+    # global = (1,1) + 0.75*(2,0) + 0.25*(0,4) = (2.5, 2.0)
+    out = aggregation.fedavg(vec(1, 1), vec(1, 1), [vec(3, 1), vec(1, 5)], [30, 10])
+    assert torch.allclose(out["w"], torch.tensor([2.5, 2.0]))
+
+
+def test_fedavg_rule_holds_results_until_every_server_has_sent_one():
+    rule = aggregation.FedAvgRule(2)
+    g = vec(1, 1)
+    first = rule.combine(g, rule.prepare(vec(1, 1), vec(3, 1), 30), updates_behind=0)
+    assert first is None  # buffered: the global model does not change mid-round
+    out = rule.combine(g, rule.prepare(vec(1, 1), vec(1, 5), 10), updates_behind=0)
+    assert torch.allclose(out["w"], torch.tensor([2.5, 2.0])) and rule.pending == []
+
+
+@pytest.mark.parametrize("fn,gap,a,b,expected", [
+    ("constant", 7, 0.5, 4, 1.0),
+    ("polynomial", 0, 0.5, 4, 1.0),
+    ("polynomial", 3, 0.5, 4, 0.5),  # (1+3)^-0.5
+    ("polynomial", 8, 1.0, 4, 1 / 9),
+    ("hinge", 4, 10.0, 4, 1.0),  # gap <= b: no discount
+    ("hinge", 6, 10.0, 4, 1 / 21),  # 1 / (10 * (6 - 4) + 1)
+    ("hinge", 5, 0.5, 4, 1 / 1.5),
+])
+def test_staleness_weights(fn, gap, a, b, expected):
+    assert aggregation.staleness_weight(fn, gap, a, b) == pytest.approx(expected)
+
+
+def test_fedasync_mixes_with_the_staleness_discounted_alpha():
+    # alpha 0.6, polynomial a=0.5, gap 3 -> a_t = 0.3; global (10, 0), new (0, 10) -> (7, 3)
+    rule = aggregation.FedAsyncRule(0.6, "polynomial", 0.5, 4)
+    out = rule.combine(vec(10, 0), rule.prepare(vec(5, 5), vec(0, 10), 32), updates_behind=3)
+    assert torch.allclose(out["w"], torch.tensor([7.0, 3.0]))
+    fresh = rule.combine(vec(10, 0), vec(0, 10), updates_behind=0)  # a_t = 0.6
+    assert torch.allclose(fresh["w"], torch.tensor([4.0, 6.0]))
+
+
+def test_fedbuff_applies_the_mean_of_k_deltas_scaled_by_the_server_lr():
+    rule = aggregation.FedBuffRule(buffer_size=2, server_lr=0.5)
+    g = vec(0, 0)
+    assert rule.combine(g, rule.prepare(vec(1, 1), vec(3, 1), 32), 0) is None  # delta (2, 0)
+    out = rule.combine(g, rule.prepare(vec(0, 0), vec(0, 4), 32), 5)  # delta (0, 4); mean (1, 2) * 0.5
+    assert torch.allclose(out["w"], torch.tensor([0.5, 1.0])) and rule.buffer == []
+
+
+def test_ssp_rule_is_the_study_rule():
+    rule = aggregation.SSPRule(4)
+    out = rule.combine(vec(1, 1), rule.prepare(vec(0, 0), vec(4, 8), 32), 9)
+    assert torch.allclose(out["w"], torch.tensor([2.0, 3.0]))
+
+
+def test_bad_rule_settings_are_refused():
+    with pytest.raises(ValueError):
+        aggregation.FedAsyncRule(1.5, "polynomial", 0.5, 4)
+    with pytest.raises(ValueError):
+        aggregation.FedAsyncRule(0.5, "cubic", 0.5, 4)
+    with pytest.raises(ValueError):
+        aggregation.FedBuffRule(0, 1.0)

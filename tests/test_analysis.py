@@ -101,3 +101,31 @@ def test_unfinished_runs_are_left_out(tmp_path):
     running = make_run(sweep / "running", 0, 1, [(0, 0.1)], [1, 1], finished=False)
     assert analyze.find_runs([sweep]) == [done]
     assert running.exists()
+
+
+def test_rules_and_partitions_are_configurations_of_their_own(tmp_path):
+    # Prepare: the same cell run with the study's rule and with fedbuff on a Dirichlet split.
+    ssp = make_run(tmp_path / "ssp", 9999, 0, [(0, 0.1), (1, 0.9)], [5, 5])
+    buff = make_run(tmp_path / "buff", 9999, 0, [(0, 0.1), (1, 0.8)], [5, 5])
+    config = json.loads((buff / "config.json").read_text())
+    config["aggregation"] = {"aggregation": "fedbuff", "buffer_size": 4, "server_lr": 1.0}
+    config["dataset"].update(partition="dirichlet", alpha_dirichlet=0.3)
+    (buff / "config.json").write_text(json.dumps(config))
+    # Execute
+    runs = pd.DataFrame([analyze.analyze_run(d) for d in (ssp, buff)])
+    summary = analyze.summarize(runs)
+    # Assert
+    assert sorted(runs["aggregation"]) == ["fedbuff(K=4,lr=1)", "ssp"]
+    assert sorted(runs["partition"]) == ["dirichlet(0.3)", "gaussian"]
+    assert len(summary) == 2
+
+
+@pytest.mark.parametrize("rule,label", [
+    ({"aggregation": "fedasync", "alpha": 0.6, "staleness_fn": "hinge", "staleness_a": 10, "staleness_b": 4},
+     "fedasync(alpha=0.6,hinge,a=10,b=4)"),
+    ({"aggregation": "fedasync", "alpha": 0.5, "staleness_fn": "constant", "staleness_a": 0.5, "staleness_b": 4},
+     "fedasync(alpha=0.5,constant)"),
+    ({"aggregation": "fedavg"}, "fedavg"),
+])
+def test_aggregation_labels(rule, label):
+    assert analyze.aggregation_label(rule) == label

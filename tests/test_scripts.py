@@ -78,3 +78,26 @@ def test_split_dataset_prints_the_table():
     totals = lines[6].split()
     assert totals[0] == "total" and totals[-1] == "4000"
     assert sum(int(line.split()[-1]) for line in lines[2:6]) == 4000
+
+
+def test_batch_grid_with_rules_and_partitions(tmp_path):
+    # Prepare: train_batch.sh with its arrays edited, as a user would, in a copy.
+    text = (ROOT / "train_batch.sh").read_text()
+    for old, new in [('LOSSES=(0% 10% 20%)', 'LOSSES=(0%)'), ('STDEVS=(0 600 10000)', 'STDEVS=(0 10000)'),
+                     ('STALENESS=(0 6 12 9999)', 'STALENESS=(0 9999)'), ('REPEATS=3', 'REPEATS=1'),
+                     ('RULES=("ssp")', 'RULES=("ssp" "fedavg" "fedbuff --buffer-size 4")'),
+                     ('PARTITIONS=("gaussian")', 'PARTITIONS=("gaussian" "shards --shards-per-server 2")')]:
+        assert old in text
+        text = text.replace(old, new)
+    script = tmp_path / "train_batch.sh"
+    script.write_text(text)
+    # Execute
+    run = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "SWEEP_DIR": str(tmp_path / "sweep")})
+    # Assert: ssp and fedbuff per S, fedavg once (its S is 0); the shards split only with the first D.
+    assert run.returncode == 0, run.stderr
+    names = [line.split("] ", 1)[1] for line in run.stdout.splitlines() if line.startswith("[")]
+    assert len(names) == 2 * 5 + 5
+    assert "fedavg-L0-D0-S0-speeds_1_1_1_1-r0" in names and "fedbuff_buffer-size-4-L0-D10000-S9999-speeds_1_1_1_1-r0" in names
+    assert "shards_shards-per-server-2-L0-D0-S0-speeds_1_1_1_1-r0" in names
+    assert not any(n.startswith("shards") and "D10000" in n for n in names)

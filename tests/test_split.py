@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from src import split_dataset
 from src.split_dataset import class_count_table, gaussian_class_counts, split_indices
 
 
@@ -69,3 +70,42 @@ def test_invalid_arguments_are_refused():
         gaussian_class_counts(np.array([10]), 0, 0, np.random.default_rng(0))
     with pytest.raises(ValueError):
         gaussian_class_counts(np.array([10]), 2, -1, np.random.default_rng(0))
+
+
+def test_dirichlet_split_is_a_seeded_partition_and_concentrates_with_small_alpha():
+    # Prepare
+    labels = np.repeat(np.arange(10), 400)
+    # Execute
+    shards = split_dataset.split_dirichlet(labels, 4, 0.1, np.random.default_rng(3))
+    again = split_dataset.split_dirichlet(labels, 4, 0.1, np.random.default_rng(3))
+    even = split_dataset.split_dirichlet(labels, 4, 1000.0, np.random.default_rng(3))
+    # Assert: disjoint, complete, deterministic; small alpha leaves classes out, a large one does not.
+    assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(len(labels)))
+    assert all(np.array_equal(a, b) for a, b in zip(shards, again))
+    table = split_dataset.class_count_table(labels, shards, 10)
+    assert (table == 0).sum() >= 10
+    even_table = split_dataset.class_count_table(labels, even, 10)
+    assert (even_table > 60).all() and (even_table < 140).all()
+
+
+def test_dirichlet_counts_sum_to_each_class():
+    counts = split_dataset.dirichlet_class_counts(np.array([7, 400, 0]), 3, 0.5, np.random.default_rng(0))
+    assert counts.sum(axis=1).tolist() == [7, 400, 0] and (counts >= 0).all()
+
+
+def test_shards_give_each_server_few_classes():
+    labels = np.repeat(np.arange(10), 400)
+    shards = split_dataset.split_shards(labels, 4, 2, np.random.default_rng(1))
+    assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(len(labels)))
+    assert [len(s) for s in shards] == [1000] * 4  # 8 shards of 500
+    table = split_dataset.class_count_table(labels, shards, 10)
+    assert ((table > 0).sum(axis=1) <= 4).all()  # two shards of 500 span at most 2 + 2 classes of 400
+
+
+def test_partition_dispatches_and_refuses_unknown_names():
+    labels = np.repeat(np.arange(10), 40)
+    gaussian = split_dataset.partition(labels, 4, "gaussian", np.random.default_rng(0), stdev=5.0)
+    direct = split_dataset.split_indices(labels, 4, 5.0, np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(gaussian, direct))
+    with pytest.raises(ValueError):
+        split_dataset.partition(labels, 4, "zipf", np.random.default_rng(0))
