@@ -46,16 +46,18 @@ def async_fedavg(global_weights: StateDict, old: StateDict, new: StateDict, n_se
 # ---- Other rules (``--aggregation``), for comparison with the study's ---------------------------------
 
 
+def weighted_mean(deltas: list[StateDict], weights: list[float]) -> StateDict:
+    """sum_i (w_i / sum w) delta_i; all zeros when the weights sum to zero (nobody trained on anything)."""
+    total = float(sum(weights))
+    if total <= 0:
+        return {k: torch.zeros_like(v) for k, v in deltas[0].items()}
+    return {k: sum(d[k] * (w / total) for d, w in zip(deltas, weights)) for k in deltas[0]}
+
+
 def fedavg(global_weights: StateDict, old: StateDict, news: list[StateDict], n_samples: list[int]) -> StateDict:
     """Synchronous FedAvg: every server trained from ``old`` (= the global model of this round);
     global + sum_i (n_i / sum n) (new_i - old)."""
-    total = sum(n_samples)
-    if total <= 0:
-        return dict(global_weights)  # nobody trained on anything: nothing to average
-    out = dict(global_weights)
-    for new, n in zip(news, n_samples):
-        out = {k: out[k] + (new[k] - old[k]) * (n / total) for k in out}
-    return out
+    return add(global_weights, weighted_mean([delta(old, new) for new in news], n_samples))
 
 
 def staleness_weight(fn: str, gap: int, a: float = 0.5, b: int = 4) -> float:
@@ -78,7 +80,7 @@ def mix(global_weights: StateDict, new: StateDict, alpha_t: float) -> StateDict:
 
 
 def mean(deltas: list[StateDict]) -> StateDict:
-    return {k: sum(d[k] for d in deltas) / len(deltas) for k in deltas[0]}
+    return weighted_mean(deltas, [1.0] * len(deltas))
 
 
 class Rule:
@@ -134,8 +136,7 @@ class FedAvgRule(Rule):
             return None
         deltas, counts = zip(*self.pending)
         self.pending = []
-        zero = {k: torch.zeros_like(v) for k, v in global_weights.items()}
-        return fedavg(global_weights, zero, list(deltas), list(counts))
+        return add(global_weights, weighted_mean(list(deltas), list(counts)))
 
 
 class FedAsyncRule(Rule):

@@ -97,6 +97,7 @@ def decode(frame, copy: bool = True) -> tuple[dict, dict[str, torch.Tensor] | No
 
 
 _FROM_NAME = {v: k for k, v in _DTYPES.items()}
+_ITEMSIZE = {k: torch.empty(0, dtype=k).element_size() for k in _DTYPES}
 _MAX_ST_HEADER = 1024 * 1024
 
 
@@ -129,7 +130,7 @@ def parse_safetensors(body: memoryview, copy: bool) -> dict[str, torch.Tensor]:
         dtype = _FROM_NAME[e["dtype"]]
         begin, end = e["data_offsets"]
         numel = math.prod(e["shape"])
-        if not begin <= end <= len(data) or end - begin != numel * torch.empty(0, dtype=dtype).element_size():
+        if not begin <= end <= len(data) or end - begin != numel * _ITEMSIZE[dtype]:
             raise WireError(f"weights are not valid safetensors: invalid offset for tensor {name[:40]!r}")
         entries.append((begin, end, name, dtype, e["shape"], numel))
     entries.sort()
