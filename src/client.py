@@ -175,11 +175,9 @@ class EvalFeed:
                     self._cond.wait()
                 if self.closed:
                     return
-                if not self._pending:  # done, and everything sent
-                    item = None
-                else:
-                    kind, t, epoch, max_round, weights, final = self._pending.popleft()
-                    item = EvalRequest(kind, t, epoch, max_round, st_save(weights), final)
+                entry = self._pending.popleft() if self._pending else None  # None: done, everything sent
+            # Serialised outside the lock: server threads submit under it from the round loop.
+            item = None if entry is None else EvalRequest(*entry[:4], st_save(entry[4]), entry[5])
             while not self.closed:  # blocks while the evaluator is busy with the previous request
                 try:
                     self.queue.put(item, timeout=0.5)

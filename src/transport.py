@@ -411,8 +411,9 @@ class Server:
             _tune(sock)
             sock.settimeout(self.open_timeout_s)  # a peer that never finishes its handshake is dropped
             if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
-                with self._lock:
+                raw, sock = sock, self.ssl_context.wrap_socket(sock, server_side=True)
+                with self._lock:  # the TLS socket replaces the raw one (which it took the descriptor of)
+                    self._conns.discard(raw)
                     self._conns.add(sock)
             conn = server_handshake(sock, self.check, self.max_size)
             if conn is None:

@@ -161,7 +161,9 @@ class ShardWorker:
             n_samples += len(idx)
         compute_s = time.perf_counter() - t0
         self.fits += 1
-        new_weights = {k: v.detach() for k, v in self.model.state_dict().items()}
+        # A copy, not the model's own tensors: the reply is sent after the lock is released, when an
+        # overlapping connection's round may already be changing the model.
+        new_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         check_weights(new_weights, self.reference)  # weights that trained into inf/NaN are not sent back
         idle_s = (self.speed_ratio - 1.0) * compute_s if self.speed_ratio > 1.0 else 0.0
         if idle_s > 0:
