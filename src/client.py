@@ -93,6 +93,7 @@ class Args:
     server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
     token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
     cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
+    shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (requests and replies still go over the websocket); --no-shared-memory sends them in the frames
 
 
 @dataclass
@@ -353,7 +354,7 @@ def run(args: Args) -> int:
     uris = resolve_servers(args)
     try:
         token = auth.resolve_token(args.token)
-        workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile) for i, uri in enumerate(uris)]
+        workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile, args.shared_memory) for i, uri in enumerate(uris)]
         rule, staleness_threshold = make_rule(args, len(workers))
         train_config.validate()
         infos = [w.connect(args.connect_timeout_s) for w in workers]
@@ -374,6 +375,7 @@ def run(args: Args) -> int:
         "n_servers": len(workers),
         "train_config": train_config.to_dict(),
         "server_info": infos,
+        "weights_via": [w.weights_via for w in workers],  # per server: "websocket" or "shared memory"
         "dataset": infos[0].get("split", {}),
         "versions": versions(),
         "started_at": datetime.now().isoformat(timespec="seconds"),

@@ -6,17 +6,21 @@ A round that gets no reply within its timeout (a lossy link can stall TCP for mi
 closing the socket, raising ``ConnectionLost``; ``reconnect`` then opens a new connection with back-off.
 Every reply is checked before use (exact tensors, finite values, plausible numbers); a bad one raises
 ``BadReply`` and is never applied. With a token, each connection presents it (see auth.py); ``wss://``
-addresses are verified against ``cafile`` or the system's CAs.
+addresses are verified against ``cafile`` or the system's CAs. With ``shared_memory``, a server reached
+on loopback without emulated network conditions gets the weights through a shared memory segment of
+each connection (see shm.py); ``weights_via`` says which way they travel.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import time
+from urllib.parse import urlsplit
 
 import torch
-from src import auth, transport, wire
+from src import auth, shm, transport, wire
 from src.model import check_weights, weight_spec
 from src.worker import FitResult, TrainConfig
 
@@ -36,42 +40,57 @@ class BadReply(ConnectionLost):
 
 class _Watchdog:
     """One long-lived thread that calls ``on_expire`` when an armed deadline passes. Arming and disarming
-    cost a lock each; a ``threading.Timer`` per round would start an OS thread per round (~190 µs here)."""
+    cost a lock each; a ``threading.Timer`` per round would start an OS thread per round (~190 µs here).
+    The thread is woken only when a deadline comes earlier than the one it sleeps until: with a fixed
+    timeout every new deadline is later, so it sleeps through round after round (waking it each round
+    cost two thread switches and a GIL hand-over per round)."""
 
     def __init__(self, on_expire, name: str):
         self._on_expire = on_expire
         self._cond = threading.Condition()
         self._deadline: float | None = None
+        self._sleeping_until: float | None = None  # None: until notified
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def arm(self, timeout_s: float) -> None:
         with self._cond:
             self._deadline = time.monotonic() + timeout_s
-            self._cond.notify()
+            if self._sleeping_until is None or self._deadline < self._sleeping_until:
+                self._cond.notify()
 
     def disarm(self) -> None:
         with self._cond:
-            self._deadline = None  # the thread wakes at the old deadline, finds none and sleeps again
+            self._deadline = None  # the thread wakes at the old deadline, finds none (or a later one), sleeps again
 
     def _run(self) -> None:
         with self._cond:
             while True:
                 if self._deadline is None:
+                    self._sleeping_until = None
                     self._cond.wait()
                 elif time.monotonic() >= self._deadline:
                     self._deadline = None
                     self._on_expire()
                 else:
+                    self._sleeping_until = self._deadline
                     self._cond.wait(self._deadline - time.monotonic())
 
 
+log = logging.getLogger("asyncfl.client")
+
+WEBSOCKET, SHARED_MEMORY = "websocket", "shared memory"
+
+
 class WebsocketClientWorker:
-    def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = ""):
+    def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = "", shared_memory: bool = False):
         self.uri, self.name = uri, name
         self._headers = auth.auth_headers(token)
         self._ssl = auth.client_ssl_context(uri, cafile)
         self._spec = weight_spec()
+        self._shared_memory = shared_memory
         self.info: dict = {}
+        self.weights_via = WEBSOCKET  # how this connection moves the weights: WEBSOCKET or SHARED_MEMORY
+        self._segment: shm.Segment | None = None
         self._ws: transport.Connection | None = None
         self._timed_out = False
         self._watchdog: _Watchdog | None = None  # started on the first request with a timeout
@@ -123,13 +142,45 @@ class WebsocketClientWorker:
             self.close()
             raise RemoteError(f"protocol {header.get('protocol')} at {self.uri}, this client speaks {wire.PROTOCOL_VERSION}")
         self.info = header
+        self._segment = self._attach(open_timeout_s)
+        self.weights_via = SHARED_MEMORY if self._segment is not None else WEBSOCKET
         return header
+
+    def _attach(self, timeout_s: float) -> shm.Segment | None:
+        """Offer the server a shared memory segment if it can be on this machine and its link is not
+        emulated; None if not offered or refused (the weights then travel in the frames)."""
+        network = self.info.get("network") or {}
+        emulated = any(network.get(k) for k in ("loss_pct", "delay_ms", "rate_mbit"))
+        if not (self._shared_memory and auth.is_loopback(urlsplit(self.uri).hostname or "") and not emulated
+                and shm.available()):
+            return None
+        try:
+            segment, nonce = shm.Segment.create(self._spec)
+        except OSError as e:
+            log.info("%s: no shared memory segment (%s); weights go in the websocket frames", self.name, e)
+            return None
+        try:
+            self._request({"type": "attach", "name": segment.name, "nonce": nonce}, None, "attach_ok", timeout_s)
+        except ConnectionLost:
+            raise
+        except RemoteError as e:  # refused: another machine or container, or a server without shared memory
+            log.info("%s: shared memory refused (%s); weights go in the websocket frames", self.name, e)
+            return None
+        finally:
+            segment.unlink()  # attached or not, the name is no longer needed: no file outlives the run
+        return segment
 
     def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
             timeout_s: float | None = None) -> FitResult:
-        header, new_weights = self._request(
-            {"type": "fit", "dataset_key": dataset_key, "train_config": train_config.to_dict()}, weights, "fit_ok",
-            timeout_s)
+        request = {"type": "fit", "dataset_key": dataset_key, "train_config": train_config.to_dict()}
+        segment = self._segment
+        if segment is not None:
+            request["type"] = "fit_shared"
+            weights = shm.copy_into(segment.request, weights)
+        header, new_weights = self._request(request, None if segment else weights, "fit_ok", timeout_s)
+        if segment is not None and new_weights is None:
+            # The reply region: valid, like a frame's views, until this connection's next request.
+            new_weights = segment.reply
         try:
             check_weights(new_weights, self._spec)
             stats = {k: header[k] for k in ("loss", "n_samples", "compute_s", "idle_s")}
@@ -144,6 +195,7 @@ class WebsocketClientWorker:
                          float(stats["idle_s"]))
 
     def close(self) -> None:
+        self._segment = None  # unmapped once the last view of it is gone
         if self._ws is not None:
             self._ws.close()
             self._ws = None

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from src import auth, transport, wire
+from src import auth, shm, transport, wire
 from src.data import to_tensor
 from src.model import Net, architecture_signature, check_weights, loss_fn, weight_spec
 from src.lifecycle import die_with_parent, keep_freed_memory
@@ -137,13 +137,16 @@ class ShardWorker:
         loss_fn(self.model(x), y).backward()
         self.model.zero_grad(set_to_none=True)
 
-    def fit(self, dataset_key: str, config: TrainConfig, weights: dict[str, torch.Tensor]) -> FitResult:
+    def fit(self, dataset_key: str, config: TrainConfig, weights: dict[str, torch.Tensor],
+            out: dict[str, torch.Tensor] | None = None) -> FitResult:
+        """One round: train ``weights`` on this shard. The trained weights are a new copy, or written into
+        ``out`` (tensors of the model's shapes, e.g. a shared memory segment's reply region)."""
         if dataset_key != self.dataset_key:
             raise ValueError(f"unknown dataset_key {dataset_key!r}; this server hosts {self.dataset_key!r}")
         with self._lock:
-            return self._fit(config, weights)
+            return self._fit(config, weights, out)
 
-    def _fit(self, config: TrainConfig, weights: dict[str, torch.Tensor]) -> FitResult:
+    def _fit(self, config: TrainConfig, weights: dict[str, torch.Tensor], out: dict | None) -> FitResult:
         t0 = time.perf_counter()
         self.model.load_state_dict(weights)
         self.model.train()
@@ -163,7 +166,8 @@ class ShardWorker:
         self.fits += 1
         # A copy, not the model's own tensors: the reply is sent after the lock is released, when an
         # overlapping connection's round may already be changing the model.
-        new_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        state = self.model.state_dict()
+        new_weights = shm.copy_into(out, state) if out is not None else {k: v.detach().clone() for k, v in state.items()}
         check_weights(new_weights, self.reference)  # weights that trained into inf/NaN are not sent back
         idle_s = (self.speed_ratio - 1.0) * compute_s if self.speed_ratio > 1.0 else 0.0
         if idle_s > 0:
@@ -193,13 +197,24 @@ class ShardWorker:
         }
 
 
-REQUEST_KEYS = {"hello": {"type"}, "fit": {"type", "dataset_key", "train_config"}}
+REQUEST_KEYS = {"hello": {"type"}, "fit": {"type", "dataset_key", "train_config"},
+                "attach": {"type", "name", "nonce"}, "fit_shared": {"type", "dataset_key", "train_config"}}
 
 
-def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> tuple[list, str | None]:
+@dataclass
+class Session:
+    """What one connection has set up: the client's shared memory segment, once attached (see shm.py)."""
+
+    segment: shm.Segment | None = None
+    received: dict[str, torch.Tensor] | None = None  # private copy of the request region: what is checked is what is trained
+
+
+def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict,
+                 session: Session | None = None) -> tuple[list, str | None]:
     """Answer one request frame with one reply frame (as wire.encode_parts buffers), and say why it was
-    refused (None if served).
-    Never raises: whatever arrives, the reply is ``hello_ok``, ``fit_ok`` or ``error``."""
+    refused (None if served). ``session`` is the connection's state (a shared memory segment).
+    Never raises: whatever arrives, the reply is ``hello_ok``, ``attach_ok``, ``fit_ok`` or ``error``."""
+    session = session if session is not None else Session()
     try:
         # Weights as views of the receive buffer: checked, then copied into the model before the next read.
         header, weights = wire.decode(frame, copy=False)
@@ -212,11 +227,25 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> t
             if weights is not None:
                 raise ValueError("hello carries no weights")
             return wire.encode_parts(worker.info(extra_info)), None
+        if kind == "attach":
+            if weights is not None:
+                raise ValueError("attach carries no weights")
+            session.segment = shm.Segment.attach(header["name"], header["nonce"], worker.reference)
+            session.received = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in worker.reference.items()}
+            return wire.encode_parts({"type": "attach_ok"}), None
         if not isinstance(header["dataset_key"], str):
             raise ValueError("dataset_key must be a string")
         config = TrainConfig.from_dict(header["train_config"])
+        out = None
+        if kind == "fit_shared":
+            if weights is not None:
+                raise ValueError("fit_shared carries its weights in shared memory, not in the frame")
+            if session.segment is None:
+                raise ValueError("fit_shared before attach")
+            # Copied out first: the client could change the shared memory while it is being checked.
+            weights, out = shm.copy_into(session.received, session.segment.request), session.segment.reply
         worker.check_weights(weights)
-        result = worker.fit(header["dataset_key"], config, weights)
+        result = worker.fit(header["dataset_key"], config, weights, out)
         reply = {
             "type": "fit_ok",
             "loss": result.loss,
@@ -224,7 +253,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict) -> t
             "compute_s": result.compute_s,
             "idle_s": result.idle_s,
         }
-        return wire.encode_parts(reply, result.weights), None
+        return wire.encode_parts(reply, None if out is not None else result.weights), None
     except Exception as e:  # noqa: BLE001 - bad input of any kind (even a RecursionError from nested JSON)
         reason = f"{type(e).__name__}: {e}"[:300]
         return wire.encode_parts({"type": "error", "message": reason}), reason
@@ -279,9 +308,10 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         peer = conn.remote_address
         log.info("connection from %s", peer)
         served = refused = 0
+        session = Session()
         try:
             while True:
-                reply, reason = handle_frame(worker, conn.recv(), extra)
+                reply, reason = handle_frame(worker, conn.recv(), extra, session)
                 if reason is None:
                     served += 1
                 else:

@@ -70,7 +70,7 @@ def frames(rng: random.Random, variants: list[bytes], valid_fit: bytes):
                       {"momentum": 0.9}, {"shuffle": "no"}, [], "config", None, {"batch_size": [32]}]
     for i in range(N_FRAMES):
         kind = rng.choice(["random", "random", "truncated", "length", "types", "types", "config", "config",
-                           "weights", "safetensors", "text", "dataset"])
+                           "weights", "safetensors", "text", "dataset", "shared"])
         if i % 2000 == 1999:
             kind = "oversized"
         if kind == "random":
@@ -94,6 +94,14 @@ def frames(rng: random.Random, variants: list[bytes], valid_fit: bytes):
             yield kind, struct.pack("<I", len(head)) + head + hostile_safetensors(rng)
         elif kind == "text":
             yield kind, rng.choice(["hello", json.dumps({"type": "hello"}), "\x00" * 100])
+        elif kind == "shared":  # shared memory (shm.py): names of another form, segments that are not there
+            nonce = rng.randbytes(16).hex()
+            name = rng.choice(["../../etc/passwd", "/dev/shm/x", "asyncfl-" + rng.randbytes(16).hex(),
+                               "asyncfl-" + "G" * 32, "", 7, None, "asyncfl-" + "0" * 32 + "\x00"])
+            header = rng.choice([{"type": "attach", "name": name, "nonce": nonce},
+                                 {"type": "attach", "name": name, "nonce": rng.choice([nonce[:8], 5, None, "zz" * 16])},
+                                 {"type": "attach", "name": name}, {"type": "fit_shared", **{k: FIT[k] for k in FIT if k != "type"}}])
+            yield kind, wire.encode(header, initial_weights(0) if rng.random() < 0.1 else None)
         elif kind == "dataset":
             yield kind, valid_fit.replace(b'"mnist-5k"', b'"mnist-6k"', 1)
         else:

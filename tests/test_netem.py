@@ -132,6 +132,7 @@ def test_lossy_link_slows_only_its_server_and_is_torn_down(tmp_path):
     network = [info["network"] for info in config["server_info"]]
     assert network[0]["loss_pct"] == 20 and network[0]["mechanism"]["loss"] in ("netem", "nftables")
     assert network[1]["loss_pct"] == 0 and network[1]["netns"]
+    assert config["weights_via"] == ["websocket"] * 2  # through the emulated links, never around them
     assert config["finished"]["errors"] == []
     assert set(project_namespaces()) == before
 

@@ -38,6 +38,7 @@ def test_synchronous_run_writes_every_file_and_keeps_rounds_in_step(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["args"]["staleness_threshold"] == 0 and config["n_servers"] == 2
     assert config["dataset"]["dataset"] == "mnist-5k" and config["finished"]["errors"] == []
+    assert config["weights_via"] == ["shared memory"] * 2  # servers on loopback without emulated conditions
     assert config["finished"]["rounds_per_server"] == [max(int(r["round"]) for r in rounds if r["server"] == s)
                                                       for s in ("0", "1")]
     yappi = read_csv(tmp_path / "yappi.csv")
@@ -51,12 +52,14 @@ def test_semi_synchronous_gap_and_slow_server(tmp_path):
     gated = train(tmp_path / "s6", "--n-servers", "2", "--staleness-threshold", "6", "--speeds", "1 4",
                   "--duration-s", "8", "--eval-interval-s", "4", "--no-profile")
     free = train(tmp_path / "async", "--n-servers", "2", "--staleness-threshold", "9999", "--speeds", "1 4",
-                 "--duration-s", "12", "--eval-interval-s", "4", "--no-profile")
+                 "--duration-s", "12", "--eval-interval-s", "4", "--no-profile", "--no-shared-memory")
     assert gated.returncode == 0 and free.returncode == 0, gated.stderr + free.stderr
     gated_rows = read_csv(tmp_path / "s6" / "rounds.csv")
     assert max(int(r["staleness"]) for r in gated_rows) == 7
     assert not (tmp_path / "s6" / "yappi.csv").exists()
-    rounds = json.loads((tmp_path / "async" / "config.json").read_text())["finished"]["rounds_per_server"]
+    free_config = json.loads((tmp_path / "async" / "config.json").read_text())
+    assert free_config["weights_via"] == ["websocket"] * 2  # --no-shared-memory: in the frames
+    rounds = free_config["finished"]["rounds_per_server"]
     assert 0.15 <= rounds[1] / rounds[0] <= 0.45
 
 
