@@ -25,7 +25,6 @@ import torch
 import tyro
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file
-from sklearn.metrics import f1_score
 
 if __package__ in (None, ""):  # run as `python src/evaluator.py`: make `src` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,6 +47,16 @@ class EvalRequest:
     final: bool = False  # the model at the end of training: always scored, even in a hurry
 
 
+def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Micro-averaged F1 (scikit-learn's ``f1_score(average="micro")``): true positives, false positives
+    and false negatives pooled over the classes. With one label per sample a wrong prediction is one false
+    positive (of the predicted class) and one false negative (of the true class), so this is the accuracy;
+    computed here because importing scikit-learn took 1.7 s of CPU at every evaluator start."""
+    tp = int(np.count_nonzero(np.asarray(y_true) == np.asarray(y_pred)))
+    fp = fn = len(y_true) - tp
+    return 2 * tp / (2 * tp + fp + fn) if len(y_true) else 0.0
+
+
 class Scorer:
     """Micro-F1 of a state dict on a fixed test set."""
 
@@ -60,7 +69,7 @@ class Scorer:
     def f1(self, weights: dict[str, torch.Tensor]) -> float:
         self.net.load_state_dict(weights)
         pred = np.concatenate([self.net(self.x[i : i + 500]).argmax(1).numpy() for i in range(0, len(self.x), 500)])
-        return float(f1_score(self.y, pred, average="micro"))
+        return micro_f1(self.y, pred)
 
 
 def format_score(req: EvalRequest, f1: float) -> str:
