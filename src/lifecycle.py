@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
+import threading
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
@@ -20,6 +22,27 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), sig)
+
+
+def die_with(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to this process when process ``pid`` ends, however it ends (a thread waits on a pidfd).
+
+    For the data servers, whose parent is multiprocessing's fork server rather than servers.py: the fork
+    server lives as long as any process it forked holds its pipe, so PR_SET_PDEATHSIG on it would never
+    fire after a ``kill -9`` of servers.py, and the servers would linger."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already gone
+        os.kill(os.getpid(), sig)
+        return
+    except (OSError, AttributeError):  # not Linux >= 5.3
+        return
+
+    def wait() -> None:
+        select.select([fd], [], [])  # readable once the process has ended
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=wait, name=f"watch-{pid}", daemon=True).start()
 
 
 def keep_freed_memory() -> None:

@@ -25,7 +25,7 @@ import torch
 from src import auth, shm, transport, wire
 from src.data import to_tensor
 from src.model import Net, architecture_signature, check_weights, loss_fn, weight_spec
-from src.lifecycle import die_with_parent, keep_freed_memory
+from src.lifecycle import die_with, keep_freed_memory
 from src.netem import enter_netns
 from src.runlog import setup_logging
 
@@ -278,6 +278,7 @@ class ServerSpec:
     token: str | None = None  # shared secret every connection must present (see auth.py); None = no check
     certfile: str = ""  # TLS certificate (PEM); with keyfile, the server speaks wss://
     keyfile: str = ""  # TLS private key (PEM)
+    owner_pid: int = 0  # servers.py: this server stops when that process ends (0 = never)
 
 
 def serve_shard(spec: ServerSpec, ready_queue) -> None:
@@ -292,7 +293,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     # SIGTERM is blocked here, and so in every thread started from now on, and taken synchronously with
     # sigwait below: a handler would run only when the main thread's blocking accept() happened to return.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    die_with_parent()
+    if spec.owner_pid:
+        die_with(spec.owner_pid)  # stop with servers.py, however it ends (even kill -9)
     worker = ShardWorker(
         name=spec.name,
         dataset_key=spec.dataset_key,
