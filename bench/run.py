@@ -10,13 +10,14 @@ write, prints a table and writes ``bench/results.json``:
 - ``round_overhead_ratio``: 1 server, 1 batch per round: median client-observed round time (``round_s``)
   over the median server compute time (``compute_s``), over every round of the run but the first 10.
 - ``tta90_fl_s`` / ``tta90_central_s`` / ``tta90_ratio``: seconds from the first round to F1 >= 0.90 on
-  mnist-5k, 4 servers, D=0, S=9999, no loss (scored every 0.5 s, no round-wise log), against a plain loop
-  with the same model, batch size and learning rate scored at the same training-time interval (its
-  scoring time not counted); median of ``--repeats`` each.
+  mnist-5k, 4 servers, D=0, S=9999, no loss (scored every ``--tta-eval-interval-s``, no round-wise log),
+  against a plain loop with the same model, batch size and learning rate scored at the same training-time
+  interval (its scoring time not counted); median of ``--repeats`` each.
 - ``scaling``: for each server count, aggregate updates per second (S=9999, time-wise evaluation only, so
   that the training pipeline is what is measured; ``updates_per_s_default_eval`` adds the client's default
   round-wise evaluation), that figure over the compute bound ``cores / median step time``, and resident
-  memory per server process (RSS, and PSS which splits shared pages among the processes sharing them).
+  memory per server process (RSS, and PSS which splits shared pages among the processes sharing them),
+  and ``startup_s``: seconds from starting servers.py to all servers listening.
 - ``split_s``: median time to split 60,000 labels over 32 servers (D=600).
 """
 
@@ -61,23 +62,25 @@ class Args:
     overhead_s: float = 20.0  # length of the 1-server run that measures the round overhead, seconds
     scaling_s: float = 15.0  # length of each scaling run, seconds
     tta_s: float = 20.0  # length of each federated time-to-F1 run, seconds
+    tta_eval_interval_s: float = 0.1  # scoring interval of both time-to-F1 measurements, seconds: their resolution
 
 
 @contextlib.contextmanager
 def servers(n: int, workdir: Path, *flags: str):
-    """servers.py with n servers on free loopback ports; yields (addresses, process)."""
+    """servers.py with n servers on free loopback ports; yields (addresses, process, seconds to start)."""
     ready = workdir / f"servers-{n}.ready"
     ready.unlink(missing_ok=True)  # left by an earlier start with as many servers
     log = open(workdir / f"servers-{n}.log", "w")
     proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--n-servers", str(n), "--base-port", "0",
                              "--ready-file", str(ready), "--die-with-parent", *flags], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "ASYNCFL_TOKEN": TOKEN})
+    t0 = time.perf_counter()
     try:
         while not ready.exists():  # the readiness signal
             if proc.poll() is not None:
                 raise RuntimeError(f"servers.py exited: {(workdir / f'servers-{n}.log').read_text()[-2000:]}")
             time.sleep(0.05)
-        yield ready.read_text().strip(), proc
+        yield ready.read_text().strip(), proc, time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait()
@@ -126,7 +129,7 @@ def step_time_s(n_steps: int = 200) -> float:
     return statistics.median(times)
 
 
-def central_tta90_s(seed: int, eval_every_s: float = 0.5, limit_s: float = 60.0) -> float | None:
+def central_tta90_s(seed: int, eval_every_s: float = 0.1, limit_s: float = 60.0) -> float | None:
     """Plain single-process training with the same model, batch size and learning rate; scored every
     ``eval_every_s`` seconds of training (scoring time not counted). Training seconds to F1 >= 0.90."""
     ds = data.load("mnist-5k", str(ROOT / "data"))
@@ -164,7 +167,7 @@ def median_or_none(values: list) -> float | None:
 
 
 def bench_overhead(args: Args, workdir: Path) -> dict:
-    with servers(1, workdir) as (addresses, _):
+    with servers(1, workdir) as (addresses, *_):
         client(addresses, workdir / "overhead", args.overhead_s, "--eval-interval-s", str(args.overhead_s))
     rows = read_rows(workdir / "overhead" / "rounds.csv")[10:]
     round_s = statistics.median(float(r["round_s"]) for r in rows)
@@ -175,14 +178,15 @@ def bench_overhead(args: Args, workdir: Path) -> dict:
 
 def bench_tta(args: Args, workdir: Path) -> dict:
     fl = []
-    with servers(4, workdir, "--stdev", "0") as (addresses, _):
+    with servers(4, workdir, "--stdev", "0") as (addresses, *_):
         for r in range(args.repeats):
             out = workdir / f"tta-{r}"
             # Only the time-wise log, as for the central loop: round-wise scoring would take CPU from training.
-            client(addresses, out, args.tta_s, "--staleness-threshold", "9999", "--eval-interval-s", "0.5",
+            client(addresses, out, args.tta_s, "--staleness-threshold", "9999", "--eval-interval-s",
+                   str(args.tta_eval_interval_s),
                    "--eval-every-rounds", str(10**9), "--seed", str(r))
             fl.append(first_time_at(out, 0.90))
-    central = [central_tta90_s(seed) for seed in range(args.repeats)]
+    central = [central_tta90_s(seed, args.tta_eval_interval_s) for seed in range(args.repeats)]
     fl_s, central_s = median_or_none(fl), median_or_none(central)
     return {"tta90_fl_s": fl_s, "tta90_central_s": central_s, "tta90_fl_runs_s": fl, "tta90_central_runs_s": central,
             "tta90_ratio": round(fl_s / central_s, 3) if fl_s and central_s else None}
@@ -193,7 +197,7 @@ def bench_scaling(args: Args, workdir: Path, step_s: float) -> list[dict]:
     bound = cores / step_s
     table = []
     for n in [int(v) for v in args.servers.split(",")]:
-        with servers(n, workdir) as (addresses, _):
+        with servers(n, workdir) as (addresses, _, startup_s):
             config = client(addresses, workdir / f"scaling-{n}", args.scaling_s, "--eval-interval-s", str(args.scaling_s),
                             "--eval-every-rounds", str(10**9))
             memory = [memory_kib(info["pid"]) for info in config["server_info"]]
@@ -208,6 +212,7 @@ def bench_scaling(args: Args, workdir: Path, step_s: float) -> list[dict]:
             if default else None,
             "rss_mib_per_server": round(statistics.mean(m[0] for m in memory) / 1024, 1),
             "pss_mib_per_server": round(statistics.mean(m[1] for m in memory) / 1024, 1),
+            "startup_s": round(startup_s, 2),
             "errors": fin["errors"],
         })
         print(f"  {n:3d} servers: {per_s:6.1f} updates/s = {per_s / bound:5.1%} of the bound", flush=True)
@@ -258,12 +263,13 @@ def print_table(r: dict) -> None:
                       ("tta90_fl_s", "s"), ("tta90_central_s", "s"), ("tta90_ratio", ""), ("split_s", "s"),
                       ("step_s_median", "s"), ("compute_bound_updates_per_s", "/s")]:
         print(f"{key:<34}{r[key] if r[key] is not None else 'never':>12} {unit}")
-    print(f"\n{'servers':>7} {'updates/s':>10} {'of bound':>9} {'with eval':>10} {'RSS MiB':>8} {'PSS MiB':>8}")
+    print(f"\n{'servers':>7} {'updates/s':>10} {'of bound':>9} {'with eval':>10} {'RSS MiB':>8} {'PSS MiB':>8} "
+          f"{'start s':>8}")
     for row in r["scaling"]:
         with_eval = row["updates_per_s_default_eval"]
         print(f"{row['servers']:>7} {row['updates_per_s']:>10} {row['of_compute_bound']:>9.1%} "
               f"{with_eval if with_eval is not None else '-':>10} {row['rss_mib_per_server']:>8} "
-              f"{row['pss_mib_per_server']:>8}")
+              f"{row['pss_mib_per_server']:>8} {row['startup_s']:>8}")
 
 
 if __name__ == "__main__":
