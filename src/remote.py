@@ -155,19 +155,19 @@ class WebsocketClientWorker:
                 and shm.available()):
             return None
         try:
-            segment, nonce = shm.Segment.create(self._spec)
+            segment, offer = shm.Segment.create(self._spec)
         except OSError as e:
-            log.info("%s: no shared memory segment (%s); weights go in the websocket frames", self.name, e)
+            log.info("%s: no shared memory (%s); weights go in the websocket frames", self.name, e)
             return None
         try:
-            self._request({"type": "attach", "name": segment.name, "nonce": nonce}, None, "attach_ok", timeout_s)
+            self._request({"type": "attach", **offer}, None, "attach_ok", timeout_s)
         except ConnectionLost:
             raise
-        except RemoteError as e:  # refused: another machine or container, or a server without shared memory
+        except RemoteError as e:  # refused: another machine, container or user, or a server without shared memory
             log.info("%s: shared memory refused (%s); weights go in the websocket frames", self.name, e)
             return None
         finally:
-            segment.unlink()  # attached or not, the name is no longer needed: no file outlives the run
+            segment.close_fd()  # mapped by the server or refused: the descriptor is no longer needed
         return segment
 
     def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],

@@ -2,45 +2,48 @@
 
 Over the websocket a round moves the model twice (1.7 MB each way): the client masks and sends it, the
 kernel copies it into and out of the loopback socket, the server parses it; then all of that again for the
-reply. For a server reached on loopback the client can instead offer a shared memory segment: the
-websocket still carries every request and reply (the same gate, timeouts and errors), but the tensors stay
-in the segment, which holds two copies of the model at fixed offsets (both sides know the layout from the
-architecture they agreed on at hello):
+reply. For a server reached on loopback the client can instead offer shared memory: the websocket still
+carries every request and reply (the same gate, timeouts and errors), but the tensors stay in a memory
+file both processes map, which holds two copies of the model at fixed offsets (both sides know the layout
+from the architecture they agreed on at hello):
 
     [nonce, 64 bytes][request: the model the server is to train][reply: the model it trained]
 
-The client creates the segment (``/dev/shm/asyncfl-<32 hex>``, mode 0600), writes a random nonce into it
-and sends ``attach`` with the name and the nonce; the server maps the file only if the name has exactly
-that form, it is a regular file of this user of exactly the expected size, and it holds the nonce (so it
-is the client's memory, not a file of the same name elsewhere). Once attached, the client unlinks the name:
-the memory lives as long as the two mappings, and nothing is left behind if either side is killed.
+The client makes the file with ``memfd_create`` (it has no name in any directory, so nothing can be left
+behind), seals its size (a shrunk file would crash the server with SIGBUS at its next access), writes a
+random nonce into it and sends ``attach`` with its pid, the file's descriptor number and the nonce. The
+server opens ``/proc/<pid>/fd/<fd>`` (allowed only for the same user, or root), and maps it only if it is
+a memory file sealed against shrinking, of exactly the expected size, holding the nonce (so it is this
+client's file and on this machine). The client then closes its descriptor: the memory lives as long as
+the two mappings.
 
-A server that cannot attach (another machine, another container, an old server) answers ``error`` and the
-client keeps sending weights in the websocket frames. Servers behind emulated network conditions are never
-offered a segment: their weights must cross the emulated link.
+A server that cannot attach (another machine, another container, another user, an old server) answers
+``error`` and the client keeps sending weights in the websocket frames. Servers behind emulated network
+conditions are never offered shared memory: their weights must cross the emulated link.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import re
 import secrets
 import stat
+import sys
 
 import torch
 
-SHM_DIR = "/dev/shm"
-NAME_PREFIX = "asyncfl-"
-_NAME = re.compile(r"asyncfl-[0-9a-f]{32}")
+MEMFD_NAME = "asyncfl-weights"  # shown as /memfd:asyncfl-weights (deleted) in /proc/<pid>/fd
 NONCE_BYTES = 16
 _HEAD = 64  # the nonce's slot; the model regions start 64-byte aligned after it
+_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0) | getattr(fcntl, "F_SEAL_SEAL", 0)
 
 Spec = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 def available() -> bool:
-    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+    return sys.platform == "linux" and hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
 
 
 def region_bytes(spec: Spec) -> int:
@@ -62,59 +65,73 @@ class Segment:
     reads) and ``reply`` (server writes, client reads). Each side touches a region only while the protocol
     gives it the turn: the client between a reply and its next request, the server while serving one."""
 
-    def __init__(self, name: str, mem: mmap.mmap, spec: Spec):
-        self.name, self._mem = name, mem
+    def __init__(self, mem: mmap.mmap, spec: Spec, fd: int | None = None):
+        self._mem, self._fd = mem, fd
         size = region_bytes(spec)
         self.request = _views(mem, _HEAD, spec)
         self.reply = _views(mem, _HEAD + size, spec)
 
     @classmethod
-    def create(cls, spec: Spec) -> tuple[Segment, str]:
-        """Client side: a new segment and the nonce (hex) written into it. The caller unlinks it once the
-        server has attached, or when it gives up."""
-        name = NAME_PREFIX + secrets.token_hex(16)
-        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    def create(cls, spec: Spec) -> tuple[Segment, dict]:
+        """Client side: a new segment and the ``attach`` request's fields (pid, fd, nonce) that offer it.
+        The caller calls ``close_fd`` once the server has answered."""
+        fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, segment_bytes(spec))
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             mem = mmap.mmap(fd, segment_bytes(spec))
         except OSError:
-            os.unlink(os.path.join(SHM_DIR, name))
-            raise
-        finally:
             os.close(fd)
+            raise
         nonce = secrets.token_bytes(NONCE_BYTES)
         mem[:NONCE_BYTES] = nonce
-        return cls(name, mem, spec), nonce.hex()
+        return cls(mem, spec, fd), {"pid": os.getpid(), "fd": fd, "nonce": nonce.hex()}
+
+    def close_fd(self) -> None:
+        """Client side: the descriptor is no longer needed once the server has mapped the file (or refused)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @classmethod
-    def attach(cls, name: str, nonce_hex: str, spec: Spec) -> Segment:
+    def attach(cls, pid, fd, nonce_hex, spec: Spec) -> Segment:
         """Server side: map the client's segment, or raise ValueError saying why not."""
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError("shared memory name must be asyncfl- and 32 hex digits")
+        if not (_is_int(pid, 1, 2**22) and _is_int(fd, 0, 2**20)):
+            raise ValueError("pid and fd must be the client's process id and descriptor number")
         if not isinstance(nonce_hex, str) or not re.fullmatch(r"[0-9a-f]{%d}" % (2 * NONCE_BYTES), nonce_hex):
             raise ValueError(f"nonce must be {2 * NONCE_BYTES} hex digits")
+        path = f"/proc/{pid}/fd/{fd}"
         try:
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_NOFOLLOW)
+            # Only ever a memory file of an asyncfl client: opening just any descriptor of this user's
+            # processes (a device, a terminal) could have side effects.
+            if not os.readlink(path).startswith(f"/memfd:{MEMFD_NAME} "):
+                raise ValueError("that descriptor is not an asyncfl memory file")
+            own = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as e:
-            raise ValueError(f"cannot open the shared memory segment ({e.strerror}): not on this machine?") from None
+            raise ValueError(f"cannot open the client's memory file ({e.strerror}): not on this machine, "
+                             "or another user?") from None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size != segment_bytes(spec):
-                raise ValueError("shared memory segment is not this user's regular file of the model's size")
-            mem = mmap.mmap(fd, st.st_size)
+            if not stat.S_ISREG(os.fstat(own).st_mode):
+                raise ValueError("not a memory file (memfd) with seals")
+            try:
+                seals = fcntl.fcntl(own, fcntl.F_GET_SEALS)
+            except OSError:
+                raise ValueError("not a memory file (memfd) with seals") from None
+            if seals & _SEALS != _SEALS:
+                raise ValueError("the memory file's size is not sealed")
+            if os.fstat(own).st_size != segment_bytes(spec):
+                raise ValueError("the memory file is not of the model's size")
+            mem = mmap.mmap(own, segment_bytes(spec))
         finally:
-            os.close(fd)
+            os.close(own)
         if mem[:NONCE_BYTES] != bytes.fromhex(nonce_hex):
             mem.close()
-            raise ValueError("shared memory segment does not hold the client's nonce")
-        return cls(name, mem, spec)
+            raise ValueError("the memory file does not hold the client's nonce")
+        return cls(mem, spec)
 
-    def unlink(self) -> None:
-        """Remove the name (the mappings stay valid). Only the creator calls this."""
-        try:
-            os.unlink(os.path.join(SHM_DIR, self.name))
-        except FileNotFoundError:
-            pass
+
+def _is_int(x, low: int, high: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x < high
 
 
 def _views(mem: mmap.mmap, offset: int, spec: Spec) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ Messages (client -> server, server -> client):
 - ``hello`` -> ``hello_ok``: protocol version, server name, dataset key, shard size and class counts,
   speed ratio, model architecture signature.
 - ``fit`` + weights -> ``fit_ok`` + weights: one round of local training (see ``worker.TrainConfig``).
-- ``attach`` (``name``, ``nonce``) -> ``attach_ok``: map the client's shared memory segment (see shm.py);
+- ``attach`` (``pid``, ``fd``, ``nonce``) -> ``attach_ok``: map the client's shared memory (see shm.py);
   then ``fit_shared`` -> ``fit_ok``, both without weights in the frame: they are in the segment.
   A server that cannot attach answers ``error`` and the client goes on with ``fit``.
 - anything the server cannot serve -> ``error`` with a ``message``.

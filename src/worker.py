@@ -198,7 +198,7 @@ class ShardWorker:
 
 
 REQUEST_KEYS = {"hello": {"type"}, "fit": {"type", "dataset_key", "train_config"},
-                "attach": {"type", "name", "nonce"}, "fit_shared": {"type", "dataset_key", "train_config"}}
+                "attach": {"type", "pid", "fd", "nonce"}, "fit_shared": {"type", "dataset_key", "train_config"}}
 
 
 @dataclass
@@ -230,7 +230,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict,
         if kind == "attach":
             if weights is not None:
                 raise ValueError("attach carries no weights")
-            session.segment = shm.Segment.attach(header["name"], header["nonce"], worker.reference)
+            session.segment = shm.Segment.attach(header["pid"], header["fd"], header["nonce"], worker.reference)
             session.received = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in worker.reference.items()}
             return wire.encode_parts({"type": "attach_ok"}), None
         if not isinstance(header["dataset_key"], str):

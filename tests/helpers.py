@@ -67,7 +67,16 @@ def wait_for_rows(path: Path, n_rows: int, proc: subprocess.Popen, timeout_s: fl
     raise AssertionError(f"{path} did not reach {n_rows} rows in {timeout_s} s")
 
 
-def kill_session(proc: subprocess.Popen) -> None:
+def kill_session(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop everything a test started in session ``proc.pid``: SIGTERM to its leader first, so that it
+    cleans up (named semaphores, namespaces) as a user's Ctrl-C would; SIGKILL to whatever is left."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    wait_session_gone(proc.pid, timeout_s=grace_s if proc.poll() is not None else 0.0)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

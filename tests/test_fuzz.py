@@ -8,6 +8,7 @@ the server process must survive with bounded memory, and a valid round must stil
 """
 
 import json
+import os
 import random
 import struct
 import threading
@@ -94,13 +95,14 @@ def frames(rng: random.Random, variants: list[bytes], valid_fit: bytes):
             yield kind, struct.pack("<I", len(head)) + head + hostile_safetensors(rng)
         elif kind == "text":
             yield kind, rng.choice(["hello", json.dumps({"type": "hello"}), "\x00" * 100])
-        elif kind == "shared":  # shared memory (shm.py): names of another form, segments that are not there
+        elif kind == "shared":  # shared memory (shm.py): descriptors that are not an asyncfl memory file
             nonce = rng.randbytes(16).hex()
-            name = rng.choice(["../../etc/passwd", "/dev/shm/x", "asyncfl-" + rng.randbytes(16).hex(),
-                               "asyncfl-" + "G" * 32, "", 7, None, "asyncfl-" + "0" * 32 + "\x00"])
-            header = rng.choice([{"type": "attach", "name": name, "nonce": nonce},
-                                 {"type": "attach", "name": name, "nonce": rng.choice([nonce[:8], 5, None, "zz" * 16])},
-                                 {"type": "attach", "name": name}, {"type": "fit_shared", **{k: FIT[k] for k in FIT if k != "type"}}])
+            pid = rng.choice([1, os.getpid(), 2**22 - 1, -5, 0, "1", True, None, 2**40])
+            fd = rng.choice([0, 1, 2, 3, 4, 2**20 - 1, -1, "0", None, 1.5])
+            header = rng.choice([{"type": "attach", "pid": pid, "fd": fd, "nonce": nonce},
+                                 {"type": "attach", "pid": pid, "fd": fd, "nonce": rng.choice([nonce[:8], 5, None])},
+                                 {"type": "attach", "pid": pid, "fd": fd}, {"type": "attach", "name": "asyncfl"},
+                                 {"type": "fit_shared", **{k: FIT[k] for k in FIT if k != "type"}}])
             yield kind, wire.encode(header, initial_weights(0) if rng.random() < 0.1 else None)
         elif kind == "dataset":
             yield kind, valid_fit.replace(b'"mnist-5k"', b'"mnist-6k"', 1)

@@ -1,6 +1,7 @@
-"""Weights through shared memory: the segment, what a server refuses to attach, and that a round through
+"""Weights through shared memory: the memory file, what a server refuses to attach, and that a round through
 shared memory trains exactly what the same round through websocket frames trains."""
 
+import gc
 import os
 import subprocess
 
@@ -16,66 +17,78 @@ from tests.helpers import PYTHON, ROOT, kill_session
 SPEC = weight_spec()
 
 
-def our_files() -> set[str]:
-    return {f for f in os.listdir(shm.SHM_DIR) if f.startswith(shm.NAME_PREFIX)}
+def memory_fds() -> list[str]:
+    """This process's open descriptors of asyncfl memory files (each mapping holds one: Python's mmap
+    keeps a duplicate of the descriptor it was made from)."""
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if fd.isdigit()
+             and os.path.exists(f"/proc/self/fd/{fd}")]
+    return [link for link in links if link.startswith(f"/memfd:{shm.MEMFD_NAME}")]
 
 
 @pytest.fixture
 def segment():
-    before = our_files()
-    seg, nonce = shm.Segment.create(SPEC)
-    yield seg, nonce
-    seg.unlink()
-    assert our_files() == before  # nothing left behind
+    seg, offer = shm.Segment.create(SPEC)
+    yield seg, offer
+    seg.close_fd()
 
 
-def test_both_sides_see_each_others_writes_and_the_name_can_go(segment):
+def attach(offer, spec=SPEC, **changes):
+    offer = {**offer, **changes}
+    return shm.Segment.attach(offer["pid"], offer["fd"], offer["nonce"], spec)
+
+
+def test_both_sides_see_each_others_writes_and_the_descriptor_can_go(segment):
     # Prepare
-    client, nonce = segment
+    client, offer = segment
     weights = initial_weights(0)
     # Execute
-    server = shm.Segment.attach(client.name, nonce, SPEC)
-    client.unlink()  # as the client does once the server has attached
+    server = attach(offer)
+    client.close_fd()  # as the client does once the server has attached
     shm.copy_into(client.request, weights)
     shm.copy_into(server.reply, initial_weights(1))
-    # Assert: the mappings outlive the name; regions do not overlap
-    assert not os.path.exists(os.path.join(shm.SHM_DIR, client.name))
+    # Assert: the mappings outlive the descriptor; the regions do not overlap
+    with pytest.raises(OSError):
+        os.fstat(offer["fd"])
     assert all(torch.equal(server.request[k], weights[k]) for k in weights)
     assert all(torch.equal(client.reply[k], initial_weights(1)[k]) for k in weights)
     assert all(torch.equal(client.request[k], weights[k]) for k in weights)
     assert shm.segment_bytes(SPEC) >= 2 * sum(v.numel() * 4 for v in weights.values())
 
 
-def test_a_new_segment_is_private_to_its_user(segment):
-    seg, _ = segment
-    assert os.stat(os.path.join(shm.SHM_DIR, seg.name)).st_mode & 0o777 == 0o600
+def test_the_memory_file_cannot_shrink(segment):
+    # A shrunk file would kill the server with SIGBUS at its next access.
+    _, offer = segment
+    with pytest.raises(PermissionError):
+        os.ftruncate(offer["fd"], 0)
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "asyncfl-" + "g" * 32, "asyncfl-" + "0" * 31, "ASYNCFL-" + "0" * 32,
-                                  "asyncfl-" + "0" * 32 + "/x", 7, None])
-def test_attach_refuses_names_of_another_form(name):
-    with pytest.raises(ValueError, match="asyncfl- and 32 hex"):
-        shm.Segment.attach(name, "00" * shm.NONCE_BYTES, SPEC)
+@pytest.mark.parametrize("pid, fd", [("1", 3), (True, 3), (0, 3), (-1, 3), (2**40, 3), (1, -1), (1, "3"), (1, None),
+                                     (1, 2**30)])
+def test_attach_refuses_what_is_not_a_pid_and_a_descriptor(segment, pid, fd):
+    with pytest.raises(ValueError, match="pid and fd"):
+        attach(segment[1], pid=pid, fd=fd)
 
 
-def test_attach_refuses_a_missing_segment_a_wrong_nonce_a_wrong_size_and_a_symlink(segment, tmp_path):
-    seg, nonce = segment
-    with pytest.raises(ValueError, match="cannot open"):
-        shm.Segment.attach("asyncfl-" + "0" * 32, nonce, SPEC)  # another machine's segment, say
+def test_attach_refuses_other_descriptors_unsealed_files_wrong_sizes_and_nonces(segment, tmp_path):
+    _, offer = segment
     with pytest.raises(ValueError, match="nonce"):
-        shm.Segment.attach(seg.name, "ff" * shm.NONCE_BYTES, SPEC)
+        attach(offer, nonce="ff" * shm.NONCE_BYTES)
     with pytest.raises(ValueError, match="hex digits"):
-        shm.Segment.attach(seg.name, nonce[:-2], SPEC)
-    small = {"w": ((3,), torch.float32)}
+        attach(offer, nonce=offer["nonce"][:-2])
     with pytest.raises(ValueError, match="model's size"):
-        shm.Segment.attach(seg.name, nonce, small)
-    link = "asyncfl-" + "1" * 32
-    os.symlink(os.path.join(shm.SHM_DIR, seg.name), os.path.join(shm.SHM_DIR, link))
+        attach(offer, spec={"w": ((3,), torch.float32)})
+    with pytest.raises(ValueError, match="cannot open"):
+        attach(offer, fd=2**20 - 1)  # not open in the client: another machine's process, say
+    with open(tmp_path / "file", "wb") as f:
+        with pytest.raises(ValueError, match="not an asyncfl memory file"):
+            attach(offer, fd=f.fileno())  # never opened: it could be a device
+    unsealed = os.memfd_create(shm.MEMFD_NAME, os.MFD_ALLOW_SEALING)
     try:
-        with pytest.raises(ValueError, match="cannot open"):
-            shm.Segment.attach(link, nonce, SPEC)  # never followed: it could point at any file
+        os.ftruncate(unsealed, shm.segment_bytes(SPEC))
+        with pytest.raises(ValueError, match="not sealed"):
+            attach(offer, fd=unsealed)
     finally:
-        os.unlink(os.path.join(shm.SHM_DIR, link))
+        os.close(unsealed)
 
 
 def make_worker():
@@ -89,9 +102,9 @@ FIT = {"dataset_key": "toy", "train_config": {"batch_size": 8, "max_nr_batches":
 
 def test_a_round_through_shared_memory_trains_what_a_round_in_frames_trains(segment):
     # Prepare: two identical workers, one served in frames, one through the segment
-    seg, nonce = segment
+    seg, offer = segment
     in_frames, shared, session = make_worker(), make_worker(), Session()
-    reply, refused = handle_frame(shared, wire.encode({"type": "attach", "name": seg.name, "nonce": nonce}), {}, session)
+    reply, refused = handle_frame(shared, wire.encode({"type": "attach", **offer}), {}, session)
     assert refused is None and wire.decode(b"".join(reply))[0]["type"] == "attach_ok"
     weights = initial_weights(2)
     for round_ in range(3):
@@ -109,15 +122,15 @@ def test_a_round_through_shared_memory_trains_what_a_round_in_frames_trains(segm
 
 
 def test_shared_memory_requests_that_are_refused(segment):
-    seg, nonce = segment
+    seg, offer = segment
     worker, session = make_worker(), Session()
     # fit_shared before attach, and with weights in the frame
     for frame in (wire.encode({"type": "fit_shared", **FIT}),
-                  wire.encode({"type": "attach", "name": seg.name, "nonce": nonce, "extra": 1}),
-                  wire.encode({"type": "attach", "name": seg.name, "nonce": nonce}, initial_weights(0))):
+                  wire.encode({"type": "attach", **offer, "extra": 1}),
+                  wire.encode({"type": "attach", **offer}, initial_weights(0))):
         header = wire.decode(b"".join(handle_frame(worker, frame, {}, session)[0]))[0]
         assert header["type"] == "error"
-    handle_frame(worker, wire.encode({"type": "attach", "name": seg.name, "nonce": nonce}), {}, session)
+    handle_frame(worker, wire.encode({"type": "attach", **offer}), {}, session)
     header = wire.decode(b"".join(handle_frame(worker, wire.encode({"type": "fit_shared", **FIT}, initial_weights(0)),
                                                {}, session)[0]))[0]
     assert header["type"] == "error" and "not in the frame" in header["message"]
@@ -141,9 +154,9 @@ def one_server():
     kill_session(proc)
 
 
-def test_a_client_on_loopback_moves_weights_through_shared_memory_and_leaves_no_file(one_server):
+def test_a_client_on_loopback_moves_weights_through_shared_memory_and_keeps_no_descriptor(one_server):
+    before = memory_fds()
     # Prepare
-    before = our_files()
     shared = WebsocketClientWorker(one_server, "server-0", shared_memory=True)
     framed = WebsocketClientWorker(one_server, "server-0", shared_memory=False)
     # Execute
@@ -152,7 +165,6 @@ def test_a_client_on_loopback_moves_weights_through_shared_memory_and_leaves_no_
     results = [w.fit("mnist-5k", TrainConfig(), initial_weights(0)) for w in (shared, framed, shared)]
     # Assert
     assert (shared.weights_via, framed.weights_via) == (SHARED_MEMORY, WEBSOCKET)
-    assert our_files() == before  # unlinked as soon as the server attached
     for r in results:
         check_weights(r.weights, SPEC)
         assert r.n_samples == 32 and not torch.equal(r.weights["fc2.bias"], initial_weights(0)["fc2.bias"])
@@ -161,3 +173,6 @@ def test_a_client_on_loopback_moves_weights_through_shared_memory_and_leaves_no_
     assert shared.weights_via == SHARED_MEMORY and shared.fit("mnist-5k", TrainConfig(), initial_weights(0)).n_samples == 32
     shared.close()
     framed.close()
+    del results, r
+    gc.collect()
+    assert memory_fds() == before  # the offered descriptors closed, the mappings (and their descriptors) gone with the views
