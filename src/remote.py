@@ -91,6 +91,7 @@ class WebsocketClientWorker:
         self.info: dict = {}
         self.weights_via = WEBSOCKET  # how this connection moves the weights: WEBSOCKET or SHARED_MEMORY
         self._segment: shm.Segment | None = None
+        self._fit_requests: dict[tuple, tuple[dict, list | None]] = {}  # (type, dataset, config) -> header, frame
         self._ws: transport.Connection | None = None
         self._timed_out = False
         self._watchdog: _Watchdog | None = None  # started on the first request with a timeout
@@ -172,12 +173,15 @@ class WebsocketClientWorker:
 
     def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
             timeout_s: float | None = None) -> FitResult:
-        request = {"type": "fit", "dataset_key": dataset_key, "train_config": train_config.to_dict()}
         segment = self._segment
+        key = ("fit_shared" if segment is not None else "fit", dataset_key, train_config)
+        if key not in self._fit_requests:  # a run sends the same request header every round: built once
+            request = {"type": key[0], "dataset_key": dataset_key, "train_config": train_config.to_dict()}
+            self._fit_requests[key] = request, wire.encode_parts(request) if segment is not None else None
+        request, frame = self._fit_requests[key]
         if segment is not None:
-            request["type"] = "fit_shared"
-            weights = shm.copy_into(segment.request, weights)
-        header, new_weights = self._request(request, None if segment else weights, "fit_ok", timeout_s)
+            shm.copy_into(segment.request, weights)
+        header, new_weights = self._request(request, None if segment else weights, "fit_ok", timeout_s, frame)
         if segment is not None and new_weights is None:
             # The reply region: valid, like a frame's views, until this connection's next request.
             new_weights = segment.reply
@@ -211,7 +215,9 @@ class WebsocketClientWorker:
         self._timed_out = True
         self.interrupt()
 
-    def _request(self, header: dict, weights, expect: str, timeout_s: float | None):
+    def _request(self, header: dict, weights, expect: str, timeout_s: float | None, frame: list | None = None):
+        """Send ``header`` (+ ``weights``), or ``frame`` if given (the same, already encoded); return the
+        reply's header and weights."""
         if self._ws is None:
             raise ConnectionLost("not connected")
         self._timed_out = False
@@ -220,7 +226,7 @@ class WebsocketClientWorker:
                 self._watchdog = _Watchdog(self._abort, name=f"{self.name}-watchdog")
             self._watchdog.arm(timeout_s)
         try:
-            self._ws.send(wire.encode_parts(header, weights))
+            self._ws.send(frame or wire.encode_parts(header, weights))
             reply = self._ws.recv()
         except OSError as e:  # transport.ConnectionClosed included
             if self._timed_out:
