@@ -1,8 +1,8 @@
 """Benchmark: what a round costs over its compute, time to F1 0.90 against central training, how updates
 per second scale with the number of servers, and how long the split takes. Anyone can rerun it:
 
-    .venv/bin/python bench/run.py            # the full benchmark (about 10 minutes on 2 cores)
-    .venv/bin/python bench/run.py --quick    # a shorter version (about 4 minutes)
+    .venv/bin/python bench/run.py            # the full benchmark (about 12 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # a shorter version (about 5 minutes)
 
 It starts the real ``src/servers.py`` and ``src/client.py`` processes on loopback, reads the run files they
 write, prints a table and writes ``bench/results.json``:
@@ -55,7 +55,7 @@ TOKEN = secrets.token_hex(16)
 
 @dataclass
 class Args:
-    quick: bool = False  # shorter runs and one repeat: a rough figure in about 4 minutes
+    quick: bool = False  # shorter runs and one repeat: a rough figure in about 5 minutes
     out: str = "bench/results.json"  # where the figures are written
     servers: str = "1,2,4,8,16,32"  # server counts for the scaling table
     repeats: int = 3  # repeats of the time-to-F1 measurements (1 with --quick)

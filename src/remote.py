@@ -24,6 +24,10 @@ from src import auth, shm, transport, wire
 from src.model import check_weights, weight_spec
 from src.worker import FitResult, TrainConfig
 
+log = logging.getLogger("asyncfl.client")
+
+WEBSOCKET, SHARED_MEMORY = "websocket", "shared memory"  # how a connection moves the weights
+
 
 class RemoteError(RuntimeError):
     """The server refused a request or broke the protocol: retrying would not help."""
@@ -74,11 +78,6 @@ class _Watchdog:
                 else:
                     self._sleeping_until = self._deadline
                     self._cond.wait(self._deadline - time.monotonic())
-
-
-log = logging.getLogger("asyncfl.client")
-
-WEBSOCKET, SHARED_MEMORY = "websocket", "shared memory"
 
 
 class WebsocketClientWorker:
