@@ -48,7 +48,7 @@ def available() -> bool:
 
 def region_bytes(spec: Spec) -> int:
     """Bytes of one model in the segment: the tensors in the spec's order, each 64-byte aligned."""
-    return sum(_aligned(torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size())
+    return sum(_aligned(torch.Size(shape).numel() * dtype.itemsize)
                for shape, dtype in spec.values())
 
 
@@ -139,7 +139,7 @@ def _views(mem: mmap.mmap, offset: int, spec: Spec) -> dict[str, torch.Tensor]:
     for name, (shape, dtype) in spec.items():
         numel = torch.Size(shape).numel()
         out[name] = torch.frombuffer(mem, dtype=dtype, count=numel, offset=offset).view(shape)
-        offset += _aligned(numel * out[name].element_size())
+        offset += _aligned(numel * dtype.itemsize)
     return out
 
 
