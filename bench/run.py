@@ -1,7 +1,7 @@
 """Benchmark: what a round costs over its compute, time to F1 0.90 against central training, how updates
 per second scale with the number of servers, and how long the split takes. Anyone can rerun it:
 
-    .venv/bin/python bench/run.py            # the full benchmark (about 12 minutes on 2 cores)
+    .venv/bin/python bench/run.py            # the full benchmark (about 7 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # a shorter version (about 5 minutes)
 
 It starts the real ``src/servers.py`` and ``src/client.py`` processes on loopback, reads the run files they
@@ -15,7 +15,8 @@ write, prints a table and writes ``bench/results.json``:
   interval (its scoring time not counted); median of ``--repeats`` each.
 - ``scaling``: for each server count, aggregate updates per second (S=9999, time-wise evaluation only, so
   that the training pipeline is what is measured; ``updates_per_s_default_eval`` adds the client's default
-  round-wise evaluation), that figure over the compute bound ``cores / median step time``, and resident
+  round-wise evaluation), that figure over the compute bound ``cores / median step time`` (the step time
+  measured again right before each run, since the machine's speed drifts), and resident
   memory per server process (RSS, and PSS which splits shared pages among the processes sharing them),
   and ``startup_s``: seconds from starting servers.py to all servers listening.
 - ``split_s``: median time to split 60,000 labels over 32 servers (D=600).
@@ -192,11 +193,14 @@ def bench_tta(args: Args, workdir: Path) -> dict:
             "tta90_ratio": round(fl_s / central_s, 3) if fl_s and central_s else None}
 
 
-def bench_scaling(args: Args, workdir: Path, step_s: float) -> list[dict]:
+def bench_scaling(args: Args, workdir: Path) -> list[dict]:
     cores = len(os.sched_getaffinity(0))
-    bound = cores / step_s
     table = []
     for n in [int(v) for v in args.servers.split(",")]:
+        # The bound is measured right before each run: this machine's speed drifts by up to ±15% within
+        # minutes, and a step time from the start of the benchmark would misjudge later runs.
+        step_s = step_time_s(100)
+        bound = cores / step_s
         with servers(n, workdir) as (addresses, _, startup_s):
             config = client(addresses, workdir / f"scaling-{n}", args.scaling_s, "--eval-interval-s", str(args.scaling_s),
                             "--eval-every-rounds", str(10**9))
@@ -208,6 +212,7 @@ def bench_scaling(args: Args, workdir: Path, step_s: float) -> list[dict]:
             "servers": n,
             "updates_per_s": round(per_s, 1),
             "of_compute_bound": round(per_s / bound, 3),
+            "step_s_median": round(step_s, 5),
             "updates_per_s_default_eval": round(default["finished"]["updates"] / default["finished"]["training_s"], 1)
             if default else None,
             "rss_mib_per_server": round(statistics.mean(m[0] for m in memory) / 1024, 1),
@@ -249,7 +254,7 @@ def main(args: Args) -> int:
         print("time to F1 0.90 ...", flush=True)
         results.update(bench_tta(args, workdir))
         print("scaling ...", flush=True)
-        results["scaling"] = bench_scaling(args, workdir, step_s)
+        results["scaling"] = bench_scaling(args, workdir)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -264,12 +269,12 @@ def print_table(r: dict) -> None:
                       ("step_s_median", "s"), ("compute_bound_updates_per_s", "/s")]:
         print(f"{key:<34}{r[key] if r[key] is not None else 'never':>12} {unit}")
     print(f"\n{'servers':>7} {'updates/s':>10} {'of bound':>9} {'with eval':>10} {'RSS MiB':>8} {'PSS MiB':>8} "
-          f"{'start s':>8}")
+          f"{'start s':>8} {'step ms':>8}")
     for row in r["scaling"]:
         with_eval = row["updates_per_s_default_eval"]
         print(f"{row['servers']:>7} {row['updates_per_s']:>10} {row['of_compute_bound']:>9.1%} "
               f"{with_eval if with_eval is not None else '-':>10} {row['rss_mib_per_server']:>8} "
-              f"{row['pss_mib_per_server']:>8} {row['startup_s']:>8}")
+              f"{row['pss_mib_per_server']:>8} {row['startup_s']:>8} {1000 * row['step_s_median']:>8.2f}")
 
 
 if __name__ == "__main__":
