@@ -17,11 +17,13 @@ import logging
 import ssl
 import threading
 import time
+from dataclasses import fields
 from urllib.parse import urlsplit
 
 import torch
 from src import auth, shm, transport, wire
 from src.model import check_weights, weight_spec
+from src.netem import LinkConditions
 from src.worker import FitResult, TrainConfig
 
 log = logging.getLogger("asyncfl.client")
@@ -149,9 +151,9 @@ class WebsocketClientWorker:
     def _attach(self, timeout_s: float) -> shm.Segment | None:
         """Offer the server a shared memory segment if it can be on this machine and its link is not
         emulated; None if not offered or refused (the weights then travel in the frames)."""
-        network = self.info.get("network") or {}
-        emulated = any(network.get(k) for k in ("loss_pct", "delay_ms", "rate_mbit"))
-        if not (self._shared_memory and auth.is_loopback(urlsplit(self.uri).hostname or "") and not emulated
+        network = self.info.get("network") if isinstance(self.info.get("network"), dict) else {}
+        link = LinkConditions(**{f.name: network.get(f.name, 0) for f in fields(LinkConditions)})
+        if not (self._shared_memory and auth.is_loopback(urlsplit(self.uri).hostname or "") and link.is_clean()
                 and shm.available()):
             return None
         try:

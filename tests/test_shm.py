@@ -176,3 +176,11 @@ def test_a_client_on_loopback_moves_weights_through_shared_memory_and_keeps_no_d
     del results, r
     gc.collect()
     assert memory_fds() == before  # the offered descriptors closed, the mappings (and their descriptors) gone with the views
+
+
+@pytest.mark.parametrize("network", [{"loss_pct": 10}, {"delay_ms": 5.0}, {"rate_mbit": 100}, {"loss_pct": "x"}])
+def test_a_server_behind_emulated_conditions_is_not_offered_shared_memory(network):
+    # Its weights must cross the emulated link, even on loopback.
+    worker = WebsocketClientWorker("ws://127.0.0.1:1", "server-0", shared_memory=True)
+    worker.info = {"network": {"netns": None, **network}}
+    assert worker._attach(timeout_s=1) is None  # decided before anything is sent (there is no connection)
