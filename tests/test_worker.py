@@ -1,5 +1,7 @@
 """A data owner's training step and request handling, without networking."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,23 @@ def test_fit_trains_the_weights_it_is_sent():
     assert set(result.weights) == set(weights)
     changed = [k for k in weights if not torch.equal(result.weights[k], weights[k])]
     assert changed == list(weights)  # SGD moved every tensor
+
+
+def test_warm_up_in_another_thread_leaves_the_model_and_its_next_round_as_they_were():
+    # Prepare: each connection's thread warms up once (its first training call is slow), maybe while
+    # another connection's round is out; the round must train exactly what it would have otherwise.
+    weights, config = initial_weights(0), TrainConfig(batch_size=16, max_nr_batches=2)
+    expected = make_worker().fit("toy", config, weights).weights
+    worker = make_worker()
+    # Execute
+    thread = threading.Thread(target=worker.warm_up)
+    thread.start()
+    thread.join()
+    grads_left = [n for n, p in worker.model.named_parameters() if p.grad is not None]
+    result = worker.fit("toy", config, weights)
+    # Assert
+    assert grads_left == []
+    assert all(torch.equal(result.weights[k], expected[k]) for k in weights)
 
 
 def test_fit_refuses_an_unknown_dataset_key():
