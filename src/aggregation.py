@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from src.model import FlatWeights, flat_of, shapes_of
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -30,12 +32,27 @@ def scale(weights: StateDict, factor: float) -> StateDict:
 
 
 def add(a: StateDict, b: StateDict) -> StateDict:
+    flat = _both_flat(a, b)
+    if flat:
+        return FlatWeights.views_of(flat[0] + flat[1], shapes_of(a))
     return {k: a[k] + b[k] for k in a}
 
 
 def scaled_update(old: StateDict, new: StateDict, n_servers: int) -> StateDict:
     """(new - old) / n_servers: the part of async FedAvg that needs no lock."""
+    flat = _both_flat(old, new)
+    if flat:
+        return FlatWeights.views_of(torch.sub(flat[1], flat[0]).div_(n_servers), shapes_of(old))
     return {k: (new[k] - old[k]).div_(n_servers) for k in old}
+
+
+def _both_flat(a: StateDict, b: StateDict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The flat tensors of two FlatWeights of the same layout (the study's rule then costs two operations
+    per update instead of sixteen; element by element the arithmetic is the same), else None."""
+    fa, fb = flat_of(a), flat_of(b)
+    if fa is None or fb is None or shapes_of(a) != shapes_of(b):
+        return None
+    return fa, fb
 
 
 def async_fedavg(global_weights: StateDict, old: StateDict, new: StateDict, n_servers: int) -> StateDict:

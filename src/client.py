@@ -47,7 +47,7 @@ from src import aggregation
 from src.evaluator import EvalRequest, format_score, run_evaluator
 from src.live import LiveStatus
 from src.lifecycle import die_with_parent, keep_freed_memory
-from src.model import architecture_signature, initial_weights
+from src.model import architecture_signature, flatten, initial_weights
 from src.remote import ConnectionLost, RemoteError, WebsocketClientWorker
 from src.runlog import CsvLog, setup_logging
 from src.state import TrainingState
@@ -397,7 +397,8 @@ def run(args: Args) -> int:
             return 1
     log.info("evaluator ready (pid %d)", evaluator.pid)
 
-    state = TrainingState(initial_weights(args.seed), len(workers), staleness_threshold, rule)
+    # Flat (one buffer): copies into shared memory and the study's update are then one operation each.
+    state = TrainingState(flatten(initial_weights(args.seed)), len(workers), staleness_threshold, rule)
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
     events_log = CsvLog(out_dir / "events.csv", EVENTS_HEADER)
     t0 = time.monotonic()

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import torch
 from src import auth, shm, transport, wire
-from src.model import check_weights, weight_spec
+from src.model import check_weights, copy_into, weight_spec
 from src.netem import LinkConditions
 from src.worker import FitResult, TrainConfig
 
@@ -181,7 +181,7 @@ class WebsocketClientWorker:
             self._fit_requests[key] = request, wire.encode_parts(request) if segment is not None else None
         request, frame = self._fit_requests[key]
         if segment is not None:
-            shm.copy_into(segment.request, weights)
+            copy_into(segment.request, weights)
         header, new_weights = self._request(request, None if segment else weights, "fit_ok", timeout_s, frame)
         if segment is not None and new_weights is None:
             # The reply region: valid, like a frame's views, until this connection's next request.

@@ -34,6 +34,8 @@ import sys
 
 import torch
 
+from src.model import FlatWeights
+
 MEMFD_NAME = "asyncfl-weights"  # shown as /memfd:asyncfl-weights (deleted) in /proc/<pid>/fd
 NONCE_BYTES = 16
 _HEAD = 64  # the nonce's slot; the model regions start 64-byte aligned after it
@@ -47,13 +49,22 @@ def available() -> bool:
 
 
 def region_bytes(spec: Spec) -> int:
-    """Bytes of one model in the segment: the tensors in the spec's order, each 64-byte aligned."""
-    return sum(_aligned(torch.Size(shape).numel() * dtype.itemsize)
-               for shape, dtype in spec.values())
+    """Bytes of one model in the segment: the tensors back to back in the spec's order (each aligned to
+    its element size), the region rounded up to 64 bytes."""
+    return _aligned(_layout(spec)[-1], 64)
 
 
-def _aligned(n: int) -> int:
-    return -(-n // 64) * 64
+def _layout(spec: Spec) -> list[int]:
+    """Byte offset of each tensor in a region, then the end of the last."""
+    offsets, end = [], 0
+    for shape, dtype in spec.values():
+        offsets.append(_aligned(end, dtype.itemsize))
+        end = offsets[-1] + torch.Size(shape).numel() * dtype.itemsize
+    return offsets + [end]
+
+
+def _aligned(n: int, to: int) -> int:
+    return -(-n // to) * to
 
 
 def segment_bytes(spec: Spec) -> int:
@@ -145,16 +156,12 @@ def _is_int(x, low: int, high: int) -> bool:
 
 
 def _views(mem: mmap.mmap, offset: int, spec: Spec) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, (shape, dtype) in spec.items():
-        numel = torch.Size(shape).numel()
-        out[name] = torch.frombuffer(mem, dtype=dtype, count=numel, offset=offset).view(shape)
-        offset += _aligned(numel * dtype.itemsize)
-    return out
-
-
-def copy_into(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copy ``src``'s tensors into ``dst``'s (same names and shapes); returns ``dst``."""
-    for k, t in dst.items():
-        t.copy_(src[k])
-    return dst
+    """The region at ``offset`` as tensors of ``spec``: a FlatWeights when they share one dtype (then
+    back to back), so that whole-model copies and checks are one operation."""
+    dtypes = {dtype for _, dtype in spec.values()}
+    if len(dtypes) == 1:
+        (dtype,) = dtypes
+        flat = torch.frombuffer(mem, dtype=dtype, count=_layout(spec)[-1] // dtype.itemsize, offset=offset)
+        return FlatWeights.views_of(flat, {name: shape for name, (shape, _) in spec.items()})
+    return {name: torch.frombuffer(mem, dtype=dtype, count=torch.Size(shape).numel(), offset=offset + start)
+            .view(shape) for (name, (shape, dtype)), start in zip(spec.items(), _layout(spec))}

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from src import auth, shm, transport, wire
 from src.data import to_tensor
-from src.model import Net, architecture_signature, check_weights, loss_fn, weight_spec
+from src.model import (Net, architecture_signature, check_weights, copy_into, flatten, flatten_parameters, loss_fn,
+                       weight_spec)
 from src.lifecycle import die_with, keep_freed_memory
 from src.netem import enter_netns
 from src.runlog import setup_logging
@@ -123,6 +124,7 @@ class ShardWorker:
     def __post_init__(self) -> None:
         self.stream = BatchStream(len(self.labels), np.random.default_rng(self.seed))
         self.reference = weight_spec()
+        self.weights = flatten_parameters(self.model)  # the model's parameters, as views of one buffer
         self.fits = 0  # rounds trained since this process started (reported by hello)
         self._lock = threading.Lock()  # one model: connections that overlap take turns
 
@@ -151,7 +153,7 @@ class ShardWorker:
 
     def _fit(self, config: TrainConfig, weights: dict[str, torch.Tensor], out: dict | None) -> FitResult:
         t0 = time.perf_counter()
-        self.model.load_state_dict(weights)
+        copy_into(self.weights, weights)  # load_state_dict, in one copy when weights are flat (shared memory)
         self.model.train()
         params = list(self.model.parameters())
         losses, n_samples = [], 0
@@ -169,8 +171,7 @@ class ShardWorker:
         self.fits += 1
         # A copy, not the model's own tensors: the reply is sent after the lock is released, when an
         # overlapping connection's round may already be changing the model.
-        state = self.model.state_dict()
-        new_weights = shm.copy_into(out, state) if out is not None else {k: v.detach().clone() for k, v in state.items()}
+        new_weights = copy_into(out, self.weights) if out is not None else flatten(self.weights)
         check_weights(new_weights, self.reference)  # weights that trained into inf/NaN are not sent back
         idle_s = (self.speed_ratio - 1.0) * compute_s if self.speed_ratio > 1.0 else 0.0
         if idle_s > 0:
@@ -235,7 +236,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict,
                 raise ValueError("attach carries no weights")
             session.segment = shm.Segment.attach(header["pid"], header["fd"], header["nonce"], worker.reference)
             # Zeros, not empty: its pages are touched now rather than in the first round.
-            session.received = {k: torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in worker.reference.items()}
+            session.received = flatten({k: torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in worker.reference.items()})
             return wire.encode_parts({"type": "attach_ok"}), None
         if not isinstance(header["dataset_key"], str):
             raise ValueError("dataset_key must be a string")
@@ -247,7 +248,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict,
             if session.segment is None:
                 raise ValueError("fit_shared before attach")
             # Copied out first: the client could change the shared memory while it is being checked.
-            weights, out = shm.copy_into(session.received, session.segment.request), session.segment.reply
+            weights, out = copy_into(session.received, session.segment.request), session.segment.reply
         worker.check_weights(weights)
         result = worker.fit(header["dataset_key"], config, weights, out)
         reply = {

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from src import aggregation
+from src.model import FlatWeights, flatten, initial_weights
 
 
 def sd(a, b):
@@ -113,3 +114,24 @@ def test_bad_rule_settings_are_refused():
         aggregation.FedAsyncRule(0.5, "cubic", 0.5, 4)
     with pytest.raises(ValueError):
         aggregation.FedBuffRule(0, 1.0)
+
+
+def test_flat_weights_take_the_one_buffer_path_with_the_same_result_bit_for_bit():
+    # Prepare: the client keeps the global model flat (one buffer); the arithmetic must not change
+    glob, old, new = (initial_weights(seed) for seed in (0, 1, 2))
+    flat_glob, flat_old, flat_new = flatten(glob), flatten(old), flatten(new)
+    # Execute
+    per_tensor = aggregation.async_fedavg(glob, old, new, 3)
+    flat = aggregation.async_fedavg(flat_glob, flat_old, flat_new, 3)
+    # Assert
+    assert isinstance(flat, FlatWeights) and not isinstance(per_tensor, FlatWeights)
+    assert list(flat) == list(per_tensor)
+    assert all(torch.equal(flat[k], per_tensor[k]) for k in glob)
+    assert all(torch.equal(flat_glob[k], glob[k]) for k in glob)  # inputs untouched
+
+
+def test_mixed_flat_and_plain_weights_take_the_per_tensor_path():
+    glob, old, new = flatten(initial_weights(0)), initial_weights(1), flatten(initial_weights(2))
+    out = aggregation.async_fedavg(glob, old, new, 2)
+    expected = {k: glob[k] + (new[k] - old[k]) / 2 for k in glob}
+    assert all(torch.equal(out[k], expected[k]) for k in glob)

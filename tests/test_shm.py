@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from src import shm, wire
-from src.model import check_weights, initial_weights, weight_spec
+from src.model import FlatWeights, check_weights, copy_into, initial_weights, weight_spec
 from src.remote import SHARED_MEMORY, WEBSOCKET, WebsocketClientWorker
 from src.worker import Session, ShardWorker, TrainConfig, handle_frame
 from tests.helpers import PYTHON, ROOT, kill_session
@@ -44,8 +44,8 @@ def test_both_sides_see_each_others_writes_and_the_descriptor_can_go(segment):
     # Execute
     server = attach(offer)
     client.close_fd()  # as the client does once the server has attached
-    shm.copy_into(client.request, weights)
-    shm.copy_into(server.reply, initial_weights(1))
+    copy_into(client.request, weights)
+    copy_into(server.reply, initial_weights(1))
     # Assert: the mappings outlive the descriptor; the regions do not overlap
     with pytest.raises(OSError):
         os.fstat(offer["fd"])
@@ -53,6 +53,8 @@ def test_both_sides_see_each_others_writes_and_the_descriptor_can_go(segment):
     assert all(torch.equal(client.reply[k], initial_weights(1)[k]) for k in weights)
     assert all(torch.equal(client.request[k], weights[k]) for k in weights)
     assert shm.segment_bytes(SPEC) >= 2 * sum(v.numel() * 4 for v in weights.values())
+    # Each region is the model back to back: whole-model copies and checks are one operation
+    assert all(isinstance(region, FlatWeights) for region in (client.request, client.reply, server.request))
 
 
 def test_the_memory_file_cannot_shrink(segment):
@@ -117,7 +119,7 @@ def test_a_round_through_shared_memory_trains_what_a_round_in_frames_trains(segm
     for round_ in range(3):
         # Execute
         header, expected = wire.decode(b"".join(handle_frame(in_frames, wire.encode({"type": "fit", **FIT}, weights), {})[0]))
-        shm.copy_into(seg.request, weights)
+        copy_into(seg.request, weights)
         reply, refused = handle_frame(shared, wire.encode({"type": "fit_shared", **FIT}), {}, session)
         shared_header, in_frame = wire.decode(b"".join(reply))
         # Assert: bit-identical weights in the reply region, none in the frame
@@ -144,7 +146,7 @@ def test_shared_memory_requests_that_are_refused(segment):
     # a non-finite model in the request region
     bad = initial_weights(0)
     bad["conv1.weight"][0, 0, 0, 0] = float("inf")
-    shm.copy_into(seg.request, bad)
+    copy_into(seg.request, bad)
     header = wire.decode(b"".join(handle_frame(worker, wire.encode({"type": "fit_shared", **FIT}), {}, session)[0]))[0]
     assert header["type"] == "error" and "finite" in header["message"]
     assert worker.fits == 0
