@@ -16,7 +16,7 @@ write, prints a table and writes ``bench/results.json``:
 - ``scaling``: for each server count, aggregate updates per second (S=9999, time-wise evaluation only, so
   that the training pipeline is what is measured; ``updates_per_s_default_eval`` adds the client's default
   round-wise evaluation), that figure over the compute bound ``cores / median step time`` (the step time
-  measured again right before each run, since the machine's speed drifts), and resident
+  measured right before and right after each run, their mean used, since the machine's speed drifts), and resident
   memory per server process (RSS, and PSS which splits shared pages among the processes sharing them),
   and ``startup_s``: seconds from starting servers.py to all servers listening.
 - ``split_s``: median time to split 60,000 labels over 32 servers (D=600).
@@ -199,22 +199,27 @@ def bench_scaling(args: Args, workdir: Path) -> list[dict]:
     cores = len(os.sched_getaffinity(0))
     table = []
     for n in [int(v) for v in args.servers.split(",")]:
-        # The bound is measured right before each run: this machine's speed drifts by up to ±15% within
-        # minutes, and a step time from the start of the benchmark would misjudge later runs.
-        step_s = step_time_s(100)
-        bound = cores / step_s
+        # The bound is measured right before and right after each run, and their mean used: this machine's
+        # speed drifts by up to ±15% within minutes (one measurement before a run read 16.1 ms, against
+        # 13.0 ms for the rows around it, and put that run at 98.7% of its bound).
+        step_before_s = step_time_s(100)
         with servers(n, workdir) as (addresses, _, startup_s):
             config = client(addresses, workdir / f"scaling-{n}", args.scaling_s, "--eval-interval-s", str(args.scaling_s),
                             "--eval-every-rounds", str(10**9))
             memory = [memory_kib(info["pid"]) for info in config["server_info"]]
             default = client(addresses, workdir / f"scaling-{n}-eval", args.scaling_s) if n <= 8 else None
+        step_after_s = step_time_s(100)
+        step_s = (step_before_s + step_after_s) / 2
+        bound = cores / step_s
         fin = config["finished"]
         per_s = fin["updates"] / fin["training_s"]
         table.append({
             "servers": n,
             "updates_per_s": round(per_s, 1),
             "of_compute_bound": round(per_s / bound, 3),
-            "step_s_median": round(step_s, 5),
+            "step_s_median": round(step_s, 5),  # mean of the two medians below
+            "step_s_median_before": round(step_before_s, 5),
+            "step_s_median_after": round(step_after_s, 5),
             "updates_per_s_default_eval": round(default["finished"]["updates"] / default["finished"]["training_s"], 1)
             if default else None,
             "rss_mib_per_server": round(statistics.mean(m[0] for m in memory) / 1024, 1),
