@@ -90,6 +90,7 @@ class Args:
     round_timeout_s: float = 60.0  # a round with no reply after this many seconds is abandoned, the server reconnected and the round retried (the websocket default the paper cites)
     die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
     evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
+    eval_backlog: int = 64  # round-wise snapshots (1.7 MB each) that may wait for a busy evaluator; beyond it new ones are skipped, counted and logged, until it catches up (0 = no limit: memory grows while the evaluator is behind)
     server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
     token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
     cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
@@ -126,10 +127,13 @@ class EvalFeed:
     snapshots (serialised only when sent), so that an interrupted run can drop it at once instead of
     waiting for the evaluator to read through it. A thread named eval-feed does the sending."""
 
-    def __init__(self, queue, t0: float):
+    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0):
         self.queue, self.t0 = queue, t0
+        self.max_epoch_backlog = max_epoch_backlog  # round-wise snapshots waiting at most (0 = no limit)
         self.submitted = 0  # requests handed to the evaluator
         self.dropped = 0  # snapshots never sent: dropped on an interrupt
+        self.skipped = 0  # round-wise snapshots not taken: the backlog was full
+        self._epoch_pending = 0
         self.closed = False  # the evaluator is gone: nothing more is taken or sent
         self._pending: collections.deque = collections.deque()
         self._done = False  # no more snapshots will come: send the end marker once the backlog is out
@@ -138,17 +142,29 @@ class EvalFeed:
         self._thread.start()
 
     def submit(self, kind: str, weights, epoch: int, max_round: int, time_s: float | None = None,
-               final: bool = False) -> None:
+               final: bool = False) -> bool:
+        """Queue a snapshot; False if it was skipped: a round-wise one when ``max_epoch_backlog`` of them
+        already wait. (A slow evaluator then scores round-wise snapshots at the pace it can, instead of
+        the client holding one model per advance: 4 servers at the defaults piled up 4 MB a second.)
+        Time-wise snapshots, one per interval, are always taken."""
         t = time.monotonic() - self.t0 if time_s is None else time_s
         with self._cond:
-            if not self.closed:
-                self._pending.append((kind, t, epoch, max_round, weights, final))
-                self._cond.notify()
+            if self.closed:
+                return False
+            if kind == "epoch":
+                if self.max_epoch_backlog and self._epoch_pending >= self.max_epoch_backlog:
+                    self.skipped += 1
+                    return False
+                self._epoch_pending += 1
+            self._pending.append((kind, t, epoch, max_round, weights, final))
+            self._cond.notify()
+            return True
 
     def drop_backlog(self) -> None:
         with self._cond:
             self.dropped += len(self._pending)
             self._pending.clear()
+            self._epoch_pending = 0
 
     def backlog(self) -> int:
         with self._cond:
@@ -166,6 +182,7 @@ class EvalFeed:
             self.closed = True
             self.dropped += len(self._pending)
             self._pending.clear()
+            self._epoch_pending = 0
             self._cond.notify()
         self.queue.cancel_join_thread()
 
@@ -177,6 +194,8 @@ class EvalFeed:
                 if self.closed:
                     return
                 entry = self._pending.popleft() if self._pending else None  # None: done, everything sent
+                if entry is not None and entry[0] == "epoch":
+                    self._epoch_pending -= 1
             # Serialised outside the lock: server threads submit under it from the round loop.
             item = None if entry is None else EvalRequest(*entry[:4], st_save(entry[4]), entry[5])
             while not self.closed:  # blocks while the evaluator is busy with the previous request
@@ -233,7 +252,10 @@ def run_round(ctx: RunContext, server: int) -> bool:
     ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
                          result.loss, round(round_s, 6), round(result.compute_s, 6))
     if info.min_advanced and info.min_round % ctx.eval_every_rounds == 0:
-        ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)
+        if not ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round) and ctx.feed.skipped == 1:
+            ctx.event("evaluator", "evaluator_behind", f"{ctx.feed.max_epoch_backlog} round-wise snapshots wait for "
+                      "the evaluator: more are skipped until it catches up (raise --eval-every-rounds or "
+                      "--eval-backlog)", logging.WARNING)
     return True
 
 
@@ -346,9 +368,9 @@ def main(args: Args) -> int:
 
 def run(args: Args) -> int:
     if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 1 \
-            or args.server_timeout_s < 0:
+            or args.server_timeout_s < 0 or args.eval_backlog < 0:
         log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds at "
-                  "least 1, --server-timeout-s not negative")
+                  "least 1, --server-timeout-s and --eval-backlog not negative")
         return 2
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)
@@ -402,7 +424,7 @@ def run(args: Args) -> int:
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
     events_log = CsvLog(out_dir / "events.csv", EVENTS_HEADER)
     t0 = time.monotonic()
-    ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, EvalFeed(queue, t0),
+    ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, EvalFeed(queue, t0, args.eval_backlog),
                      args.eval_every_rounds, args.round_timeout_s, t0, retries=[0] * len(workers))
     errors: list[str] = []
     threads = [threading.Thread(target=server_loop, args=(ctx, i, errors), name=f"server-{i}") for i in range(len(workers))]
@@ -497,6 +519,7 @@ def run(args: Args) -> int:
         "left_out_at_end": sorted(state.left_out()),
         "evaluations": report.count - report.skipped,
         "evaluations_dropped": ctx.feed.dropped + report.skipped,
+        "evaluations_skipped_behind": ctx.feed.skipped,  # round-wise snapshots not taken: the evaluator was behind
         "errors": errors,
     }
     _write_json(out_dir / "config.json", config)
