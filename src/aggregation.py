@@ -47,8 +47,8 @@ def scaled_update(old: StateDict, new: StateDict, n_servers: int) -> StateDict:
 
 
 def _both_flat(a: StateDict, b: StateDict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The flat tensors of two FlatWeights of the same layout (the study's rule then costs two operations
-    per update instead of sixteen; element by element the arithmetic is the same), else None."""
+    """The flat tensors of two FlatWeights of the same layout (an operation on the whole model is then one
+    PyTorch call instead of one per tensor; element by element the arithmetic is the same), else None."""
     fa, fb = flat_of(a), flat_of(b)
     if fa is None or fb is None or shapes_of(a) != shapes_of(b):
         return None

@@ -127,9 +127,10 @@ class EvalFeed:
     snapshots (serialised only when sent), so that an interrupted run can drop it at once instead of
     waiting for the evaluator to read through it. A thread named eval-feed does the sending."""
 
-    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0):
+    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0, on_first_skip=None):
         self.queue, self.t0 = queue, t0
         self.max_epoch_backlog = max_epoch_backlog  # round-wise snapshots waiting at most (0 = no limit)
+        self.on_first_skip = on_first_skip  # called once, by the thread whose snapshot is the first skipped
         self.submitted = 0  # requests handed to the evaluator
         self.dropped = 0  # snapshots never sent: dropped on an interrupt
         self.skipped = 0  # round-wise snapshots not taken: the backlog was full
@@ -151,14 +152,17 @@ class EvalFeed:
         with self._cond:
             if self.closed:
                 return False
-            if kind == "epoch":
-                if self.max_epoch_backlog and self._epoch_pending >= self.max_epoch_backlog:
-                    self.skipped += 1
-                    return False
-                self._epoch_pending += 1
-            self._pending.append((kind, t, epoch, max_round, weights, final))
-            self._cond.notify()
-            return True
+            full = kind == "epoch" and self.max_epoch_backlog and self._epoch_pending >= self.max_epoch_backlog
+            if full:
+                self.skipped += 1
+                first = self.skipped == 1
+            else:
+                self._epoch_pending += kind == "epoch"
+                self._pending.append((kind, t, epoch, max_round, weights, final))
+                self._cond.notify()
+        if full and first and self.on_first_skip:
+            self.on_first_skip()
+        return not full
 
     def drop_backlog(self) -> None:
         with self._cond:
@@ -252,10 +256,7 @@ def run_round(ctx: RunContext, server: int) -> bool:
     ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
                          result.loss, round(round_s, 6), round(result.compute_s, 6))
     if info.min_advanced and info.min_round % ctx.eval_every_rounds == 0:
-        if not ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round) and ctx.feed.skipped == 1:
-            ctx.event("evaluator", "evaluator_behind", f"{ctx.feed.max_epoch_backlog} round-wise snapshots wait for "
-                      "the evaluator: more are skipped until it catches up (raise --eval-every-rounds or "
-                      "--eval-backlog)", logging.WARNING)
+        ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)
     return True
 
 
@@ -424,8 +425,14 @@ def run(args: Args) -> int:
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
     events_log = CsvLog(out_dir / "events.csv", EVENTS_HEADER)
     t0 = time.monotonic()
-    ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, EvalFeed(queue, t0, args.eval_backlog),
-                     args.eval_every_rounds, args.round_timeout_s, t0, retries=[0] * len(workers))
+    def evaluator_behind() -> None:  # ctx is set by the time a round submits a snapshot
+        ctx.event("evaluator", "evaluator_behind", f"{args.eval_backlog} round-wise snapshots wait for the "
+                  "evaluator: more are skipped until it catches up (raise --eval-every-rounds or --eval-backlog)",
+                  logging.WARNING)
+
+    feed = EvalFeed(queue, t0, args.eval_backlog, evaluator_behind)
+    ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, feed, args.eval_every_rounds,
+                     args.round_timeout_s, t0, retries=[0] * len(workers))
     errors: list[str] = []
     threads = [threading.Thread(target=server_loop, args=(ctx, i, errors), name=f"server-{i}") for i in range(len(workers))]
     # Ctrl-C and SIGTERM end training early, however often they arrive: the handler only flags it, and

@@ -54,6 +54,7 @@ class FlatWeights(dict):
     like every state dict here never changed key by key."""
 
     flat: torch.Tensor
+    shapes: dict[str, tuple[int, ...]]  # name -> shape, in order: the layout, shared by weights built alike
 
     @classmethod
     def views_of(cls, flat: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> FlatWeights:
@@ -65,8 +66,23 @@ class FlatWeights(dict):
             offset += n
         if offset != flat.numel() or flat.dim() != 1:
             raise ValueError(f"a flat tensor of {flat.numel()} elements for tensors of {offset}")
-        out.flat = flat
+        out.flat, out.shapes = flat, shapes
         return out
+
+    @classmethod
+    def zeros(cls, spec: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> FlatWeights:
+        """Zeros of ``spec``'s tensors (one dtype) in one new buffer, its pages touched."""
+        shapes = {name: shape for name, (shape, _) in spec.items()}
+        return cls.views_of(torch.zeros(sum(torch.Size(s).numel() for s in shapes.values()), dtype=one_dtype(spec)),
+                            shapes)
+
+
+def one_dtype(spec: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> torch.dtype:
+    """The dtype all of ``spec``'s tensors share (what a single buffer needs); ValueError if they differ."""
+    dtypes = {dtype for _, dtype in spec.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"the tensors must share one dtype, not {sorted(map(str, dtypes))}")
+    return dtypes.pop()
 
 
 def flat_of(weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -75,6 +91,9 @@ def flat_of(weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 
 def shapes_of(weights: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape, in order (a FlatWeights' layout as it was built, without a look at each tensor)."""
+    if isinstance(weights, FlatWeights):
+        return weights.shapes
     return {k: tuple(v.shape) for k, v in weights.items()}
 
 

@@ -158,7 +158,7 @@ class WebsocketClientWorker:
             return None
         try:
             segment, offer = shm.Segment.create(self._spec)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             log.info("%s: no shared memory (%s); weights go in the websocket frames", self.name, e)
             return None
         try:

@@ -34,7 +34,7 @@ import sys
 
 import torch
 
-from src.model import FlatWeights
+from src.model import FlatWeights, one_dtype
 
 MEMFD_NAME = "asyncfl-weights"  # shown as /memfd:asyncfl-weights (deleted) in /proc/<pid>/fd
 NONCE_BYTES = 16
@@ -49,22 +49,12 @@ def available() -> bool:
 
 
 def region_bytes(spec: Spec) -> int:
-    """Bytes of one model in the segment: the tensors back to back in the spec's order (each aligned to
-    its element size), the region rounded up to 64 bytes."""
-    return _aligned(_layout(spec)[-1], 64)
+    """Bytes of one model in the segment: the tensors back to back in the spec's order, rounded up to 64."""
+    return -(-_numel(spec) * one_dtype(spec).itemsize // 64) * 64
 
 
-def _layout(spec: Spec) -> list[int]:
-    """Byte offset of each tensor in a region, then the end of the last."""
-    offsets, end = [], 0
-    for shape, dtype in spec.values():
-        offsets.append(_aligned(end, dtype.itemsize))
-        end = offsets[-1] + torch.Size(shape).numel() * dtype.itemsize
-    return offsets + [end]
-
-
-def _aligned(n: int, to: int) -> int:
-    return -(-n // to) * to
+def _numel(spec: Spec) -> int:
+    return sum(torch.Size(shape).numel() for shape, _ in spec.values())
 
 
 def segment_bytes(spec: Spec) -> int:
@@ -85,16 +75,18 @@ class Segment:
     @classmethod
     def create(cls, spec: Spec) -> tuple[Segment, dict]:
         """Client side: a new segment and the ``attach`` request's fields (pid, fd, nonce) that offer it.
-        The caller calls ``close_fd`` once the server has answered."""
+        The caller calls ``close_fd`` once the server has answered. ValueError for a model whose tensors
+        do not share one dtype (the regions are single flat tensors)."""
+        size = segment_bytes(spec)
         fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, segment_bytes(spec))
+            os.ftruncate(fd, size)
             # The memory is taken now, not at the first write of a round: a machine short of it refuses
             # here (OSError: the weights then go in the frames) instead of a SIGBUS mid-run, and the first
             # round does not pay ~400 page allocations (17-39 ms measured with four servers starting).
-            os.posix_fallocate(fd, 0, segment_bytes(spec))
+            os.posix_fallocate(fd, 0, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-            mem = _map(fd, segment_bytes(spec))
+            mem = _map(fd, size)
         except OSError:
             os.close(fd)
             raise
@@ -155,13 +147,8 @@ def _is_int(x, low: int, high: int) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and low <= x < high
 
 
-def _views(mem: mmap.mmap, offset: int, spec: Spec) -> dict[str, torch.Tensor]:
-    """The region at ``offset`` as tensors of ``spec``: a FlatWeights when they share one dtype (then
-    back to back), so that whole-model copies and checks are one operation."""
-    dtypes = {dtype for _, dtype in spec.values()}
-    if len(dtypes) == 1:
-        (dtype,) = dtypes
-        flat = torch.frombuffer(mem, dtype=dtype, count=_layout(spec)[-1] // dtype.itemsize, offset=offset)
-        return FlatWeights.views_of(flat, {name: shape for name, (shape, _) in spec.items()})
-    return {name: torch.frombuffer(mem, dtype=dtype, count=torch.Size(shape).numel(), offset=offset + start)
-            .view(shape) for (name, (shape, dtype)), start in zip(spec.items(), _layout(spec))}
+def _views(mem: mmap.mmap, offset: int, spec: Spec) -> FlatWeights:
+    """The region at ``offset`` as the tensors of ``spec``, views of one flat tensor: a whole-model copy or
+    check is one operation."""
+    flat = torch.frombuffer(mem, dtype=one_dtype(spec), count=_numel(spec), offset=offset)
+    return FlatWeights.views_of(flat, {name: shape for name, (shape, _) in spec.items()})

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from src import auth, shm, transport, wire
 from src.data import to_tensor
-from src.model import (Net, architecture_signature, check_weights, copy_into, flatten, flatten_parameters, loss_fn,
-                       weight_spec)
+from src.model import (FlatWeights, Net, architecture_signature, check_weights, copy_into, flatten, flatten_parameters,
+                       loss_fn, weight_spec)
 from src.lifecycle import die_with, keep_freed_memory
 from src.netem import enter_netns
 from src.runlog import setup_logging
@@ -236,7 +236,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict,
                 raise ValueError("attach carries no weights")
             session.segment = shm.Segment.attach(header["pid"], header["fd"], header["nonce"], worker.reference)
             # Zeros, not empty: its pages are touched now rather than in the first round.
-            session.received = flatten({k: torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in worker.reference.items()})
+            session.received = FlatWeights.zeros(worker.reference)
             return wire.encode_parts({"type": "attach_ok"}), None
         if not isinstance(header["dataset_key"], str):
             raise ValueError("dataset_key must be a string")

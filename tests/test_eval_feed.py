@@ -9,11 +9,11 @@ import torch
 from src.client import EvalFeed
 
 
-def blocked_feed(max_epoch_backlog: int) -> tuple[EvalFeed, queue.Queue]:
+def blocked_feed(max_epoch_backlog: int, on_first_skip=None) -> tuple[EvalFeed, queue.Queue]:
     """A feed whose evaluator is busy: its one-slot queue is full, so the feed's sender blocks."""
     q: queue.Queue = queue.Queue(maxsize=1)
     q.put("busy")
-    return EvalFeed(q, time.monotonic(), max_epoch_backlog), q
+    return EvalFeed(q, time.monotonic(), max_epoch_backlog, on_first_skip), q
 
 
 def wait_for(condition, timeout_s: float = 10.0) -> None:
@@ -34,7 +34,8 @@ def received(q: queue.Queue) -> list:
 
 def test_round_wise_snapshots_beyond_the_backlog_are_skipped_and_counted():
     # Prepare: the sender holds the first snapshot, waiting for the evaluator
-    feed, q = blocked_feed(max_epoch_backlog=3)
+    warnings = []
+    feed, q = blocked_feed(max_epoch_backlog=3, on_first_skip=lambda: warnings.append(feed.skipped))
     weights = {"w": torch.zeros(2)}
     assert feed.submit("epoch", weights, 1, 1)
     wait_for(lambda: feed.backlog() == 0)
@@ -47,6 +48,7 @@ def test_round_wise_snapshots_beyond_the_backlog_are_skipped_and_counted():
     assert taken == [True] * 3 + [False] * 6
     assert times == [True, True]
     assert feed.skipped == 6
+    assert warnings == [1]  # said once, at the first skip
     assert [(i.kind, i.epoch) for i in items] == [("epoch", 1), ("epoch", 2), ("epoch", 3), ("epoch", 4),
                                                   ("time", 10), ("time", 10)]
 

@@ -71,6 +71,14 @@ def test_the_memory_is_allocated_when_the_segment_is_made(segment):
     assert os.fstat(offer["fd"]).st_blocks * 512 >= shm.segment_bytes(SPEC)
 
 
+def test_a_model_of_mixed_dtypes_is_refused_before_any_memory_file_is_made():
+    # Each region is one flat tensor; the client then sends the weights in the frames (remote.py)
+    before = memory_fds()
+    with pytest.raises(ValueError, match="one dtype"):
+        shm.Segment.create({"w": ((2, 2), torch.float32), "steps": ((1,), torch.int64)})
+    assert memory_fds() == before
+
+
 @pytest.mark.parametrize("pid, fd", [("1", 3), (True, 3), (0, 3), (-1, 3), (2**40, 3), (1, -1), (1, "3"), (1, None),
                                      (1, 2**30)])
 def test_attach_refuses_what_is_not_a_pid_and_a_descriptor(segment, pid, fd):
