@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +142,7 @@ def test_lossy_link_slows_only_its_server_and_is_torn_down(tmp_path):
 def test_next_run_cleans_up_after_a_killed_one(tmp_path):
     # Prepare: a lossy run, killed outright with everything it started.
     before = set(project_namespaces())
+    semaphores_before = set(Path("/dev/shm").glob("sem.mp-*"))
     proc = subprocess.Popen(["./train.sh", "--n-servers", "2", "--loss", "10%", "--base-port", "0",
                              "--duration-s", "120", "--out-dir", str(tmp_path / "killed")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
@@ -152,6 +154,10 @@ def test_next_run_cleans_up_after_a_killed_one(tmp_path):
         assert len(set(project_namespaces()) - before) == 2  # left behind by the kill
     finally:
         kill_session(proc)
+        # The kill took multiprocessing's resource tracker with it, which would have removed the named
+        # semaphores of the run's queues: the test removes the ones its killed run left.
+        for path in set(Path("/dev/shm").glob("sem.mp-*")) - semaphores_before:
+            path.unlink(missing_ok=True)
     # Execute
     run = run_script(["./train.sh", "--n-servers", "2", "--loss", "10%", "--base-port", "0", "--duration-s", "3",
                       "--no-profile", "--out-dir", str(tmp_path / "next")], 120)
