@@ -11,14 +11,15 @@ write, prints a table and writes ``bench/results.json``:
   over the median server compute time (``compute_s``), over every round of the run but the first 10.
 - ``tta90_fl_s`` / ``tta90_central_s`` / ``tta90_ratio``: seconds from the first round to F1 >= 0.90 on
   mnist-5k, 4 servers, D=0, S=9999, no loss (scored every ``--tta-eval-interval-s`` by an evaluator at
-  niceness 19, no round-wise log), against a plain loop with the same model, batch size and learning rate scored at the same training-time
-  interval (its scoring time not counted); median of ``--repeats`` each.
+  niceness 19, no round-wise log), against a plain loop with the same model, batch size and learning
+  rate scored at the same training-time interval (its scoring time not counted); median of
+  ``--repeats`` each.
 - ``scaling``: for each server count, aggregate updates per second (S=9999, time-wise evaluation only, so
   that the training pipeline is what is measured; ``updates_per_s_default_eval`` adds the client's default
   round-wise evaluation), that figure over the compute bound ``cores / median step time`` (the step time
-  measured right before and right after each run, their mean used, since the machine's speed drifts), and resident
-  memory per server process (RSS, and PSS which splits shared pages among the processes sharing them),
-  and ``startup_s``: seconds from starting servers.py to all servers listening.
+  measured right before and right after each run, their mean used, since the machine's speed drifts),
+  resident memory per server process (RSS, and PSS which splits shared pages among the processes sharing
+  them), and ``startup_s``: seconds from starting servers.py to all servers listening.
 - ``split_s``: median time to split 60,000 labels over 32 servers (D=600).
 """
 
@@ -45,10 +46,10 @@ sys.path.insert(0, str(ROOT))
 
 from src import data  # noqa: E402
 from src.evaluator import Scorer  # noqa: E402
-from src.model import Net, initial_weights, loss_fn  # noqa: E402
+from src.model import Net, flatten, initial_weights, loss_fn  # noqa: E402
 from src.runlog import read_rows  # noqa: E402
 from src.split_dataset import split_indices  # noqa: E402
-from src.worker import sgd_step  # noqa: E402
+from src.worker import ShardWorker, TrainConfig, sgd_step  # noqa: E402
 
 PYTHON = sys.executable
 TOKEN = secrets.token_hex(16)
@@ -110,24 +111,14 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def step_time_s(n_steps: int = 200) -> float:
-    """Median time of one training step as a server runs it (load the weights, forward, backward, SGD),
-    in this process on one thread: the unit of the compute bound."""
+    """Median compute time of a round as a server runs and reports it (``ShardWorker.fit``'s ``compute_s``:
+    load the weights, forward, backward, SGD; one batch of 32, weights flat as from shared memory), in this
+    process on one thread: the unit of the compute bound."""
     ds = data.load("mnist-5k", str(ROOT / "data"))
-    x, y = data.to_tensor(ds.train_images, ds.name), torch.from_numpy(ds.train_labels)
-    net, weights = Net(), initial_weights(0)
-    params = list(net.parameters())
-    rng = np.random.default_rng(0)
-    times = []
-    for i in range(n_steps + 10):
-        idx = torch.from_numpy(rng.choice(len(y), 32, replace=False))
-        t = time.perf_counter()
-        net.load_state_dict(weights)
-        net.zero_grad(set_to_none=True)
-        loss_fn(net(x[idx]), y[idx]).backward()
-        sgd_step(params, 0.1)
-        if i >= 10:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    worker = ShardWorker("bench", ds.name, data.to_tensor(ds.train_images, ds.name), torch.from_numpy(ds.train_labels))
+    weights, config = flatten(initial_weights(0)), TrainConfig()
+    times = [worker.fit(ds.name, config, weights).compute_s for _ in range(n_steps + 10)]
+    return statistics.median(times[10:])
 
 
 def central_tta90_s(seed: int, eval_every_s: float = 0.1, limit_s: float = 60.0) -> float | None:

@@ -425,6 +425,7 @@ def run(args: Args) -> int:
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
     events_log = CsvLog(out_dir / "events.csv", EVENTS_HEADER)
     t0 = time.monotonic()
+
     def evaluator_behind() -> None:  # ctx is set by the time a round submits a snapshot
         ctx.event("evaluator", "evaluator_behind", f"{args.eval_backlog} round-wise snapshots wait for the "
                   "evaluator: more are skipped until it catches up (raise --eval-every-rounds or --eval-backlog)",

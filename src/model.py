@@ -70,11 +70,19 @@ class FlatWeights(dict):
         return out
 
     @classmethod
+    def on(cls, flat: torch.Tensor, spec: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> FlatWeights:
+        """``spec``'s tensors as views of ``flat`` (of ``numel_of(spec)`` elements of ``one_dtype(spec)``)."""
+        return cls.views_of(flat, {name: shape for name, (shape, _) in spec.items()})
+
+    @classmethod
     def zeros(cls, spec: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> FlatWeights:
         """Zeros of ``spec``'s tensors (one dtype) in one new buffer, its pages touched."""
-        shapes = {name: shape for name, (shape, _) in spec.items()}
-        return cls.views_of(torch.zeros(sum(torch.Size(s).numel() for s in shapes.values()), dtype=one_dtype(spec)),
-                            shapes)
+        return cls.on(torch.zeros(numel_of(spec), dtype=one_dtype(spec)), spec)
+
+
+def numel_of(spec: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """Elements of all of ``spec``'s tensors together."""
+    return sum(torch.Size(shape).numel() for shape, _ in spec.values())
 
 
 def one_dtype(spec: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> torch.dtype:

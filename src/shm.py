@@ -34,7 +34,7 @@ import sys
 
 import torch
 
-from src.model import FlatWeights, one_dtype
+from src.model import FlatWeights, numel_of, one_dtype
 
 MEMFD_NAME = "asyncfl-weights"  # shown as /memfd:asyncfl-weights (deleted) in /proc/<pid>/fd
 NONCE_BYTES = 16
@@ -50,11 +50,7 @@ def available() -> bool:
 
 def region_bytes(spec: Spec) -> int:
     """Bytes of one model in the segment: the tensors back to back in the spec's order, rounded up to 64."""
-    return -(-_numel(spec) * one_dtype(spec).itemsize // 64) * 64
-
-
-def _numel(spec: Spec) -> int:
-    return sum(torch.Size(shape).numel() for shape, _ in spec.values())
+    return -(-numel_of(spec) * one_dtype(spec).itemsize // 64) * 64
 
 
 def segment_bytes(spec: Spec) -> int:
@@ -150,5 +146,4 @@ def _is_int(x, low: int, high: int) -> bool:
 def _views(mem: mmap.mmap, offset: int, spec: Spec) -> FlatWeights:
     """The region at ``offset`` as the tensors of ``spec``, views of one flat tensor: a whole-model copy or
     check is one operation."""
-    flat = torch.frombuffer(mem, dtype=one_dtype(spec), count=_numel(spec), offset=offset)
-    return FlatWeights.views_of(flat, {name: shape for name, (shape, _) in spec.items()})
+    return FlatWeights.on(torch.frombuffer(mem, dtype=one_dtype(spec), count=numel_of(spec), offset=offset), spec)
