@@ -15,16 +15,21 @@ losses=""            # per-server loss in percent, e.g. "0 0 10 20" (instead of 
 delays_ms=""         # per-server added one-way delay in ms, e.g. "0 0 50 200" (needs the kernel's netem)
 rates_mbit=""        # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
 netns=auto           # servers in their own network namespaces: auto (when a condition is set), always, never
-stdev=0              # D: per-class share standard deviation, in samples (--partition gaussian)
+stdev=0              # D: per-class share standard deviation (--partition gaussian), in --stdev-units
+stdev_units=samples  # samples: D as given; paper: D in MNIST-class samples (of 6,000), scaled to the dataset's class size
+split_seed=42        # seed of the split alone (the original's 42); --seed does not change it
+min_shard_samples=32 # refuse a split that leaves a server fewer samples than this (one batch)
 partition=gaussian   # split: gaussian (the study's D), dirichlet, shards
 alpha_dirichlet=0.5  # --partition dirichlet: concentration (small = each class on few servers)
 shards_per_server=2  # --partition shards: label-sorted shards per server
 staleness=9999       # S: SSP staleness threshold in rounds (0 = sync, 9999 = async)
 speeds=""            # per-server speed ratios, e.g. "1 1 1 4"
-duration_s=60        # training time, seconds
+regime=fast          # fast: this machine's own pace; paper: the study's clock (see README, "The paper's regime")
+time_scale=10        # --regime paper: K, the paper's durations divided by K (its 40-minute runs in 40/K)
+duration_s=""        # training time, seconds (empty: 60, or 2400/K in the paper regime)
 dataset=mnist-5k     # mnist-5k (offline), mnist (download), fashion-mnist
-eval_interval_s=15   # seconds between time-wise evaluations
-seed=0               # split, batch order and initial-model seed
+eval_interval_s=""   # seconds between time-wise evaluations (empty: 15, or 15/K in the paper regime)
+seed=0               # initial model and batch order seed (the split has --split-seed)
 base_port=8777       # server i listens on base_port + i (0 = free ports)
 out_dir=""           # run folder; default out/L<loss>-D<stdev>-S<staleness>-<timestamp>
 servers=""           # data owners elsewhere, ws[s]://host:port,... : start no local servers (server flags above then do not apply)
@@ -47,6 +52,11 @@ while [[ $# -gt 0 ]]; do
     --rates-mbit) need "$@"; rates_mbit=$2; shift 2 ;;
     --netns) need "$@"; netns=$2; shift 2 ;;
     --stdev) need "$@"; stdev=$2; shift 2 ;;
+    --stdev-units) need "$@"; stdev_units=$2; shift 2 ;;
+    --split-seed) need "$@"; split_seed=$2; shift 2 ;;
+    --min-shard-samples) need "$@"; min_shard_samples=$2; shift 2 ;;
+    --regime) need "$@"; regime=$2; shift 2 ;;
+    --time-scale) need "$@"; time_scale=$2; shift 2 ;;
     --partition) need "$@"; partition=$2; shift 2 ;;
     --alpha-dirichlet) need "$@"; alpha_dirichlet=$2; shift 2 ;;
     --shards-per-server) need "$@"; shards_per_server=$2; shift 2 ;;
@@ -110,7 +120,9 @@ else
   if [[ -z ${ASYNCFL_TOKEN:-} ]]; then ASYNCFL_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); fi
   export ASYNCFL_TOKEN
 
-  "$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --dataset "$dataset" --seed "$seed" \
+  "$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --stdev-units "$stdev_units" \
+    --split-seed "$split_seed" --min-shard-samples "$min_shard_samples" --dataset "$dataset" --seed "$seed" \
+    --regime "$regime" --time-scale "$time_scale" \
     --partition "$partition" --alpha-dirichlet "$alpha_dirichlet" --shards-per-server "$shards_per_server" \
     --speeds "$speeds" --loss "$loss" --losses "$losses" --delays-ms "$delays_ms" --rates-mbit "$rates_mbit" \
     --netns "$netns" --base-port "$base_port" --ready-file "$ready" --die-with-parent > "$out_dir/servers.log" 2>&1 &
@@ -126,8 +138,11 @@ else
   done
 fi
 
-"$PY" -m src.client --servers "$(<"$ready")" --staleness-threshold "$staleness" --duration-s "$duration_s" \
-  --dataset "$dataset" --eval-interval-s "$eval_interval_s" --seed "$seed" --out-dir "$out_dir" --die-with-parent \
+timing=(--regime "$regime" --time-scale "$time_scale")
+[[ -z $duration_s ]] || timing+=(--duration-s "$duration_s")
+[[ -z $eval_interval_s ]] || timing+=(--eval-interval-s "$eval_interval_s")
+"$PY" -m src.client --servers "$(<"$ready")" --staleness-threshold "$staleness" "${timing[@]}" \
+  --dataset "$dataset" --seed "$seed" --out-dir "$out_dir" --die-with-parent \
   ${client_args[@]+"${client_args[@]}"} &
 client_pid=$!
 # A signal interrupts `wait` while the client is still writing its results: wait again until the client

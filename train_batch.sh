@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Sweep a grid of configurations with train.sh, one run folder (and log) per combination, all in one
 # sweep folder. The grid is the arrays below: edit them, or override the scalars from the environment
-# (DURATION_S=120 ./train_batch.sh). `./train_batch.sh --dry-run` lists the runs without starting them.
+# (DURATION_S=120 STALENESS="0 9999" ./train_batch.sh). `./train_batch.sh --dry-run` lists the runs without starting them.
 # An interrupted sweep resumes: run it again with the same SWEEP_DIR and finished runs are skipped.
 #
 # The paper's grid: L in {0%, 10%, 20%}, D in {0, 600, 10000}, S in {0, 6, 12, inf}, 3 repeats, 40 min
-# each. Here S=inf is 9999, and the default duration reaches mnist-5k's plateau in a minute.
-# L is applied per server link in network namespaces (see README, "Network conditions").
+# each. Here S=inf is 9999. REGIME=paper runs each on the paper's clock compressed by TIME_SCALE (40/K
+# minutes); REGIME=fast (default) runs 60 s at this machine's own pace. Every run of a sweep uses one
+# transport (TRANSPORT=netns: each server in its own namespace, weights over TCP, at every L including 0)
+# and one split (the original's, --split-seed 42): repeats differ only in --seed (initial model, batch
+# order, which server is slow). D is in the paper's units, samples of an MNIST class of 6,000: on mnist-5k
+# (400 a class) the split uses D x 400/6000. JOBS runs that many configurations at once.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-LOSSES=(0% 10% 20%)              # network loss L on every link (non-zero needs root: see README)
+read -r -a LOSSES <<< "${LOSSES:-0% 10% 20%}"  # network loss L on every link (non-zero needs root: see README)
 LINK_SETS=()                     # more per-server link conditions, each "losses;delays_ms;rates_mbit",
                                  #   e.g. ("0 0 10 20;0 0 0 0;0 0 0 0" "0 0 0 0;0 0 50 200;0 0 100 10")
-STDEVS=(0 600 10000)             # data imbalance D, in samples (on mnist-5k, 40 is what 600 is on MNIST)
-STALENESS=(0 6 12 9999)          # SSP staleness threshold S, in rounds
+read -r -a STDEVS <<< "${STDEVS:-0 600 10000}"  # data imbalance D, in the paper's units (samples of an MNIST class of 6,000)
+read -r -a STALENESS <<< "${STALENESS:-0 6 12 9999}"  # SSP staleness threshold S, in rounds
 SPEED_SETS=("1 1 1 1")           # per-server speed ratios (one entry per server), e.g. ("1 1 1 1" "1 1 1 4")
 RULES=("ssp")                    # aggregation rules, each "rule [its client flags]", e.g. ("ssp" "fedavg"
                                  #   "fedasync --alpha 0.6 --staleness-fn polynomial --staleness-a 0.5"
@@ -22,23 +26,40 @@ RULES=("ssp")                    # aggregation rules, each "rule [its client fla
 PARTITIONS=("gaussian")          # splits, each "partition [its server flags]", e.g. ("gaussian"
                                  #   "dirichlet --alpha-dirichlet 0.3" "shards --shards-per-server 2");
                                  #   only gaussian uses STDEVS (the others run with the first D)
-REPEATS=3                        # runs per combination (seeds 0, 1, 2, ...)
+REPEATS=${REPEATS:-3}            # runs per combination (seeds 0, 1, 2, ...)
 N_SERVERS=${N_SERVERS:-4}        # data servers per run
-DURATION_S=${DURATION_S:-60}     # training time per run, seconds
+REGIME=${REGIME:-fast}           # fast: this machine's pace; paper: the study's clock (see README)
+TIME_SCALE=${TIME_SCALE:-10}     # REGIME=paper: K, every duration of the paper divided by K
+DURATION_S=${DURATION_S:-}       # training time per run, seconds (empty: 60, or 2400/K with REGIME=paper)
 DATASET=${DATASET:-mnist-5k}     # mnist-5k (offline), mnist, fashion-mnist
-EVAL_INTERVAL_S=${EVAL_INTERVAL_S:-15}  # seconds between time-wise evaluations
+EVAL_INTERVAL_S=${EVAL_INTERVAL_S:-}  # seconds between time-wise evaluations (empty: 15, or 15/K)
+SPLIT_SEED=${SPLIT_SEED:-42}     # one split for the whole sweep (the original's seed)
+TRANSPORT=${TRANSPORT:-netns}    # netns: every server in a namespace at every L (root); loopback: L=0 grids without root
+JOBS=${JOBS:-1}                  # configurations run at once (each with its own ports and namespaces)
+EXTRA_ARGS=${EXTRA_ARGS:-}       # more train.sh/client flags for every run, e.g. "--eval-samples 500"
 SWEEP_DIR=${SWEEP_DIR:-sweeps/$(date +%Y%m%d-%H%M%S)}  # where the run folders go
 
 dry_run=0
 case ${1:-} in
   --dry-run) dry_run=1 ;;
   "") ;;
-  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "train_batch.sh: unknown argument '$1' (edit the arrays at the top instead)" >&2; exit 2 ;;
 esac
 
-if [[ $EUID != 0 ]] && { printf '%s\n' "${LOSSES[@]}" | grep -qv '^0%\?$' || [[ ${#LINK_SETS[@]} -gt 0 ]]; }; then
-  echo "train_batch.sh: LOSSES or LINK_SETS ask for network conditions, which need root; run as root or set LOSSES=(0%) LINK_SETS=()" >&2
+case $TRANSPORT in
+  netns) transport_flags=(--netns always --no-shared-memory) ;;
+  loopback) transport_flags=(--netns never --no-shared-memory)
+    if printf '%s\n' "${LOSSES[@]}" | grep -qv '^0%\?$' || [[ ${#LINK_SETS[@]} -gt 0 ]]; then
+      echo "train_batch.sh: TRANSPORT=loopback cannot emulate LOSSES or LINK_SETS: use TRANSPORT=netns (root)" >&2; exit 2
+    fi ;;
+  *) echo "train_batch.sh: TRANSPORT is netns or loopback, not '$TRANSPORT'" >&2; exit 2 ;;
+esac
+[[ $REGIME == fast || $REGIME == paper ]] || { echo "train_batch.sh: REGIME is fast or paper, not '$REGIME'" >&2; exit 2; }
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "train_batch.sh: JOBS must be a positive integer, not '$JOBS'" >&2; exit 2; }
+if [[ $EUID != 0 && $TRANSPORT == netns && $dry_run == 0 ]]; then
+  echo "train_batch.sh: TRANSPORT=netns puts every server in a network namespace, which needs root;" \
+    "run as root, or TRANSPORT=loopback LOSSES=(0%) for a grid without loss" >&2
   exit 2
 fi
 
@@ -59,10 +80,49 @@ done; done; done
 # A run's folder name from a rule or partition entry: "fedbuff --buffer-size 4" -> "fedbuff_buffer-size-4".
 slug() { local s=${1// --/_}; s=${s//--/}; echo "${s// /-}"; }
 
-echo "train_batch.sh: ${#runs[@]} runs of ${DURATION_S} s into $SWEEP_DIR"
+timing=(--regime "$REGIME" --time-scale "$TIME_SCALE")
+[[ -z $DURATION_S ]] || timing+=(--duration-s "$DURATION_S")
+[[ -z $EVAL_INTERVAL_S ]] || timing+=(--eval-interval-s "$EVAL_INTERVAL_S")
+describe=$(awk -v r="$REGIME" -v k="$TIME_SCALE" -v d="$DURATION_S" 'BEGIN {
+  s = d != "" ? d : (r == "paper" ? 2400 / k : 60); printf "%g s each, %s regime%s", s, r, (r == "paper" ? " K=" k : "") }')
+echo "train_batch.sh: ${#runs[@]} runs of $describe on $DATASET (D in the paper's units), transport $TRANSPORT," \
+  "split seed $SPLIT_SEED, $JOBS at a time, into $SWEEP_DIR"
+[[ $DATASET == mnist-5k ]] && echo "train_batch.sh: mnist-5k has 400 samples a class: D=600 splits as 40, D=10000 as 667"
 [[ $dry_run == 1 ]] || mkdir -p "$SWEEP_DIR"
-failed=0
+
+# One configuration, its output in $SWEEP_DIR/$name.log; prints one line when done.
+run_one() {
+  local name=$1; shift
+  local status=0
+  ./train.sh "$@" --out-dir "$SWEEP_DIR/$name" > "$SWEEP_DIR/$name.log" 2>&1 || status=$?
+  if [[ $status != 0 ]]; then
+    echo "  $name failed (exit $status); see $SWEEP_DIR/$name.log"
+    return "$status"
+  fi
+  "$PY" - "$SWEEP_DIR/$name" <<'PYEOF'
+import csv, json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+f = json.loads((run / "config.json").read_text())["finished"]
+final = list(csv.DictReader(open(run / "f1_time.csv")))[-1]
+cpu = ", ".join(f"{n} {100 * s['cpu_frac']:.0f}%" for n, s in f.get("cpu", {}).items())
+warn = f"; STARVED: {', '.join(f['starved'])}" if f.get("starved") else ""
+print(f"  {run.name}: final f1 {final['f1']} at {final['time_s']} s; rounds {f['rounds_per_server']}, "
+      f"largest staleness {max(f['max_staleness_per_server'])}, abandoned {sum(f['retries_per_server'])}; cpu {cpu}{warn}")
+PYEOF
+}
+PY=.venv/bin/python
+
+failed=0 running=0 interrupted=0
+trap 'interrupted=1; kill -TERM $(jobs -p) 2>/dev/null || true' INT TERM
+reap() {  # wait for one of the running configurations; count a failure
+  local status=0
+  wait -n || status=$?
+  running=$((running - 1))
+  if [[ $status == 130 || $interrupted == 1 ]]; then interrupted=1; elif [[ $status != 0 ]]; then failed=$((failed + 1)); fi
+}
 for i in "${!runs[@]}"; do
+  [[ $interrupted == 1 ]] && break
   IFS='|' read -r loss part stdev speeds rule staleness rep <<< "${runs[$i]}"
   [[ ${rule%% *} == fedavg ]] && staleness=0  # its barrier: the S it runs with, in its name too
   name="${loss}-D${stdev}-S${staleness}-speeds_${speeds// /_}-r${rep}"
@@ -82,20 +142,27 @@ for i in "${!runs[@]}"; do
   [[ $dry_run == 1 ]] && continue
   # Resume: a run that already finished its whole duration in this sweep folder is not run again.
   if grep -qs '"stop_reason": "duration"' "$SWEEP_DIR/$name/config.json"; then echo "  done already"; continue; fi
-  status=0
-  ./train.sh --n-servers "$N_SERVERS" "${link_flags[@]}" --stdev "$stdev" --staleness-threshold "$staleness" \
+  rm -rf "${SWEEP_DIR:?}/$name"  # what an interrupted attempt left
+  while ((running >= JOBS)); do reap; done
+  [[ $interrupted == 1 ]] && break
+  run_one "$name" --n-servers "$N_SERVERS" "${link_flags[@]}" "${transport_flags[@]}" --stdev "$stdev" \
+    --stdev-units paper --split-seed "$SPLIT_SEED" --staleness-threshold "$staleness" \
     --partition "${part%% *}" ${part_flags[@]+"${part_flags[@]}"} --aggregation "${rule%% *}" \
-    ${rule_flags[@]+"${rule_flags[@]}"} \
-    --speeds "$speeds" --duration-s "$DURATION_S" --dataset "$DATASET" --eval-interval-s "$EVAL_INTERVAL_S" \
-    --seed "$rep" --out-dir "$SWEEP_DIR/$name" > "$SWEEP_DIR/$name.log" 2>&1 || status=$?
-  if [[ $status == 130 ]]; then echo "train_batch.sh: interrupted"; exit 130; fi
-  if [[ $status != 0 ]]; then
-    echo "  failed (exit $status); see $SWEEP_DIR/$name.log"
-    failed=$((failed + 1))
-  else
-    tail -n 1 "$SWEEP_DIR/$name/f1_time.csv" | awk -F, '{printf "  final f1 %s at %s s\n", $2, $1}'
-  fi
+    ${rule_flags[@]+"${rule_flags[@]}"} --speeds "$speeds" "${timing[@]}" --dataset "$DATASET" \
+    --seed "$rep" --base-port 0 --no-live $EXTRA_ARGS &
+  running=$((running + 1))
 done
+while ((running > 0)); do reap; done
+if [[ $interrupted == 1 ]]; then echo "train_batch.sh: interrupted; run again with SWEEP_DIR=$SWEEP_DIR to resume"; exit 130; fi
 [[ $dry_run == 1 ]] && exit 0
 echo "train_batch.sh: done, $failed failed; results in $SWEEP_DIR"
+"$PY" - "$SWEEP_DIR" <<'PYEOF'
+import json, sys
+from pathlib import Path
+runs = [json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*/config.json")]
+starved = [r for r in runs if r.get("finished", {}).get("starved")]
+if starved:
+    print(f"train_batch.sh: warning: in {len(starved)} of {len(runs)} runs a process waited for a core >= 5% of the "
+          "time: runs disturbed each other or the machine was busy (lower JOBS; see finished.cpu in config.json)")
+PYEOF
 [[ $failed == 0 ]]

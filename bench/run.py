@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -48,7 +49,7 @@ from src import data  # noqa: E402
 from src.evaluator import Scorer  # noqa: E402
 from src.model import Net, flatten, initial_weights, loss_fn  # noqa: E402
 from src.runlog import read_rows  # noqa: E402
-from src.split_dataset import split_indices  # noqa: E402
+from src.split_dataset import original_gaussian_split  # noqa: E402
 from src.worker import ShardWorker, TrainConfig, sgd_step  # noqa: E402
 
 PYTHON = sys.executable
@@ -228,7 +229,7 @@ def bench_split(n_repeats: int = 7) -> float:
     times = []
     for i in range(n_repeats):
         t = time.perf_counter()
-        split_indices(labels, 32, 600.0, np.random.default_rng(i))
+        original_gaussian_split(labels, 32, 600.0, random.Random(i))
         times.append(time.perf_counter() - t)
     return round(statistics.median(times), 4)
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -43,7 +43,8 @@ if __package__ in (None, ""):  # run as `python src/client.py`: make `src` impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src import auth, data, profiling
-from src import aggregation
+from src import aggregation, cpu
+from src import regime as regime_mod
 from src.evaluator import EvalRequest, format_score, run_evaluator
 from src.live import LiveStatus
 from src.lifecycle import die_with_parent, keep_freed_memory
@@ -73,9 +74,12 @@ class Args:
     staleness_b: int = 4  # fedasync: b of the hinge (no discount up to b updates behind)
     buffer_size: int = 4  # fedbuff: K, results buffered before one update of the global model
     server_lr: float = 1.0  # fedbuff: the server learning rate applied to the buffer's mean delta
-    duration_s: float = 60.0  # training time in seconds
-    eval_interval_s: float = 15.0  # seconds between time-wise evaluations (fractions allowed)
-    eval_every_rounds: int = 10  # round-wise evaluation at every k-th advance of the smallest completed round (1 = every advance, as the paper)
+    regime: Literal["fast", "paper"] = "fast"  # fast: this machine's own pace; paper: the study's clock (servers started with --regime paper too); sets the defaults marked [regime]
+    time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, every duration of the paper divided by K
+    duration_s: float | None = None  # [regime] training time in seconds (fast 60; paper 2400/K, its 40 minutes)
+    eval_interval_s: float | None = None  # [regime] seconds between time-wise evaluations (fast 15, paper 15/K; fractions allowed)
+    eval_every_rounds: int | None = None  # [regime] round-wise evaluation at every k-th advance of the smallest completed round (fast 10, paper 1 = every advance, as the paper)
+    eval_samples: int | None = None  # [regime] score on a fixed stratified subset of this many test samples (fast 0 = the whole test set, paper 2000)
     dataset: data.DatasetName = data.DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
     data_dir: str = "data"  # where downloaded datasets are stored
     batch_size: int = 32  # samples per batch on the server
@@ -87,14 +91,15 @@ class Args:
     profile: bool = True  # profile the server threads with yappi into yappi.csv
     live: bool = True  # a live status line (rounds, staleness, latest F1) when stdout is a terminal
     connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds
-    round_timeout_s: float = 60.0  # a round with no reply after this many seconds is abandoned, the server reconnected and the round retried (the websocket default the paper cites)
+    round_timeout_s: float | None = None  # [regime] a round is abandoned (the server reconnected, the round retried) after this many seconds (fast 60, paper 60/K: the websocket timeout the paper cites)
+    timeout_on: Literal["round", "silence"] | None = None  # [regime] what --round-timeout-s bounds: round = the whole round (fast); silence = time without a byte on the socket, the original's websocket timeout (paper)
     die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
     evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
     eval_backlog: int = 64  # round-wise snapshots (1.7 MB each) that may wait for a busy evaluator; beyond it new ones are skipped, counted and logged, until it catches up (0 = no limit: memory grows while the evaluator is behind)
     server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
     token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
     cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
-    shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (requests and replies still go over the websocket); --no-shared-memory sends them in the frames
+    shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (never in the paper regime: one transport at every L); --no-shared-memory sends them in the frames
 
 
 @dataclass
@@ -314,6 +319,24 @@ def make_rule(args: Args, n_servers: int) -> tuple[aggregation.Rule, int]:
     return aggregation.SSPRule(n_servers), args.staleness_threshold
 
 
+REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from regime.py
+    "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 10, "eval_samples": 0,
+             "round_timeout_s": 60.0, "timeout_on": "round"},
+}
+
+
+def settle(args: Args) -> tuple[Args, regime_mod.Regime | None]:
+    """The arguments with every [regime] field the user left unset filled in from the regime."""
+    if args.regime == "paper":
+        r = regime_mod.paper_regime(args.time_scale)
+        defaults = {"duration_s": r.duration_s, "eval_interval_s": r.eval_interval_s, "eval_every_rounds": 1,
+                    "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence"}
+        args = replace(args, shared_memory=False)
+    else:
+        r, defaults = None, REGIME_DEFAULTS["fast"]
+    return replace(args, **{k: v for k, v in defaults.items() if getattr(args, k) is None}), r
+
+
 def redacted(args: Args) -> dict:
     """The arguments as config.json records them: the token never leaves the process."""
     return {**asdict(args), "token": "<set>" if args.token else ""}
@@ -327,8 +350,28 @@ def resolve_servers(args: Args) -> list[str]:
 
 def default_out_dir(infos: list[dict], staleness_threshold: int) -> str:
     loss = infos[0].get("network", {}).get("loss_pct", 0)
-    stdev = infos[0].get("split", {}).get("stdev", "x")
-    return f"out/L{loss:g}-D{stdev:g}-S{staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}"
+    stdev = infos[0].get("split", {}).get("stdev")  # none for owners serving their own data
+    return f"out/L{loss:g}-D{'own' if stdev is None else f'{stdev:g}'}-S{staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def transport_record(infos: list[dict], workers: list[WebsocketClientWorker]) -> dict:
+    """How the weights travel to each server: one transport for every run of a comparison."""
+    nets = [info.get("network", {}) for info in infos]
+    kinds = sorted({"netns" if n.get("netns") else "loopback" for n in nets})
+    via = sorted({w.weights_via for w in workers})
+    return {"kind": "+".join(kinds) + " " + "+".join(via), "netns": [bool(n.get("netns")) for n in nets],
+            "rto_min_ms": [n.get("rto_min_ms", 0.0) for n in nets]}
+
+
+def local_processes(infos: list[dict], evaluator_pid: int) -> dict[str, int]:
+    """The run's processes on this machine whose CPU time can be read: this one, the evaluator and the
+    servers that report this machine's boot id."""
+    procs = {"client": os.getpid(), "evaluator": evaluator_pid}
+    me = cpu.boot_id()
+    for info in infos:
+        if me is not None and info.get("boot_id") == me and isinstance(info.get("pid"), int):
+            procs[str(info.get("server"))] = info["pid"]
+    return procs
 
 
 def versions() -> dict:
@@ -344,7 +387,21 @@ def versions() -> dict:
 
 
 def check_servers(args: Args, infos: list[dict]) -> None:
+    """Refuse servers this run cannot use as one experiment: another dataset or model, shards of different
+    splits, a shard under one batch, or another time regime."""
+    digests = {info.get("split", {}).get("fingerprint_digest") for info in infos}
+    if len(digests) > 1 and None not in digests:
+        raise RemoteError("the servers hold shards of different splits (fingerprints " + ", ".join(
+            f"{i.get('server')}: {i.get('split', {}).get('fingerprint_digest')}" for i in infos) +
+            "): start every data owner with the same split settings")
     for info in infos:
+        if info.get("n_samples", 0) < args.batch_size:
+            raise RemoteError(f"{info.get('server')} holds {info.get('n_samples')} samples, under one batch of "
+                              f"{args.batch_size}: it could not train; change the split or --batch-size")
+        paced = bool(info.get("pace_s"))
+        if paced != (args.regime == "paper"):
+            raise RemoteError(f"{info.get('server')} was started {'with' if paced else 'without'} --regime paper and "
+                              f"this client runs --regime {args.regime}: start both in the same regime")
         if info.get("dataset_key") != args.dataset:
             raise RemoteError(f"{info.get('server')} hosts {info.get('dataset_key')!r} but this client evaluates "
                               f"on {args.dataset!r}: pass the same --dataset to both")
@@ -368,16 +425,22 @@ def main(args: Args) -> int:
 
 
 def run(args: Args) -> int:
+    try:
+        args, regime = settle(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
     if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 1 \
-            or args.server_timeout_s < 0 or args.eval_backlog < 0:
+            or args.server_timeout_s < 0 or args.eval_backlog < 0 or args.eval_samples < 0:
         log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds at "
-                  "least 1, --server-timeout-s and --eval-backlog not negative")
+                  "least 1, --server-timeout-s, --eval-backlog and --eval-samples not negative")
         return 2
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)
     try:
         token = auth.resolve_token(args.token)
-        workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile, args.shared_memory) for i, uri in enumerate(uris)]
+        workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile, args.shared_memory, args.timeout_on)
+                   for i, uri in enumerate(uris)]
         rule, staleness_threshold = make_rule(args, len(workers))
         train_config.validate()
         infos = [w.connect(args.connect_timeout_s) for w in workers]
@@ -398,20 +461,23 @@ def run(args: Args) -> int:
         "n_servers": len(workers),
         "train_config": train_config.to_dict(),
         "server_info": infos,
+        "regime": {"name": args.regime, **(regime.to_dict() if regime else {})},
+        "transport": transport_record(infos, workers),
         "weights_via": [w.weights_via for w in workers],  # per server: "websocket" or "shared memory"
         "dataset": infos[0].get("split", {}),
+        "shard_fingerprints": [info.get("shard_fingerprint") for info in infos],  # what each owner says it holds
         "versions": versions(),
         "started_at": datetime.now().isoformat(timespec="seconds"),
     }
     _write_json(out_dir / "config.json", config)
-    log.info("run folder %s; %d servers, %s, S=%d, %.0f s", out_dir, len(workers), args.aggregation, staleness_threshold,
-             args.duration_s)
+    log.info("run folder %s; %d servers, %s, S=%d, %.0f s%s", out_dir, len(workers), args.aggregation,
+             staleness_threshold, args.duration_s, f", paper regime K={args.time_scale:g}" if regime else "")
 
     ctx_mp = mp.get_context("spawn")
     queue, scores, ready, hurry = ctx_mp.Queue(maxsize=1), ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Event()
     evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
                                args=(queue, scores, ready, hurry, args.dataset, args.data_dir, str(out_dir),
-                                     args.evaluator_nice))
+                                     args.evaluator_nice, args.eval_samples))
     evaluator.start()
     # Training starts once the evaluator can score: its start-up would otherwise eat the first seconds.
     while not ready.wait(0.5):
@@ -424,6 +490,8 @@ def run(args: Args) -> int:
     state = TrainingState(flatten(initial_weights(args.seed)), len(workers), staleness_threshold, rule)
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUNDS_HEADER)
     events_log = CsvLog(out_dir / "events.csv", EVENTS_HEADER)
+    processes = local_processes(infos, evaluator.pid)
+    cpu_before = {name: cpu.sample(pid) for name, pid in processes.items()}
     t0 = time.monotonic()
 
     def evaluator_behind() -> None:  # ctx is set by the time a round submits a snapshot
@@ -479,6 +547,8 @@ def run(args: Args) -> int:
                 break
     finally:
         live.stop()
+    # Sampled before the connections close: a server's connection thread, where its work was, ends with them.
+    cpu_after, cpu_wall_s = {name: cpu.sample(pid) for name, pid in processes.items()}, time.monotonic() - t0
     # The stop event is set only by a signal or by a server thread that failed; the deadline leaves it clear.
     stop_reason = "interrupted" if interrupted.is_set() else "error" if state.stop_event.is_set() else "duration"
     state.stop()
@@ -487,6 +557,12 @@ def run(args: Args) -> int:
     for t in threads + [timer]:
         t.join()
     elapsed_s = time.monotonic() - t0
+    cpu_shares = cpu.shares(cpu_before, cpu_after, cpu_wall_s)
+    starved = cpu.starved(cpu_shares)
+    if starved and regime is not None:  # unpaced runs keep every core busy by design
+        ctx.event("machine", "starved", ", ".join(f"{n} waited for a core {100 * cpu_shares[n]['wait_frac']:.0f}% "
+                  "of the time" for n in starved) + ": the machine was too busy for this run's timings",
+                  logging.WARNING)
     final = state.snapshot()
     if interrupted.is_set():
         ctx.feed.drop_backlog()  # an interrupted run must end within seconds: only the final model is scored
@@ -528,6 +604,9 @@ def run(args: Args) -> int:
         "evaluations": report.count - report.skipped,
         "evaluations_dropped": ctx.feed.dropped + report.skipped,
         "evaluations_skipped_behind": ctx.feed.skipped,  # round-wise snapshots not taken: the evaluator was behind
+        "cpu": cpu_shares,  # per local process: CPU seconds, share of the wall clock, run-queue wait
+        "starved": starved,  # processes that waited for a core >= cpu.STARVED_WAIT_FRAC of the time (evaluator aside)
+        "load_average": list(os.getloadavg()),
         "errors": errors,
     }
     _write_json(out_dir / "config.json", config)

@@ -95,9 +95,11 @@ class Link:
     ns_addr: str
     conditions: LinkConditions
     mechanism: dict = field(default_factory=dict)  # what emulates each condition: netem, nftables, tbf
+    rto_min_ms: float = 0.0  # TCP's minimum retransmission timeout on both routes (0 = Linux's default, 200 ms)
 
     def describe(self) -> dict:
-        return {"netns": self.netns, "address": self.ns_addr, **asdict(self.conditions), "mechanism": self.mechanism}
+        return {"netns": self.netns, "address": self.ns_addr, **asdict(self.conditions), "mechanism": self.mechanism,
+                "rto_min_ms": self.rto_min_ms}
 
 
 def link_names(owner_pid: int, index: int) -> tuple[str, str, str]:
@@ -181,7 +183,9 @@ class NetworkLab:
         self.links: list[Link] = []
         self._netem: bool | None = None
 
-    def create(self, conditions: list[LinkConditions]) -> list[Link]:
+    def create(self, conditions: list[LinkConditions], rto_min_ms: float = 0.0) -> list[Link]:
+        """One namespace and link per server; ``rto_min_ms`` > 0 sets TCP's minimum retransmission timeout
+        on the routes both ways (Linux's default is 200 ms; the paper regime scales it with its clock)."""
         missing = missing_tools(conditions)
         if missing:
             raise NetemError("network conditions need " + " and ".join(missing))
@@ -192,13 +196,13 @@ class NetworkLab:
             subnets = free_subnets(_used_addresses(), len(conditions))
             try:
                 for i, (c, k) in enumerate(zip(conditions, subnets)):
-                    self._create_link(i, c, k)
+                    self._create_link(i, c, k, rto_min_ms)
             except BaseException:
                 self.close()
                 raise
         return self.links
 
-    def _create_link(self, index: int, c: LinkConditions, k: int) -> Link:
+    def _create_link(self, index: int, c: LinkConditions, k: int, rto_min_ms: float = 0.0) -> Link:
         netns, host_if, ns_if = link_names(self.owner_pid, index)
         host_addr, ns_addr = subnet_addresses(k)
         link = Link(index, netns, host_if, ns_if, host_addr, ns_addr, c)
@@ -212,6 +216,11 @@ class NetworkLab:
         _must(ns + ["ip", "addr", "add", f"{ns_addr}/30", "dev", ns_if])
         _must(ns + ["ip", "link", "set", ns_if, "up"])
         _must(ns + ["ip", "link", "set", "lo", "up"])
+        if rto_min_ms > 0:
+            rto = ["rto_min", f"{rto_min_ms:g}ms"]
+            _must(["ip", "route", "replace", f"{ns_addr}/32", "dev", host_if, "src", host_addr] + rto)
+            _must(ns + ["ip", "route", "replace", f"{host_addr}/32", "dev", ns_if, "src", ns_addr] + rto)
+            link.rto_min_ms = rto_min_ms
         self._apply(link)
         return link
 

@@ -83,8 +83,15 @@ class _Watchdog:
 
 
 class WebsocketClientWorker:
-    def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = "", shared_memory: bool = False):
+    def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = "", shared_memory: bool = False,
+                 timeout_on: str = "round"):
         self.uri, self.name = uri, name
+        # What a request's timeout bounds: "round", the whole request and reply (a watchdog cuts it off);
+        # "silence", each wait for a byte to move (the socket's own timeout), as the original's websocket
+        # client did with its 60 s: a slow transfer that keeps moving is never cut.
+        if timeout_on not in ("round", "silence"):
+            raise ValueError(f"timeout_on must be 'round' or 'silence', not {timeout_on!r}")
+        self._silence = timeout_on == "silence"
         self._headers = auth.auth_headers(token)
         self._ssl = auth.client_ssl_context(uri, cafile)
         self._spec = weight_spec()
@@ -222,19 +229,23 @@ class WebsocketClientWorker:
         if self._ws is None:
             raise ConnectionLost("not connected")
         self._timed_out = False
-        if timeout_s:
+        if self._silence:
+            self._ws.sock.settimeout(timeout_s or None)
+        elif timeout_s:
             if self._watchdog is None:
                 self._watchdog = _Watchdog(self._abort, name=f"{self.name}-watchdog")
             self._watchdog.arm(timeout_s)
         try:
             self._ws.send(frame or wire.encode_parts(header, weights))
             reply = self._ws.recv()
+        except transport.Silence as e:
+            raise ConnectionLost(f"{header['type']}: {e} (websocket timeout)") from None
         except OSError as e:  # transport.ConnectionClosed included
             if self._timed_out:
                 raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s") from None
             raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}") from None
         finally:
-            if timeout_s:
+            if timeout_s and not self._silence:
                 self._watchdog.disarm()
         try:
             # The weights stay views of the connection's receive buffer, valid until its next request: the

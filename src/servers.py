@@ -14,6 +14,7 @@ beyond loopback (``--host 0.0.0.0``) requires one. ``--certfile/--keyfile`` add 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -33,24 +34,20 @@ if __package__ in (None, ""):  # run as `python src/servers.py`: make `src` impo
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src import auth, data, netem
+from src import regime as regime_mod
 from src.lifecycle import die_with_parent
 from src.runlog import setup_logging
-from src.split_dataset import class_count_table, format_table, partition
+from src.split_dataset import SplitRefused, SplitSettings, describe_split, format_table, make_split
 from src.worker import ServerSpec, serve_shard
 
 log = logging.getLogger("asyncfl.servers")
 
 
 @dataclass
-class Args:
-    n_servers: int = 4  # number of data servers (one process each)
-    stdev: float = 0.0  # D: standard deviation of each server's per-class share, in samples (0 = even); --partition gaussian only
-    partition: Literal["gaussian", "dirichlet", "shards"] = "gaussian"  # how the training set is split: the study's Gaussian D, Dirichlet proportions, or label-sorted shards
-    alpha_dirichlet: float = 0.5  # --partition dirichlet: concentration (small = each class on few servers)
-    shards_per_server: int = 2  # --partition shards: label-sorted shards per server (2 = about two classes each)
+class Args(SplitSettings):
     dataset: data.DatasetName = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
     data_dir: str = "data"  # where downloaded datasets are stored
-    seed: int = 0  # seed of the split and of each server's batch order
+    seed: int = 0  # seed of each server's batch order (the split has --split-seed)
     speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
     loss: str = "0%"  # network loss L on every server's link, e.g. "10%" (the paper's L), in percent per direction
     losses: str = ""  # per-server loss in percent, e.g. "0 0 10 20" (instead of --loss)
@@ -69,6 +66,8 @@ class Args:
     ready_file: str = ""  # if set, write the servers' addresses here once all listen
     start_timeout_s: float = 120.0  # give up if the servers are not all listening after this many seconds
     die_with_parent: bool = False  # stop (cleanly) when the parent process dies, however it dies (train.sh sets it)
+    regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/regime.py)
+    time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, the paper's durations divided by K (10: its 40-minute runs in 4)
 
 
 def parse_speeds(text: str, n_servers: int) -> list[float]:
@@ -101,29 +100,16 @@ def load_shard(path: str, dataset: str) -> data.Dataset:
     return data.Dataset(dataset, path, images, labels.astype(np.int64), empty, np.zeros(0, np.int64))
 
 
-def split_record(args, ds: data.Dataset) -> dict:
-    """How the shards were made, as hello reports it and config.json records it."""
-    split = {"dataset": ds.name, "dataset_source": ds.source, "n_servers": args.n_servers, "partition": args.partition,
-             "stdev": args.stdev, "seed": args.seed}
-    if args.partition == "dirichlet":
-        split["alpha_dirichlet"] = args.alpha_dirichlet
-    if args.partition == "shards":
-        split["shards_per_server"] = args.shards_per_server
-    return split
-
-
-def describe_split(split: dict) -> str:
-    return {"gaussian": f"gaussian, D={split['stdev']:g}",
-            "dirichlet": f"dirichlet, alpha={split.get('alpha_dirichlet', 0):g}",
-            "shards": f"shards, {split.get('shards_per_server')} per server"}[split["partition"]]
-
-
 def main(args: Args) -> int:
     setup_logging()
     try:
         speeds = parse_speeds(args.speeds, args.n_servers)
+        regime = regime_mod.paper_regime(args.time_scale) if args.regime == "paper" else None
+        if regime is not None and args.netns == "never":
+            raise ValueError("--regime paper puts every server in a namespace (one transport at every L); drop --netns never")
         conditions = netem.parse_conditions(args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit)
-        use_netns = args.netns == "always" or (args.netns == "auto" and not all(c.is_clean() for c in conditions))
+        use_netns = args.netns == "always" or regime is not None or \
+            (args.netns == "auto" and not all(c.is_clean() for c in conditions))
         if args.netns == "never" and not all(c.is_clean() for c in conditions):
             raise ValueError("network conditions need namespaces; drop --netns never")
         missing = netem.missing_tools(conditions) if use_netns else []
@@ -139,16 +125,27 @@ def main(args: Args) -> int:
         if args.shard and use_netns:
             raise ValueError("--shard starts one data owner without emulated network conditions")
         ds = load_shard(args.shard, args.dataset) if args.shard else data.load(args.dataset, args.data_dir)
+        shards, split = own_split(args, ds) if args.shard else make_split(args, ds.train_labels, ds.n_classes, ds.name,
+                                                                            ds.source)
+    except SplitRefused as e:
+        log.error("refused: %s", e)
+        return 2
     except (ValueError, OSError, data.DatasetUnavailable) as e:
         log.error("%s", e)
         return 2
+    if not args.shard:
+        log.info("split of %s over %d servers (%s), split seed %d, fingerprint %s:\n%s", ds.name, args.n_servers,
+                 describe_split(split), args.split_seed, split["fingerprint_digest"],
+                 format_table(np.array(split["fingerprints"]["class_counts"])))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us like Ctrl-C
     if args.die_with_parent:
         die_with_parent()
     lab = netem.NetworkLab()
     try:
-        links = lab.create(conditions) if use_netns else []
-        return _serve(args, ds, speeds, conditions, links, token)
+        links = lab.create(conditions, regime.rto_min_ms if regime else 0.0) if use_netns else []
+        paces = regime_mod.server_paces(np.random.default_rng([args.seed, 1]), args.n_servers, regime.pace_s,
+                                        regime.pace_spread) if regime else [0.0] * args.n_servers
+        return _serve(args, ds, shards, split, speeds, paces, conditions, links, token)
     except netem.NetemError as e:
         log.error("%s; nothing was started", e)
         return 2
@@ -160,19 +157,17 @@ def main(args: Args) -> int:
         lab.close()
 
 
-def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, links: list, token: str | None) -> int:
-    if args.shard:  # the owner's own data, whole
-        shards, split = [np.arange(len(ds.train_labels))], {"dataset": ds.name, "dataset_source": ds.source,
-                                                           "partition": "own", "shard_file": args.shard}
-        log.info("own data from %s: %d samples, per class %s", args.shard, len(ds.train_labels),
-                 np.bincount(ds.train_labels, minlength=10).tolist())
-    else:
-        shards = partition(ds.train_labels, args.n_servers, args.partition, np.random.default_rng(args.seed), args.stdev,
-                           args.alpha_dirichlet, args.shards_per_server)
-        table = class_count_table(ds.train_labels, shards, ds.n_classes)
-        split = split_record(args, ds)
-        log.info("split of %s over %d servers (%s), seed=%d:\n%s", ds.name, args.n_servers, describe_split(split),
-                 args.seed, format_table(table))
+def own_split(args: Args, ds: data.Dataset) -> tuple[list[np.ndarray], dict]:
+    """``--shard``: the owner's own data, whole, named by the SHA-256 of its bytes."""
+    digest = hashlib.sha256(ds.train_images.tobytes() + ds.train_labels.tobytes()).hexdigest()
+    log.info("own data from %s: %d samples, per class %s, sha256 %s", args.shard, len(ds.train_labels),
+             np.bincount(ds.train_labels, minlength=10).tolist(), digest)
+    return [np.arange(len(ds.train_labels))], {"dataset": ds.name, "dataset_source": ds.source, "partition": "own",
+                                               "shard_file": args.shard, "data_sha256": digest}
+
+
+def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, speeds: list[float],
+           paces: list[float], conditions: list, links: list, token: str | None) -> int:
     # Which data owners this process starts: all, or one (the same shard every host derives from the seed).
     chosen = [max(args.server_id, 0)] if args.shard else [args.server_id] if args.server_id >= 0 else range(args.n_servers)
 
@@ -205,6 +200,7 @@ def _serve(args: Args, ds: data.Dataset, speeds: list[float], conditions: list, 
             labels=ds.train_labels[shard],
             seed=args.seed,
             speed_ratio=speeds[i],
+            pace_s=paces[i],
             split=split,
             token=token,
             certfile=args.certfile,

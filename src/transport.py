@@ -44,6 +44,11 @@ class ConnectionClosed(OSError):
         self.code = code
 
 
+class Silence(ConnectionClosed):
+    """A read or write waited longer than the socket's timeout without a byte moving (the connection is
+    dropped: what was sent or read of the message is lost)."""
+
+
 class HandshakeRefused(OSError):
     """The server answered the opening handshake with an HTTP status other than 101."""
 
@@ -124,6 +129,9 @@ class Connection:
                     self.sock.sendall(b"".join([bytes(head), *parts]))
                 else:
                     _sendmsg_all(self.sock, [head, *parts])
+            except TimeoutError:
+                self.closed = True
+                raise Silence(f"no byte sent for {self.sock.gettimeout():g} s") from None
             except OSError as e:
                 self.closed = True
                 raise ConnectionClosed(f"send failed: {e}") from None
@@ -197,6 +205,9 @@ class Connection:
                 got += k
         except ConnectionClosed:
             raise
+        except TimeoutError:
+            self.closed = True
+            raise Silence(f"no byte received for {self.sock.gettimeout():g} s") from None
         except OSError as e:
             self.closed = True
             raise ConnectionClosed(f"receive failed: {e}") from None

@@ -3,8 +3,9 @@
 This plays the role of PySyft 0.2's ``WebsocketServerWorker`` (which no longer installs): the model owner
 sends a :class:`TrainConfig` and the current weights, the worker runs ``fit(dataset_key=...)`` for
 ``max_nr_batches`` batches of SGD on its own data and sends the new weights back with the mean loss, the
-number of samples used and its compute time. With a speed ratio r > 1 it then idles (r - 1) times its
-compute time before replying, to emulate a slower data owner.
+number of samples used and its compute time. It then idles before replying so that the round lasts r
+times the larger of its compute time and its pace (speed ratio r >= 1 emulates a slower data owner, a
+pace the paper regime's round length; see regime.py).
 
 ``serve_shard`` is the body of one server process (``servers.py`` starts one per server).
 """
@@ -22,15 +23,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from src import auth, shm, transport, wire
+from src import auth, cpu, shm, transport, wire
 from src.data import to_tensor
 from src.model import (FlatWeights, Net, architecture_signature, check_weights, copy_into, flatten, flatten_parameters,
                        loss_fn, weight_spec)
 from src.lifecycle import die_with, keep_freed_memory
 from src.netem import enter_netns
+from src.regime import paced_idle_s
 from src.runlog import setup_logging
 
 log = logging.getLogger("asyncfl.worker")
+BOOT_ID = cpu.boot_id()
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class ShardWorker:
     images: torch.Tensor  # float32 [n, 1, 28, 28], normalised
     labels: torch.Tensor  # int64 [n]
     seed: int = 0
-    speed_ratio: float = 1.0  # >= 1: total round time is this multiple of the compute time
+    speed_ratio: float = 1.0  # >= 1: total round time is this multiple of the compute time (or of the pace)
+    pace_s: float = 0.0  # a round lasts at least this long (the paper regime's pace, see regime.py); 0 = no pace
     model: Net = field(default_factory=Net)
 
     def __post_init__(self) -> None:
@@ -173,7 +177,7 @@ class ShardWorker:
         # overlapping connection's round may already be changing the model.
         new_weights = copy_into(out, self.weights) if out is not None else flatten(self.weights)
         check_weights(new_weights, self.reference)  # weights that trained into inf/NaN are not sent back
-        idle_s = (self.speed_ratio - 1.0) * compute_s if self.speed_ratio > 1.0 else 0.0
+        idle_s = paced_idle_s(compute_s, self.pace_s, self.speed_ratio)
         if idle_s > 0:
             time.sleep(idle_s)
         return FitResult(
@@ -194,6 +198,8 @@ class ShardWorker:
             "n_samples": int(len(self.labels)),
             "class_counts": counts,
             "speed_ratio": self.speed_ratio,
+            "pace_s": self.pace_s,
+            "boot_id": BOOT_ID,  # with pid: lets a client on the same machine read this process's CPU time
             "architecture": architecture_signature(),
             "pid": os.getpid(),
             "fits": self.fits,
@@ -284,6 +290,16 @@ class ServerSpec:
     certfile: str = ""  # TLS certificate (PEM); with keyfile, the server speaks wss://
     keyfile: str = ""  # TLS private key (PEM)
     owner_pid: int = 0  # servers.py: this server stops when that process ends (0 = never)
+    pace_s: float = 0.0  # each round lasts at least this long (idle after compute; see regime.py)
+
+
+def shard_fingerprint(split: dict, index: int) -> dict:
+    """This owner's part of the split's fingerprints (see split_dataset.shard_fingerprints): its class
+    counts and the SHA-256 of its indices, or of its own data's bytes."""
+    if "fingerprints" in split:
+        fp = split["fingerprints"]
+        return {"class_counts": fp["class_counts"][index], "sha256": fp["index_sha256"][index]}
+    return {"sha256": split.get("data_sha256")}
 
 
 def serve_shard(spec: ServerSpec, ready_queue) -> None:
@@ -307,9 +323,11 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         labels=torch.from_numpy(spec.labels),
         seed=spec.seed * 1000 + spec.index,
         speed_ratio=spec.speed_ratio,
+        pace_s=spec.pace_s,
     )
     worker.warm_up()
-    extra = {"split": spec.split, "index": spec.index, "network": spec.network}
+    fingerprint = shard_fingerprint(spec.split, spec.index)
+    extra = {"split": spec.split, "index": spec.index, "network": spec.network, "shard_fingerprint": fingerprint}
 
     def handler(conn: transport.Connection) -> None:
         peer = conn.remote_address
@@ -345,8 +363,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     accept = threading.Thread(target=server.serve_forever, name=f"{spec.name}-accept")
     accept.start()
     port = server.socket.getsockname()[1]  # with --base-port 0, the one the kernel chose
-    log.info("%d samples, listening on %s://%s:%d%s", len(spec.labels), "wss" if spec.certfile else "ws", spec.host,
-             port, " (token required)" if spec.token else "")
+    log.info("%d samples (shard sha256 %s), listening on %s://%s:%d%s", len(spec.labels), fingerprint["sha256"],
+             "wss" if spec.certfile else "ws", spec.host, port, " (token required)" if spec.token else "")
     ready_queue.put((spec.index, port))
     signal.sigwait({signal.SIGTERM})
     log.info("stopping")

@@ -9,14 +9,13 @@ import subprocess
 import threading
 import time
 
-import numpy as np
 import pytest
 from websockets.sync.server import serve
 
 from src import data, netem, wire
 from src.model import architecture_signature
 from src.remote import RemoteError, WebsocketClientWorker
-from src.split_dataset import class_count_table, split_indices
+from src.split_dataset import SplitSettings, make_split
 from tests.helpers import PYTHON, ROOT, kill_session, read_csv, run_script
 
 TOKEN = "multi-host-token-0123456789"
@@ -65,8 +64,10 @@ def test_a_run_against_data_owners_on_other_hosts(tmp_path):
         assert config["finished"]["stop_reason"] == "duration" and config["finished"]["errors"] == []
         assert {r["server"] for r in read_csv(out / "rounds.csv")} == {"0", "1"}
         ds = data.load("mnist-5k", str(ROOT / "data"))
-        local = class_count_table(ds.train_labels, split_indices(ds.train_labels, 2, 10000, np.random.default_rng(0)), 10)
-        assert [info["class_counts"] for info in config["server_info"]] == local.tolist()
+        _, local = make_split(SplitSettings(n_servers=2, stdev=10000), ds.train_labels, 10, ds.name, ds.source)
+        assert [info["class_counts"] for info in config["server_info"]] == local["fingerprints"]["class_counts"]
+        assert [info["shard_fingerprint"]["sha256"] for info in config["server_info"]] == \
+            local["fingerprints"]["index_sha256"]
         assert float(read_csv(out / "f1_time.csv")[-1]["f1"]) > 0.5
     finally:
         for p in owners:

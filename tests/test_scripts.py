@@ -86,8 +86,8 @@ def test_split_dataset_prints_the_table():
 def test_batch_grid_with_rules_and_partitions(tmp_path):
     # Prepare: train_batch.sh with its arrays edited, as a user would, in a copy.
     text = (ROOT / "train_batch.sh").read_text()
-    for old, new in [('LOSSES=(0% 10% 20%)', 'LOSSES=(0%)'), ('STDEVS=(0 600 10000)', 'STDEVS=(0 10000)'),
-                     ('STALENESS=(0 6 12 9999)', 'STALENESS=(0 9999)'), ('REPEATS=3', 'REPEATS=1'),
+    for old, new in [('"${LOSSES:-0% 10% 20%}"', '"0%"'), ('"${STDEVS:-0 600 10000}"', '"0 10000"'),
+                     ('"${STALENESS:-0 6 12 9999}"', '"0 9999"'), ('${REPEATS:-3}', '1'),
                      ('RULES=("ssp")', 'RULES=("ssp" "fedavg" "fedbuff --buffer-size 4")'),
                      ('PARTITIONS=("gaussian")', 'PARTITIONS=("gaussian" "shards --shards-per-server 2")')]:
         assert old in text

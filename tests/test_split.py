@@ -1,75 +1,131 @@
-"""The paper's Gaussian split: invariants that every D, server count and seed must keep."""
+"""The paper's Gaussian split (the original's draws, exactly), its fingerprints, and the other partitions."""
+
+import random
 
 import numpy as np
 import pytest
 
 from src import split_dataset
-from src.split_dataset import class_count_table, gaussian_class_counts, split_indices
+from src.split_dataset import (SplitRefused, SplitSettings, class_count_table, make_split, original_gaussian_split,
+                               shard_fingerprints)
 
 
-def labels_600_per_class():
-    return np.repeat(np.arange(10), 600)
+def reference_split(labels, n_servers, stdev, seed):
+    """The original algorithm as the issue describes it, written plainly with lists and the module-level
+    generator: seed once, indices grouped by label in dataset order, per class n-1 clipped Gaussian
+    draws cut to what remains, the last server the rest, shuffle, then sample from the remaining list."""
+    random.seed(seed)
+    shards = [[] for _ in range(n_servers)]
+    for c in sorted(set(labels.tolist())):
+        remaining = [i for i, label in enumerate(labels.tolist()) if label == c]
+        count = len(remaining)
+        mean = count / n_servers
+        draws = [int(max(0, min(random.gauss(mean, stdev), count))) for _ in range(n_servers - 1)]
+        shares, left = [], count
+        for d in draws:
+            d = min(d, left)
+            shares.append(d)
+            left -= d
+        shares.append(left)
+        random.shuffle(shares)
+        for j in range(n_servers):
+            chosen = random.sample(remaining, shares[j])
+            shards[j] += chosen
+            taken = set(chosen)
+            remaining = [i for i in remaining if i not in taken]
+    return [sorted(s) for s in shards]
+
+
+def synthetic_labels(n, seed):
+    """Labels in a shuffled dataset order with unequal classes (as a real training set has)."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(10, size=n, p=np.linspace(0.05, 0.15, 10) / np.linspace(0.05, 0.15, 10).sum())
+
+
+@pytest.mark.parametrize("n_servers,stdev,seed", [(1, 0, 42), (4, 0, 42), (4, 60, 42), (4, 600, 42), (4, 10000, 42),
+                                                  (7, 30, 3), (32, 5, 11)])
+def test_the_original_split_is_the_reference_draw_for_draw(n_servers, stdev, seed):
+    # Prepare: 3,000 labels; sample() switches algorithm with the population's size, both are crossed.
+    labels = synthetic_labels(3000, seed)
+    # Execute
+    fast = original_gaussian_split(labels, n_servers, stdev, random.Random(seed))
+    slow = reference_split(labels, n_servers, stdev, seed)
+    # Assert: the same index sets, server by server.
+    assert [s.tolist() for s in fast] == slow
 
 
 @pytest.mark.parametrize("n_servers,stdev", [(1, 0), (4, 0), (4, 600), (7, 10000), (32, 600)])
 def test_shards_are_disjoint_and_complete(n_servers, stdev):
-    # Prepare
-    labels = labels_600_per_class()
-    # Execute
-    shards = split_indices(labels, n_servers, stdev, np.random.default_rng(1))
-    # Assert
+    labels = np.repeat(np.arange(10), 600)
+    shards = original_gaussian_split(labels, n_servers, stdev, random.Random(1))
     assert len(shards) == n_servers
-    joined = np.concatenate(shards)
-    assert len(joined) == len(labels)
-    assert np.array_equal(np.sort(joined), np.arange(len(labels)))
-
-
-def test_same_seed_same_split_other_seed_other_split():
-    labels = labels_600_per_class()
-    a = split_indices(labels, 4, 600, np.random.default_rng(7))
-    b = split_indices(labels, 4, 600, np.random.default_rng(7))
-    c = split_indices(labels, 4, 600, np.random.default_rng(8))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(len(labels)))
 
 
 def test_zero_stdev_is_near_even():
-    labels = labels_600_per_class()
-    table = class_count_table(labels, split_indices(labels, 7, 0, np.random.default_rng(0)), 10)
+    labels = np.repeat(np.arange(10), 600)
+    table = class_count_table(labels, original_gaussian_split(labels, 7, 0, random.Random(0)), 10)
     # 600 / 7 = 85.7: six servers get 85, the remainder (90) lands on one of them, per class.
     assert table.min() == 85 and table.max() == 90
-    assert (np.sort(table, axis=1)[:, :6] == 85).all()
+    assert (np.sort(table, axis=0)[:6] == 85).all()  # per class (column): six servers at 85
 
 
 def test_large_stdev_leaves_some_server_without_a_class():
-    labels = labels_600_per_class()
-    table = class_count_table(labels, split_indices(labels, 4, 10000, np.random.default_rng(0)), 10)
+    labels = np.repeat(np.arange(10), 600)
+    table = class_count_table(labels, original_gaussian_split(labels, 4, 10000, random.Random(0)), 10)
     assert (table == 0).any()
     assert (table.sum(axis=0) == 600).all()
 
 
-def test_mild_stdev_is_uneven_but_keeps_totals():
-    labels = labels_600_per_class()
-    table = class_count_table(labels, split_indices(labels, 4, 60, np.random.default_rng(3)), 10)
-    assert (table.sum(axis=0) == 600).all()
-    assert table.std() > 20  # D=60 on 150-sample shares: visibly skewed
-
-
-def test_counts_are_clipped_and_granted_in_order():
-    # Prepare: one class of 10 samples, a D so large that draws leave [0, 10] almost always.
-    counts = gaussian_class_counts(np.array([10] * 200), 3, 1e6, np.random.default_rng(0))
-    # Assert: never negative, never more than the class, rows always sum to the class count.
-    assert counts.min() >= 0 and counts.max() <= 10
-    assert (counts.sum(axis=1) == 10).all()
-    # Both "one server takes everything" and "some server gets nothing" happen.
-    assert (counts.max(axis=1) == 10).any() and (counts.min(axis=1) == 0).all()
-
-
 def test_invalid_arguments_are_refused():
     with pytest.raises(ValueError):
-        gaussian_class_counts(np.array([10]), 0, 0, np.random.default_rng(0))
+        original_gaussian_split(np.arange(10) % 2, 0, 0, random.Random(0))
     with pytest.raises(ValueError):
-        gaussian_class_counts(np.array([10]), 2, -1, np.random.default_rng(0))
+        original_gaussian_split(np.arange(10) % 2, 2, -1, random.Random(0))
+
+
+def test_fingerprints_are_stable_and_tell_splits_apart():
+    labels = np.repeat(np.arange(10), 300)
+    settings = SplitSettings(n_servers=4, stdev=60)
+    _, a = make_split(settings, labels, 10, "synthetic", "test")
+    _, b = make_split(settings, labels, 10, "synthetic", "test")
+    _, other_seed = make_split(SplitSettings(n_servers=4, stdev=60, split_seed=43), labels, 10, "synthetic", "test")
+    assert a["fingerprints"] == b["fingerprints"] and a["fingerprint_digest"] == b["fingerprint_digest"]
+    assert a["fingerprints"]["index_sha256"] != other_seed["fingerprints"]["index_sha256"]
+    # The hash is of the sorted indices as decimals joined by commas.
+    shards = original_gaussian_split(labels, 4, 60, random.Random(42))
+    import hashlib
+    assert a["fingerprints"]["index_sha256"][2] == hashlib.sha256(",".join(map(str, shards[2])).encode()).hexdigest()
+    assert a["fingerprints"]["class_counts"] == class_count_table(labels, shards, 10).tolist()
+    assert shard_fingerprints(labels, shards, 10) == a["fingerprints"]
+
+
+def test_a_shard_under_one_batch_is_refused_naming_the_server():
+    # Prepare: 40 samples a class; with D far above that, some server ends up with (almost) nothing.
+    labels = np.repeat(np.arange(10), 40)
+    refused = [seed for seed in range(20) if _refused(labels, seed)]
+    # Assert: some seeds give such a split, and the message names a server and what to change.
+    assert refused
+    with pytest.raises(SplitRefused, match=r"server \d+ has \d+ samples.*--stdev"):
+        make_split(SplitSettings(n_servers=4, stdev=10000, split_seed=refused[0]), labels, 10, "synthetic", "test")
+
+
+def _refused(labels, seed):
+    try:
+        make_split(SplitSettings(n_servers=4, stdev=10000, split_seed=seed), labels, 10, "synthetic", "test")
+        return False
+    except SplitRefused:
+        return True
+
+
+def test_paper_units_scale_d_by_class_size():
+    labels = np.repeat(np.arange(10), 400)  # mnist-5k's 400 a class
+    _, split = make_split(SplitSettings(stdev=600, stdev_units="paper"), labels, 10, "x", "y")
+    assert split["stdev_samples"] == 40 and split["stdev"] == 600
+    _, severe = make_split(SplitSettings(stdev=10000, stdev_units="paper", min_shard_samples=0), labels, 10, "x", "y")
+    assert severe["stdev_samples"] == 667
+    _, as_given = make_split(SplitSettings(stdev=600), labels, 10, "x", "y")
+    assert as_given["stdev_samples"] == 600
 
 
 def test_dirichlet_split_is_a_seeded_partition_and_concentrates_with_small_alpha():
@@ -104,8 +160,8 @@ def test_shards_give_each_server_few_classes():
 
 def test_partition_dispatches_and_refuses_unknown_names():
     labels = np.repeat(np.arange(10), 40)
-    gaussian = split_dataset.partition(labels, 4, "gaussian", np.random.default_rng(0), stdev=5.0)
-    direct = split_dataset.split_indices(labels, 4, 5.0, np.random.default_rng(0))
+    gaussian = split_dataset.partition(labels, 4, "gaussian", 7, stdev=5.0)
+    direct = original_gaussian_split(labels, 4, 5.0, random.Random(7))
     assert all(np.array_equal(a, b) for a, b in zip(gaussian, direct))
     with pytest.raises(ValueError):
-        split_dataset.partition(labels, 4, "zipf", np.random.default_rng(0))
+        split_dataset.partition(labels, 4, "zipf", 0)
