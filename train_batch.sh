@@ -68,14 +68,17 @@ links=()
 for loss in "${LOSSES[@]}"; do links+=("L${loss%\%}"); done
 for k in "${!LINK_SETS[@]}"; do links+=("links$k"); done
 
+# Repeat by repeat: a sweep cut short holds whole repeats of the grid, not a few cells with all repeats.
 runs=()
-for loss in "${links[@]}"; do for part in "${PARTITIONS[@]}"; do for stdev in "${STDEVS[@]}"; do
-  [[ ${part%% *} != gaussian && $stdev != "${STDEVS[0]}" ]] && continue
-  for speeds in "${SPEED_SETS[@]}"; do for rule in "${RULES[@]}"; do for staleness in "${STALENESS[@]}"; do
-    [[ ${rule%% *} == fedavg && $staleness != "${STALENESS[0]}" ]] && continue
-    for ((rep = 0; rep < REPEATS; rep++)); do runs+=("$loss|$part|$stdev|$speeds|$rule|$staleness|$rep"); done
+for ((rep = 0; rep < REPEATS; rep++)); do
+  for loss in "${links[@]}"; do for part in "${PARTITIONS[@]}"; do for stdev in "${STDEVS[@]}"; do
+    [[ ${part%% *} != gaussian && $stdev != "${STDEVS[0]}" ]] && continue
+    for speeds in "${SPEED_SETS[@]}"; do for rule in "${RULES[@]}"; do for staleness in "${STALENESS[@]}"; do
+      [[ ${rule%% *} == fedavg && $staleness != "${STALENESS[0]}" ]] && continue
+      runs+=("$loss|$part|$stdev|$speeds|$rule|$staleness|$rep")
+    done; done; done
   done; done; done
-done; done; done
+done
 
 # A run's folder name from a rule or partition entry: "fedbuff --buffer-size 4" -> "fedbuff_buffer-size-4".
 slug() { local s=${1// --/_}; s=${s//--/}; echo "${s// /-}"; }

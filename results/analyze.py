@@ -3,7 +3,7 @@
     python results/analyze.py sweeps/20261128-001500            # a sweep folder (train_batch.sh)
     python results/analyze.py out/L0-D0-S9999-20261127-231630   # or one run folder, or several
 
-Reads only the files a run writes (config.json, f1_time.csv, rounds.csv, yappi.csv). Writes
+Reads only the files a run writes (config.json, f1_time.csv and, if present, yappi.csv). Writes
 ``summary.csv`` (one row per configuration, repeats aggregated as mean, std, min and max) and
 ``runs.csv`` (one row per run) into the first folder given (or ``--out``), and prints the table.
 
@@ -14,7 +14,13 @@ Per run:
 - rounds_mean, rounds_min, rounds_max, rounds_max_min_ratio, rounds_gini: update counts per server and
   how unequal they are (Gini 0 = equal);
 - max_staleness: largest round gap seen (at most S + 1);
-- gate_wait_frac_mean / _max: share of each server thread's round loop spent waiting at the SSP gate.
+- gate_wait_frac_mean / _max: share of each server thread's round loop spent waiting at the SSP gate;
+- abandoned_rounds: rounds cut by the round timeout or a lost connection, over all servers;
+- fingerprint: the split's fingerprint digest (one split per sweep: the same in every row);
+- cpu_frac_client / _evaluator / _server_max: CPU share of the wall clock; starved: processes that waited
+  for a core 5% of the time or more.
+Configurations are keyed by regime ('fast' or 'paper K=10') and transport too, so runs that differ in
+them are never summarised together.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import pandas as pd
 import tyro
 
 THRESHOLDS = (0.80, 0.90, 0.95)
-CONFIG_KEYS = ["dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation", "speeds", "duration_s"]
+CONFIG_KEYS = ["regime", "transport", "dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation",
+               "speeds", "duration_s"]
 METRICS = ["final_f1", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
            "gate_wait_frac_mean", "gate_wait_frac_max"]
@@ -84,6 +91,21 @@ def partition_label(split: dict) -> str:
     return name
 
 
+def regime_label(config: dict) -> str:
+    """'fast', or 'paper K=10' (runs from before the regimes existed are fast)."""
+    r = config.get("regime", {"name": "fast"})
+    return f"paper K={r['time_scale']:g}" if r.get("name") == "paper" else "fast"
+
+
+def transport_label(config: dict) -> str:
+    """How the weights travelled: 'netns websocket', 'loopback shared memory', ... (older runs: from
+    weights_via and the servers' namespaces)."""
+    if "transport" in config:
+        return config["transport"]["kind"]
+    nets = {"netns" if info.get("network", {}).get("netns") else "loopback" for info in config.get("server_info", [])}
+    return "+".join(sorted(nets)) + " " + "+".join(sorted(set(config.get("weights_via", ["websocket"]))))
+
+
 def run_config(config: dict) -> dict:
     """The configuration a run belongs to (what its repeats share), from its config.json."""
     infos = config.get("server_info", [])
@@ -91,6 +113,8 @@ def run_config(config: dict) -> dict:
     speeds = [info.get("speed_ratio", 1) for info in infos]
     split = config.get("dataset", {})
     return {
+        "regime": regime_label(config),
+        "transport": transport_label(config),
         "dataset": split.get("dataset", config["args"].get("dataset")),
         "n_servers": config.get("n_servers", len(infos)),
         # One number when every link is the same (the paper's L), else the per-server list.
@@ -107,9 +131,9 @@ def run_config(config: dict) -> dict:
 def analyze_run(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     f1_time = pd.read_csv(run_dir / "f1_time.csv")
-    rounds = pd.read_csv(run_dir / "rounds.csv")
     n_servers = config.get("n_servers", 1)
-    per_server = rounds.groupby("server")["round"].max().reindex(range(n_servers), fill_value=0)
+    # Rounds per server and the largest staleness are in config.json too (results/ keeps no rounds.csv).
+    per_server = pd.Series(config["finished"]["rounds_per_server"], dtype=float).reindex(range(n_servers), fill_value=0)
     row = {"run": run_dir.name, "seed": config["args"].get("seed"), **run_config(config)}
     row["final_f1"] = float(f1_time["f1"].iloc[-1]) if len(f1_time) else float("nan")
     row["f1_auc_frac"] = f1_auc_frac(f1_time)
@@ -120,7 +144,16 @@ def analyze_run(run_dir: Path) -> dict:
     row["rounds_min"], row["rounds_max"] = int(per_server.min()), int(per_server.max())
     row["rounds_max_min_ratio"] = float(per_server.max() / per_server.min()) if per_server.min() > 0 else float("inf")
     row["rounds_gini"] = gini(per_server)
-    row["max_staleness"] = int(rounds["staleness"].max()) if len(rounds) else 0
+    row["max_staleness"] = int(max(config["finished"]["max_staleness_per_server"], default=0))
+    finished = config["finished"]
+    row["abandoned_rounds"] = int(sum(finished.get("retries_per_server", [])))
+    row["fingerprint"] = config.get("dataset", {}).get("fingerprint_digest", "")
+    shares = finished.get("cpu", {})
+    row["cpu_frac_client"] = shares.get("client", {}).get("cpu_frac", float("nan"))
+    row["cpu_frac_evaluator"] = shares.get("evaluator", {}).get("cpu_frac", float("nan"))
+    server_fracs = [v["cpu_frac"] for k, v in shares.items() if k.startswith("server-")]
+    row["cpu_frac_server_max"] = max(server_fracs) if server_fracs else float("nan")
+    row["starved"] = " ".join(finished.get("starved", []))
     yappi_path = run_dir / "yappi.csv"
     if yappi_path.exists():
         gate = pd.read_csv(yappi_path)["gate_frac"]
@@ -179,8 +212,13 @@ def main(args: Args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
+    # Runs of different regimes or transports are never one configuration: say so when both are present.
+    for column in ("regime", "transport"):
+        if runs[column].nunique() > 1:
+            print(f"note: these runs differ in {column} ({', '.join(sorted(runs[column].unique()))}); each summary "
+                  f"row holds one {column}: compare rows of the same {column} only", file=sys.stderr)
     # The rule and split columns only when the runs differ in them (the study's sweeps keep their table).
-    varying = [c for c in ("partition", "aggregation") if summary[c].nunique() > 1]
+    varying = [c for c in ("regime", "transport", "partition", "aggregation") if summary[c].nunique() > 1]
     shown = ["loss", "stdev", *varying, "staleness", "speeds", "repeats", "final_f1_mean", "final_f1_std", "f1_auc_frac_mean",
              "time_to_f1_90_s_mean", "max_f1_drop_mean", "rounds_mean_mean", "rounds_gini_mean", "max_staleness_max",
              "gate_wait_frac_mean_mean"]

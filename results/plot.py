@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +47,22 @@ def s_colour(s: int) -> str:
     return "tab:red" if s >= ASYNC else COLOURS.get(s, None) or f"C{s % 10}"
 
 
+def paper_minutes(config: dict) -> float | None:
+    """Minutes of the paper's clock per second of a paper-regime run (K / 60); None for other regimes."""
+    r = config.get("regime", {})
+    return r["time_scale"] / 60 if r.get("name") == "paper" else None
+
+
 def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
+    """One row per run; a paper-regime run's F1 is put on the paper's clock (minutes), others stay in s."""
     rows = []
     for d in run_dirs:
         config = json.loads((d / "config.json").read_text())
-        rows.append({"dir": d, "seed": config["args"].get("seed"), **run_config(config),
-                     "f1": pd.read_csv(d / "f1_time.csv")})
+        f1 = pd.read_csv(d / "f1_time.csv")
+        scale = paper_minutes(config)
+        if scale is not None:
+            f1 = f1.assign(time_s=f1["time_s"] * scale)
+        rows.append({"dir": d, "seed": config["args"].get("seed"), **run_config(config), "f1": f1})
     return pd.DataFrame(rows)
 
 
@@ -72,7 +83,8 @@ def draw_curves(ax, runs: pd.DataFrame, title: str) -> None:
             ax.fill_between(grid, curves.min(axis=0), curves.max(axis=0), color=colour, alpha=0.15, lw=0)
     ax.set_title(title, fontsize=10)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("time (s)")
+    paper = runs["regime"].iloc[0].startswith("paper")
+    ax.set_xlabel("time (minutes of the paper's clock)" if paper else "time (s)")
     ax.set_ylabel("f1 score")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -92,17 +104,23 @@ def panel_grid(n_rows: int, n_cols: int):
 
 
 def sweep_figures(runs: pd.DataFrame, out: Path) -> list[Path]:
-    """Figures 3-6 for every (dataset, servers, speed ratios) family in the sweep, which are never mixed
-    in one curve; a sweep with several families gets a suffix per family."""
-    families = list(runs.groupby(["dataset", "n_servers", "speeds", "partition"], sort=True))
+    """Figures 3-6 for every (regime, transport, dataset, servers, speed ratios, split) family in the sweep,
+    which are never mixed in one curve; a sweep with several families gets a suffix per family, and every
+    figure's title names its regime, transport and dataset."""
+    keys = ["regime", "transport", "dataset", "n_servers", "speeds", "partition"]
+    families = list(runs.groupby(keys, sort=True))
     written = []
-    for (dataset, n, speeds, partition), family in families:
-        suffix = "" if len(families) == 1 else f"_{dataset}_n{n}_speeds_{speeds.replace(' ', '_')}_{partition}"
-        written += family_figures(family, out, suffix)
+    for values, family in families:
+        regime, transport, dataset, n, speeds, partition = values
+        suffix = "" if len(families) == 1 else "_" + "_".join(
+            str(v).replace(" ", "_").replace("=", "") for v in values)
+        context = f"{regime} regime, {transport}, {dataset}, {n} servers" + (
+            f", speeds {speeds}" if set(speeds.split()) != {"1"} else "")
+        written += family_figures(family, out, suffix, context)
     return written
 
 
-def family_figures(runs: pd.DataFrame, out: Path, suffix: str) -> list[Path]:
+def family_figures(runs: pd.DataFrame, out: Path, suffix: str, context: str = "") -> list[Path]:
     runs = runs.assign(L=runs["loss"].map(loss_value))
     uniform = runs[runs["L"].notna()]
     written = []
@@ -110,7 +128,8 @@ def family_figures(runs: pd.DataFrame, out: Path, suffix: str) -> list[Path]:
     base_loss, base_stdev = (losses[0] if losses else None), (stdevs[0] if stdevs else None)
 
     def save(fig, name: str, title: str) -> None:
-        fig.suptitle(title, fontsize=11)
+        width = max(30, int(fig.get_figwidth() * 11))  # characters that fit the figure at this font size
+        fig.suptitle("\n".join([title, *textwrap.wrap(context, width)]), fontsize=10)
         fig.tight_layout()
         path = out / f"{name}{suffix}.png"
         fig.savefig(path, dpi=110)

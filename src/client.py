@@ -115,6 +115,7 @@ class RunContext:
     feed: "EvalFeed"
     eval_every_rounds: int
     round_timeout_s: float
+    time_scale: float  # the paper regime's K (1 otherwise): reconnection back-off is divided by it
     t0: float  # time.monotonic() when training started
     retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
 
@@ -280,7 +281,8 @@ def server_loop(ctx: RunContext, server: int, errors: list) -> None:
                 # on, held back only by the SSP gate (and not even by that with --server-timeout-s).
                 ctx.retries[server] += 1
                 ctx.event(server, "round_abandoned", f"{e}; reconnecting to {worker.uri}", logging.WARNING)
-                if not worker.reconnect(ctx.state.stop_event, ctx.round_timeout_s):
+                if not worker.reconnect(ctx.state.stop_event, ctx.round_timeout_s, 0.5 / ctx.time_scale,
+                                        8.0 / ctx.time_scale):
                     return
                 ctx.event(server, "reconnected", worker.uri)
                 skipped = ctx.state.rejoin(server)
@@ -389,24 +391,25 @@ def versions() -> dict:
 def check_servers(args: Args, infos: list[dict]) -> None:
     """Refuse servers this run cannot use as one experiment: another dataset or model, shards of different
     splits, a shard under one batch, or another time regime."""
+    for info in infos:
+        if info.get("dataset_key") != args.dataset:
+            raise RemoteError(f"{info.get('server')} hosts {info.get('dataset_key')!r} but this client evaluates "
+                              f"on {args.dataset!r}: pass the same --dataset to both")
+        if info.get("architecture") != architecture_signature():
+            raise RemoteError(f"{info.get('server')} runs a different model architecture")
     digests = {info.get("split", {}).get("fingerprint_digest") for info in infos}
     if len(digests) > 1 and None not in digests:
         raise RemoteError("the servers hold shards of different splits (fingerprints " + ", ".join(
             f"{i.get('server')}: {i.get('split', {}).get('fingerprint_digest')}" for i in infos) +
             "): start every data owner with the same split settings")
     for info in infos:
-        if info.get("n_samples", 0) < args.batch_size:
-            raise RemoteError(f"{info.get('server')} holds {info.get('n_samples')} samples, under one batch of "
+        if isinstance(info.get("n_samples"), int) and info["n_samples"] < args.batch_size:
+            raise RemoteError(f"{info.get('server')} holds {info['n_samples']} samples, under one batch of "
                               f"{args.batch_size}: it could not train; change the split or --batch-size")
         paced = bool(info.get("pace_s"))
         if paced != (args.regime == "paper"):
             raise RemoteError(f"{info.get('server')} was started {'with' if paced else 'without'} --regime paper and "
                               f"this client runs --regime {args.regime}: start both in the same regime")
-        if info.get("dataset_key") != args.dataset:
-            raise RemoteError(f"{info.get('server')} hosts {info.get('dataset_key')!r} but this client evaluates "
-                              f"on {args.dataset!r}: pass the same --dataset to both")
-        if info.get("architecture") != architecture_signature():
-            raise RemoteError(f"{info.get('server')} runs a different model architecture")
 
 
 def main(args: Args) -> int:
@@ -501,7 +504,7 @@ def run(args: Args) -> int:
 
     feed = EvalFeed(queue, t0, args.eval_backlog, evaluator_behind)
     ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, feed, args.eval_every_rounds,
-                     args.round_timeout_s, t0, retries=[0] * len(workers))
+                     args.round_timeout_s, regime.time_scale if regime else 1.0, t0, retries=[0] * len(workers))
     errors: list[str] = []
     threads = [threading.Thread(target=server_loop, args=(ctx, i, errors), name=f"server-{i}") for i in range(len(workers))]
     # Ctrl-C and SIGTERM end training early, however often they arrive: the handler only flags it, and

@@ -117,10 +117,12 @@ class WebsocketClientWorker:
                 time.sleep(delay)  # back off between attempts to a server that is still starting
                 delay = min(delay * 2, 1.0)
 
-    def reconnect(self, stop: threading.Event, open_timeout_s: float, max_delay_s: float = 8.0) -> bool:
-        """Replace a lost connection, backing off between attempts; False if ``stop`` is set first."""
+    def reconnect(self, stop: threading.Event, open_timeout_s: float, first_delay_s: float = 0.5,
+                  max_delay_s: float = 8.0) -> bool:
+        """Replace a lost connection, backing off between attempts (from ``first_delay_s``, doubling up to
+        ``max_delay_s``); False if ``stop`` is set first."""
         self.close()
-        delay = 0.5
+        delay = first_delay_s
         while not stop.is_set():
             try:
                 self._open(open_timeout_s)
