@@ -89,6 +89,20 @@ def test_lab_builds_links_that_carry_tcp_and_removes_them():
 
 
 @needs_root
+def test_minimum_retransmission_timeout_is_set_on_both_routes():
+    lab = netem.NetworkLab()
+    try:
+        link = lab.create([netem.LinkConditions()], rto_min_ms=20.0)[0]
+        host_side = subprocess.run(["ip", "route", "show", link.ns_addr], capture_output=True, text=True).stdout
+        ns_side = subprocess.run(["ip", "netns", "exec", link.netns, "ip", "route", "show", link.host_addr],
+                                 capture_output=True, text=True).stdout
+        assert "rto_min lock 20ms" in host_side and "rto_min lock 20ms" in ns_side
+        assert link.describe()["rto_min_ms"] == 20.0
+    finally:
+        lab.close()
+
+
+@needs_root
 def test_delay_without_netem_is_refused_not_ignored():
     before = set(project_namespaces())
     lab = netem.NetworkLab()
