@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv in the repository root and install requirements.txt into it.
+# Create .venv in the repository root, install requirements.txt and the asyncfl package (editable) into it.
 # Idempotent: a second call costs a hash of requirements.txt and nothing else.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -22,9 +22,11 @@ if ! command -v ip > /dev/null || ! command -v nft > /dev/null; then
 fi
 
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
-  echo "setup.sh: installing requirements.txt into .venv (torch is large: a few minutes the first time)"
+  echo "setup.sh: installing requirements.txt and the asyncfl package into .venv (torch is large: a few minutes the first time)"
   .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+  # The package itself, editable: `python -m asyncfl.<module>` runs this checkout's code.
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi

@@ -4,7 +4,7 @@
     python split_dataset.py --dataset fashion-mnist --n-servers 4 --stdev 600 --json
     python split_dataset.py --n-servers 4 --partition dirichlet --alpha-dirichlet 0.3
 
-Uses exactly the split that ``src/servers.py`` makes for the same dataset and split settings (the
+Uses exactly the split that ``src/asyncfl/servers.py`` makes for the same dataset and split settings (the
 Gaussian one draws what the original drew with ``random.seed(--split-seed)``, 42 by default). ``--json``
 prints one JSON object: ``class_counts`` (per server, 10 integers), ``index_sha256`` (per server, the
 SHA-256 of its sorted training-set indices as decimals joined by commas) and the split's settings. Exit 2
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
-from src import data
-from src.split_dataset import SplitRefused, SplitSettings, describe_split, format_table, make_split
+from asyncfl import data
+from asyncfl.split_dataset import SplitRefused, SplitSettings, describe_split, format_table, make_split
 
 
 @dataclass

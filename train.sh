@@ -4,7 +4,7 @@
 #
 #   ./train.sh --n-servers 4 --stdev 600 --staleness-threshold 6 --duration-s 60 --dataset mnist-5k
 #
-# Flags not listed below are passed on to src/client.py (see: .venv/bin/python -m src.client --help).
+# Flags not listed below are passed on to src/asyncfl/client.py (see: .venv/bin/python -m asyncfl.client --help).
 # Ctrl-C or SIGTERM stops training early; the results are still written.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -105,7 +105,7 @@ cleanup() {
   fi
   rm -f "$ready"
   # Namespaces of runs whose servers.py was killed outright (its own exit removes its namespaces).
-  if [[ $EUID == 0 ]] && command -v ip > /dev/null; then "$PY" -m src.netem --cleanup || true; fi
+  if [[ $EUID == 0 ]] && command -v ip > /dev/null; then "$PY" -m asyncfl.netem --cleanup || true; fi
 }
 trap on_signal INT TERM
 trap cleanup EXIT
@@ -120,7 +120,7 @@ else
   if [[ -z ${ASYNCFL_TOKEN:-} ]]; then ASYNCFL_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); fi
   export ASYNCFL_TOKEN
 
-  "$PY" -m src.servers --n-servers "$n_servers" --stdev "$stdev" --stdev-units "$stdev_units" \
+  "$PY" -m asyncfl.servers --n-servers "$n_servers" --stdev "$stdev" --stdev-units "$stdev_units" \
     --split-seed "$split_seed" --min-shard-samples "$min_shard_samples" --dataset "$dataset" --seed "$seed" \
     --regime "$regime" --time-scale "$time_scale" \
     --partition "$partition" --alpha-dirichlet "$alpha_dirichlet" --shards-per-server "$shards_per_server" \
@@ -141,7 +141,7 @@ fi
 timing=(--regime "$regime" --time-scale "$time_scale")
 [[ -z $duration_s ]] || timing+=(--duration-s "$duration_s")
 [[ -z $eval_interval_s ]] || timing+=(--eval-interval-s "$eval_interval_s")
-"$PY" -m src.client --servers "$(<"$ready")" --staleness-threshold "$staleness" "${timing[@]}" \
+"$PY" -m asyncfl.client --servers "$(<"$ready")" --staleness-threshold "$staleness" "${timing[@]}" \
   --dataset "$dataset" --seed "$seed" --out-dir "$out_dir" --die-with-parent \
   ${client_args[@]+"${client_args[@]}"} &
 client_pid=$!

@@ -4,7 +4,7 @@ per second scale with the number of servers, and how long the split takes. Anyon
     .venv/bin/python bench/run.py            # the full benchmark (about 7 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # a shorter version (about 5 minutes)
 
-It starts the real ``src/servers.py`` and ``src/client.py`` processes on loopback, reads the run files they
+It starts the real ``src/asyncfl/servers.py`` and ``src/asyncfl/client.py`` processes on loopback, reads the run files they
 write, prints a table and writes ``bench/results.json``:
 
 - ``round_overhead_ratio``: 1 server, 1 batch per round: median client-observed round time (``round_s``)
@@ -42,15 +42,14 @@ import numpy as np
 import torch
 import tyro
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from asyncfl import data
+from asyncfl.evaluator import Scorer
+from asyncfl.model import Net, flatten, initial_weights, loss_fn
+from asyncfl.runlog import read_rows
+from asyncfl.split_dataset import original_gaussian_split
+from asyncfl.worker import ShardWorker, TrainConfig, sgd_step
 
-from src import data  # noqa: E402
-from src.evaluator import Scorer  # noqa: E402
-from src.model import Net, flatten, initial_weights, loss_fn  # noqa: E402
-from src.runlog import read_rows  # noqa: E402
-from src.split_dataset import original_gaussian_split  # noqa: E402
-from src.worker import ShardWorker, TrainConfig, sgd_step  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PYTHON = sys.executable
 TOKEN = secrets.token_hex(16)
@@ -74,7 +73,7 @@ def servers(n: int, workdir: Path, *flags: str):
     ready = workdir / f"servers-{n}.ready"
     ready.unlink(missing_ok=True)  # left by an earlier start with as many servers
     log = open(workdir / f"servers-{n}.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--n-servers", str(n), "--base-port", "0",
+    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--n-servers", str(n), "--base-port", "0",
                              "--ready-file", str(ready), "--die-with-parent", *flags], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "ASYNCFL_TOKEN": TOKEN})
     t0 = time.perf_counter()
@@ -92,7 +91,7 @@ def servers(n: int, workdir: Path, *flags: str):
 
 def client(addresses: str, out_dir: Path, duration_s: float, *flags: str) -> dict:
     """One client run; returns its config.json."""
-    run = subprocess.run([PYTHON, "-m", "src.client", "--servers", addresses, "--duration-s", str(duration_s),
+    run = subprocess.run([PYTHON, "-m", "asyncfl.client", "--servers", addresses, "--duration-s", str(duration_s),
                           "--out-dir", str(out_dir), "--no-live", *flags], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "ASYNCFL_TOKEN": TOKEN})
     if run.returncode != 0:

@@ -88,7 +88,7 @@ def start_servers(tmp_path: Path, *flags: str, env: dict | None = None, timeout_
     and the server addresses. Stop it with kill_session."""
     ready = tmp_path / "servers.ready"
     log_file = open(tmp_path / "servers.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--base-port", "0", "--ready-file", str(ready), *flags],
+    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--base-port", "0", "--ready-file", str(ready), *flags],
                             cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, **(env or {})})
     log_file.close()

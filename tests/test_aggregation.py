@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src import aggregation
-from src.model import FlatWeights, flatten, initial_weights
+from asyncfl import aggregation
+from asyncfl.model import FlatWeights, flatten, initial_weights
 
 
 def sd(a, b):

@@ -1,15 +1,12 @@
-"""results/analyze.py and results/plot.py on small synthetic run folders with known answers."""
+"""src/asyncfl/analyze.py and src/asyncfl/plot.py on small synthetic run folders with known answers."""
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "results"))
-import analyze  # noqa: E402
-import plot  # noqa: E402
+from asyncfl import analyze, plot
 
 
 def make_run(folder: Path, staleness: int, seed: int, f1: list[tuple[float, float]], rounds: list[int],
@@ -23,14 +20,13 @@ def make_run(folder: Path, staleness: int, seed: int, f1: list[tuple[float, floa
         "dataset": {"dataset": "mnist-5k", "stdev": stdev, "seed": seed},
         "server_info": [{"speed_ratio": 1.0, "network": {"loss_pct": loss}} for _ in range(n)],
     }
-    if finished:
-        config["finished"] = {"stop_reason": "duration"}
+    if finished:  # server 0 was one round ahead at some point, the others never
+        config["finished"] = {"stop_reason": "duration", "rounds_per_server": rounds,
+                              "max_staleness_per_server": [1] + [0] * (n - 1)}
     (folder / "config.json").write_text(json.dumps(config))
     pd.DataFrame(f1, columns=["time_s", "f1"]).to_csv(folder / "f1_time.csv", index=False)
-    rows = [(0.1 * r, s, r, 1 if s == 0 else 0, 0, 1.0, 0.01, 0.01) for s, total in enumerate(rounds)
-            for r in range(1, total + 1)]
-    pd.DataFrame(rows, columns=["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s",
-                                "compute_s"]).to_csv(folder / "rounds.csv", index=False)
+    rows = [(0.1 * r, s, r) for s, total in enumerate(rounds) for r in range(1, total + 1)]
+    pd.DataFrame(rows, columns=["time_s", "server", "round"]).to_csv(folder / "rounds.csv", index=False)
     pd.DataFrame({"server": range(n), "gate_frac": [gate_frac[i % 2] for i in range(n)]}).to_csv(folder / "yappi.csv", index=False)
     return folder
 

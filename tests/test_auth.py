@@ -6,10 +6,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from src import auth
-from src.model import initial_weights
-from src.remote import RemoteError, WebsocketClientWorker
-from src.worker import TrainConfig
+from asyncfl import auth
+from asyncfl.model import initial_weights
+from asyncfl.remote import RemoteError, WebsocketClientWorker
+from asyncfl.worker import TrainConfig
 from tests.helpers import PYTHON, ROOT, kill_session, start_servers
 
 TOKEN = "test-token-0123456789abcdef"
@@ -42,7 +42,7 @@ def test_a_connection_without_the_token_gets_no_training(tmp_path):
 
 
 def test_listening_beyond_loopback_needs_a_token():
-    run = subprocess.run([PYTHON, "-m", "src.servers", "--n-servers", "1", "--host", "0.0.0.0"], cwd=ROOT,
+    run = subprocess.run([PYTHON, "-m", "asyncfl.servers", "--n-servers", "1", "--host", "0.0.0.0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert run.returncode == 2 and "set a token" in run.stdout + run.stderr
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from src import data
+from asyncfl import data
 
 
 def test_mnist_5k_is_a_fixed_stratified_4000_1000_split():

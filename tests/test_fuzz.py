@@ -14,14 +14,13 @@ import struct
 import threading
 
 import torch
-from safetensors.torch import save as st_save
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from src import wire
-from src.model import initial_weights
-from src.remote import WebsocketClientWorker
-from src.worker import TrainConfig
+from asyncfl import wire
+from asyncfl.model import initial_weights
+from asyncfl.remote import WebsocketClientWorker
+from asyncfl.worker import TrainConfig
 from tests.helpers import kill_session, rss_kib, start_servers
 
 TOKEN = "fuzz-token-0123456789abcdef"

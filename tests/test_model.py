@@ -3,9 +3,18 @@
 import pytest
 import torch
 
-from src.model import (FlatWeights, Net, check_weights, copy_into, flatten, flatten_parameters, initial_weights,
-                       loss_fn, weight_spec)
-from src.worker import sgd_step
+from asyncfl.model import (
+    FlatWeights,
+    Net,
+    check_weights,
+    copy_into,
+    flatten,
+    flatten_parameters,
+    initial_weights,
+    loss_fn,
+    weight_spec,
+)
+from asyncfl.worker import sgd_step
 
 SPEC = weight_spec()
 

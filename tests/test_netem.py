@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from src import netem
+from asyncfl import netem
 from tests.helpers import PYTHON, ROOT, kill_session, read_csv, run_script, wait_for_rows, wait_session_gone
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
@@ -185,7 +185,7 @@ def test_next_run_cleans_up_after_a_killed_one(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody")
 def test_without_root_conditions_stop_before_anything_starts():
-    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-m", "src.servers",
+    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-m", "asyncfl.servers",
                           "--n-servers", "2", "--loss", "10%", "--base-port", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stdout + run.stderr

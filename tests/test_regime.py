@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from src import cpu, regime, transport
-from src.split_dataset import SplitSettings, make_split
-from src.worker import ShardWorker, TrainConfig
-from src.model import initial_weights
+from asyncfl import cpu, regime, transport
+from asyncfl.model import initial_weights
+from asyncfl.split_dataset import SplitSettings, make_split
+from asyncfl.worker import ShardWorker, TrainConfig
 from tests.helpers import PYTHON, ROOT, read_csv, run_script
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
@@ -126,7 +126,7 @@ def test_split_cli_prints_the_fingerprints_servers_use():
     run = run_script([PYTHON, "split_dataset.py", "--n-servers", "4", "--stdev", "600", "--json"], timeout_s=60)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    from src import data
+    from asyncfl import data
     ds = data.load("mnist-5k")
     _, split = make_split(SplitSettings(n_servers=4, stdev=600), ds.train_labels, 10, ds.name, ds.source)
     assert out["class_counts"] == split["fingerprints"]["class_counts"]

@@ -6,10 +6,10 @@ import time
 import pytest
 from websockets.sync.server import serve
 
-from src import wire
-from src.model import initial_weights
-from src.remote import ConnectionLost, RemoteError, WebsocketClientWorker
-from src.worker import TrainConfig
+from asyncfl import wire
+from asyncfl.model import initial_weights
+from asyncfl.remote import ConnectionLost, RemoteError, WebsocketClientWorker
+from asyncfl.worker import TrainConfig
 
 
 @pytest.fixture

@@ -2,12 +2,9 @@
 
 import json
 import os
-import signal
 import subprocess
 
-import pytest
-
-from tests.helpers import ROOT, kill_session, read_csv, run_script, wait_for_rows, wait_session_gone
+from tests.helpers import ROOT, read_csv, run_script
 
 RUN_FILES = ["config.json", "rounds.csv", "f1_time.csv", "f1_epoch.csv", "yappi.csv", "client.log",
              "servers.log", "model.safetensors"]

@@ -6,15 +6,15 @@ import subprocess
 import pytest
 import torch
 
-from src.model import initial_weights
-from src.remote import RemoteError, WebsocketClientWorker
-from src.worker import TrainConfig
+from asyncfl.model import initial_weights
+from asyncfl.remote import RemoteError, WebsocketClientWorker
+from asyncfl.worker import TrainConfig
 from tests.helpers import PYTHON, ROOT, kill_session, wait_session_gone
 
 
 @pytest.fixture
 def servers():
-    proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--n-servers", "2", "--stdev", "10000", "--base-port", "0"],
+    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--n-servers", "2", "--stdev", "10000", "--base-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     for line in proc.stdout:  # readiness signal: the READY line

@@ -2,8 +2,8 @@
 
 import torch
 
-from src.model import Net, loss_fn
-from src.worker import sgd_step
+from asyncfl.model import Net, loss_fn
+from asyncfl.worker import sgd_step
 
 
 def test_sgd_step_matches_torch_optim_sgd():

@@ -8,10 +8,10 @@ import subprocess
 import pytest
 import torch
 
-from src import shm, wire
-from src.model import FlatWeights, check_weights, copy_into, initial_weights, weight_spec
-from src.remote import SHARED_MEMORY, WEBSOCKET, WebsocketClientWorker
-from src.worker import Session, ShardWorker, TrainConfig, handle_frame
+from asyncfl import shm, wire
+from asyncfl.model import FlatWeights, check_weights, copy_into, initial_weights, weight_spec
+from asyncfl.remote import SHARED_MEMORY, WEBSOCKET, WebsocketClientWorker
+from asyncfl.worker import Session, ShardWorker, TrainConfig, handle_frame
 from tests.helpers import PYTHON, ROOT, kill_session
 
 SPEC = weight_spec()
@@ -162,7 +162,7 @@ def test_shared_memory_requests_that_are_refused(segment):
 
 @pytest.fixture
 def one_server():
-    proc = subprocess.Popen([PYTHON, "-m", "src.servers", "--n-servers", "1", "--base-port", "0"], cwd=ROOT,
+    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--n-servers", "1", "--base-port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     for line in proc.stdout:  # readiness signal: the READY line
         if line.startswith("READY "):

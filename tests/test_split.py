@@ -5,9 +5,15 @@ import random
 import numpy as np
 import pytest
 
-from src import split_dataset
-from src.split_dataset import (SplitRefused, SplitSettings, class_count_table, make_split, original_gaussian_split,
-                               shard_fingerprints)
+from asyncfl import split_dataset
+from asyncfl.split_dataset import (
+    SplitRefused,
+    SplitSettings,
+    class_count_table,
+    make_split,
+    original_gaussian_split,
+    shard_fingerprints,
+)
 
 
 def reference_split(labels, n_servers, stdev, seed):

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from src.state import TrainingState, gate_min, may_start
+from asyncfl.state import TrainingState, gate_min, may_start
 
 
 def zero_model():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from src import wire
-from src.model import initial_weights
-from src.worker import BatchStream, ShardWorker, TrainConfig, handle_frame
+from asyncfl import wire
+from asyncfl.model import initial_weights
+from asyncfl.worker import BatchStream, ShardWorker, TrainConfig, handle_frame
 
 
 def make_worker(n=64, speed_ratio=1.0):

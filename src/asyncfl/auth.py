@@ -19,7 +19,7 @@ import os
 import ssl
 from http import HTTPStatus
 
-from src.transport import Refusal
+from asyncfl.transport import Refusal
 
 TOKEN_ENV = "ASYNCFL_TOKEN"
 MIN_TOKEN_CHARS = 16  # a shared secret shorter than this is guessable

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from src.aggregation import Rule, SSPRule, StateDict
+from asyncfl.aggregation import Rule, SSPRule, StateDict
 
 
 def may_start(completed: list[int], server: int, staleness_threshold: int, left_out: frozenset[int] = frozenset()) -> bool:

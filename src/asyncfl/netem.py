@@ -17,7 +17,7 @@ Mechanisms, per link and in both directions:
 The veth ends get loopback's MTU (65535), so a 1.7 MB model is about as many packets as on the paper's
 loopback and the same loss rate hurts about as much. Needs root, ``ip`` and ``tc`` (and ``nft`` for loss
 without netem). Namespaces are named after the owning process, so a later run removes those whose owner
-died (``python -m src.netem --cleanup`` does only that).
+died (``python -m asyncfl.netem --cleanup`` does only that).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def parse_conditions(n_servers: int, loss: str = "", losses: str = "", delays_ms
         raise ValueError("a loss must be below 100%")
     delay_list = _numbers(delays_ms, "--delays-ms", n_servers) or [0.0] * n_servers
     rate_list = _numbers(rates_mbit, "--rates-mbit", n_servers) or [0.0] * n_servers
-    return [LinkConditions(l, d, r) for l, d, r in zip(loss_list, delay_list, rate_list)]
+    return [LinkConditions(loss, d, r) for loss, d, r in zip(loss_list, delay_list, rate_list)]
 
 
 @dataclass
@@ -306,7 +306,7 @@ def enter_netns(name: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--cleanup"]:
-        print("usage: python -m src.netem --cleanup   (remove namespaces left by runs that were killed)")
+        print("usage: python -m asyncfl.netem --cleanup   (remove namespaces left by runs that were killed)")
         sys.exit(2)
     for name in cleanup_stale():
         print(f"removed {name}")

@@ -21,10 +21,11 @@ from dataclasses import fields
 from urllib.parse import urlsplit
 
 import torch
-from src import auth, shm, transport, wire
-from src.model import check_weights, copy_into, weight_spec
-from src.netem import LinkConditions
-from src.worker import FitResult, TrainConfig
+
+from asyncfl import auth, shm, transport, wire
+from asyncfl.model import check_weights, copy_into, weight_spec
+from asyncfl.netem import LinkConditions
+from asyncfl.worker import FitResult, TrainConfig
 
 log = logging.getLogger("asyncfl.client")
 

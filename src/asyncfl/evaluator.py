@@ -8,7 +8,7 @@ falls behind while training runs, then drains its backlog before the client exit
 
 Standalone, it scores a saved model:
 
-    python -m src.evaluator --weights out/RUN/model.safetensors --dataset mnist-5k
+    python -m asyncfl.evaluator --weights out/RUN/model.safetensors --dataset mnist-5k
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ import tyro
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 
-if __package__ in (None, ""):  # run as `python src/evaluator.py`: make `src` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from src import data
-from src.model import Net
-from src.lifecycle import keep_freed_memory
-from src.runlog import CsvLog, setup_logging
+from asyncfl import data
+from asyncfl.lifecycle import keep_freed_memory
+from asyncfl.model import Net
+from asyncfl.runlog import CsvLog, setup_logging
 
 log = logging.getLogger("asyncfl.evaluator")
 

@@ -16,21 +16,30 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from src import auth, cpu, shm, transport, wire
-from src.data import to_tensor
-from src.model import (FlatWeights, Net, architecture_signature, check_weights, copy_into, flatten, flatten_parameters,
-                       loss_fn, weight_spec)
-from src.lifecycle import die_with, keep_freed_memory
-from src.netem import enter_netns
-from src.regime import paced_idle_s
-from src.runlog import setup_logging
+
+from asyncfl import auth, cpu, shm, transport, wire
+from asyncfl.data import to_tensor
+from asyncfl.lifecycle import die_with, keep_freed_memory
+from asyncfl.model import (
+    FlatWeights,
+    Net,
+    architecture_signature,
+    check_weights,
+    copy_into,
+    flatten,
+    flatten_parameters,
+    loss_fn,
+    weight_spec,
+)
+from asyncfl.netem import enter_netns
+from asyncfl.regime import paced_idle_s
+from asyncfl.runlog import setup_logging
 
 log = logging.getLogger("asyncfl.worker")
 BOOT_ID = cpu.boot_id()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from src.model import FlatWeights, flat_of, shapes_of
+from asyncfl.model import FlatWeights, flat_of, shapes_of
 
 StateDict = dict[str, torch.Tensor]
 

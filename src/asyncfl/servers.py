@@ -1,6 +1,6 @@
 """Start the data owners: split the training set once, then one process per server, each on a websocket.
 
-    python -m src.servers --n-servers 4 --stdev 600 --dataset mnist-5k --speeds "1 1 1 4"
+    python -m asyncfl.servers --n-servers 4 --stdev 600 --dataset mnist-5k --speeds "1 1 1 4"
 
 Server i listens on ws://HOST:BASE_PORT+i (``--base-port 0`` lets every server pick a free port). Once
 every server listens, this prints one line ``READY ws://...,ws://...`` (``wss://`` with TLS) and, with ``--ready-file``, writes
@@ -8,7 +8,7 @@ the same comma-separated addresses to that file (written whole, then renamed int
 ``train.sh`` and the tests wait for. It then runs until SIGINT/SIGTERM, or until a server process dies,
 and stops every process it started. A server process that dies is restarted on its port (``--max-restarts``).
 
-With a token (``ASYNCFL_TOKEN=... python -m src.servers``) every connection must present it; listening
+With a token (``ASYNCFL_TOKEN=... python -m asyncfl.servers``) every connection must present it; listening
 beyond loopback (``--host 0.0.0.0``) requires one. ``--certfile/--keyfile`` add TLS (see auth.py).
 """
 
@@ -30,15 +30,12 @@ from typing import Literal
 import numpy as np
 import tyro
 
-if __package__ in (None, ""):  # run as `python src/servers.py`: make `src` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from src import auth, data, netem
-from src import regime as regime_mod
-from src.lifecycle import die_with_parent
-from src.runlog import setup_logging
-from src.split_dataset import SplitRefused, SplitSettings, describe_split, format_table, make_split
-from src.worker import ServerSpec, serve_shard
+from asyncfl import auth, data, netem
+from asyncfl import regime as regime_mod
+from asyncfl.lifecycle import die_with_parent
+from asyncfl.runlog import setup_logging
+from asyncfl.split_dataset import SplitRefused, SplitSettings, describe_split, format_table, make_split
+from asyncfl.worker import ServerSpec, serve_shard
 
 log = logging.getLogger("asyncfl.servers")
 
@@ -66,7 +63,7 @@ class Args(SplitSettings):
     ready_file: str = ""  # if set, write the servers' addresses here once all listen
     start_timeout_s: float = 120.0  # give up if the servers are not all listening after this many seconds
     die_with_parent: bool = False  # stop (cleanly) when the parent process dies, however it dies (train.sh sets it)
-    regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/regime.py)
+    regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/asyncfl/regime.py)
     time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, the paper's durations divided by K (10: its 40-minute runs in 4)
 
 
@@ -175,7 +172,7 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
     # spent ~2 s of CPU importing it (16 servers took 29 s to start on 2 cores). The fork server has no
     # threads of ours and no sockets, so a forked server starts as clean as a spawned one.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["src.worker"])
+    ctx.set_forkserver_preload(["asyncfl.worker"])
     ready_queue = ctx.Queue()
     procs, specs = [], []
     hosts = [link.ns_addr for link in links] or [args.host] * args.n_servers

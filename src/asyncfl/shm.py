@@ -34,7 +34,7 @@ import sys
 
 import torch
 
-from src.model import FlatWeights, numel_of, one_dtype
+from asyncfl.model import FlatWeights, numel_of, one_dtype
 
 MEMFD_NAME = "asyncfl-weights"  # shown as /memfd:asyncfl-weights (deleted) in /proc/<pid>/fd
 NONCE_BYTES = 16

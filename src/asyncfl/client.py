@@ -1,6 +1,6 @@
 """The model owner ("client"): trains the global model on the data servers with SSP + async FedAvg.
 
-    python -m src.client --n-servers 4 --staleness-threshold 6 --duration-s 60 --dataset mnist-5k
+    python -m asyncfl.client --n-servers 4 --staleness-threshold 6 --duration-s 60 --dataset mnist-5k
 
 One named thread per data server loops over rounds: wait at the Stale Synchronous Parallel gate, take a
 snapshot of the global model, have the server train it (``fit``), then apply
@@ -11,7 +11,7 @@ under the state's lock. A separate evaluator process scores snapshots taken ever
 and whenever the smallest completed round advances (every ``--eval-every-rounds``-th advance).
 
 The run folder (``--out-dir``) receives config.json, rounds.csv, events.csv (lost connections, servers
-left out and rejoining), f1_time.csv, f1_epoch.csv, yappi.csv, client.log and the final model.safetensors. The servers must be running (``src/servers.py``, or
+left out and rejoining), f1_time.csv, f1_epoch.csv, yappi.csv, client.log and the final model.safetensors. The servers must be running (``src/asyncfl/servers.py``, or
 ``train.sh`` which starts both).
 """
 
@@ -39,20 +39,16 @@ import tyro
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
-if __package__ in (None, ""):  # run as `python src/client.py`: make `src` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from src import auth, data, profiling
-from src import aggregation, cpu
-from src import regime as regime_mod
-from src.evaluator import EvalRequest, format_score, run_evaluator
-from src.live import LiveStatus
-from src.lifecycle import die_with_parent, keep_freed_memory
-from src.model import architecture_signature, flatten, initial_weights
-from src.remote import ConnectionLost, RemoteError, WebsocketClientWorker
-from src.runlog import CsvLog, setup_logging
-from src.state import TrainingState
-from src.worker import TrainConfig
+from asyncfl import aggregation, auth, cpu, data, profiling
+from asyncfl import regime as regime_mod
+from asyncfl.evaluator import EvalRequest, format_score, run_evaluator
+from asyncfl.lifecycle import die_with_parent, keep_freed_memory
+from asyncfl.live import LiveStatus
+from asyncfl.model import architecture_signature, flatten, initial_weights
+from asyncfl.remote import ConnectionLost, RemoteError, WebsocketClientWorker
+from asyncfl.runlog import CsvLog, setup_logging
+from asyncfl.state import TrainingState
+from asyncfl.worker import TrainConfig
 
 log = logging.getLogger("asyncfl.client")
 
@@ -545,7 +541,7 @@ def run(args: Args) -> int:
                 ctx.feed.close()
                 errors.append(f"evaluator exited with code {evaluator.exitcode} during training")
                 ctx.event("evaluator", "evaluator_died", f"exit code {evaluator.exitcode}; training goes on without "
-                          "F1 scores (score model.safetensors later with python -m src.evaluator)", logging.ERROR)
+                          "F1 scores (score model.safetensors later with python -m asyncfl.evaluator)", logging.ERROR)
             if time.monotonic() >= deadline:
                 break
     finally:

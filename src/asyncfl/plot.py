@@ -1,7 +1,7 @@
 """Draw the study's figures (and a figure per run) from run folders' CSVs alone.
 
-    python results/plot.py sweeps/20261128-001500        # a sweep folder: Figures 3-6
-    python results/plot.py out/L0-D0-S9999-20261127-...  # one run folder: its run.png
+    python src/asyncfl/plot.py sweeps/20261128-001500        # a sweep folder: Figures 3-6
+    python src/asyncfl/plot.py out/L0-D0-S9999-20261127-...  # one run folder: its run.png
 
 Figures, F1 against training time, one curve per staleness threshold S ("S=0 (sync)", "S=6", "S=12",
 "S=inf (async)"); several repeats of a configuration are drawn as their mean with a band from the
@@ -29,8 +29,7 @@ import numpy as np
 import pandas as pd
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from analyze import find_runs, run_config  # noqa: E402  (a sibling script, not a package)
+from asyncfl.analyze import find_runs, run_config
 
 COLOURS = {0: "tab:blue", 6: "tab:orange", 12: "tab:green"}
 ASYNC = 9999  # this S or more is the paper's S = inf
@@ -136,11 +135,11 @@ def family_figures(runs: pd.DataFrame, out: Path, suffix: str, context: str = ""
         plt.close(fig)
         written.append(path)
 
-    def cell(d, l, seed=None) -> tuple[pd.DataFrame, str]:
-        runs = uniform[(uniform["stdev"] == d) & (uniform["L"] == l)]
+    def cell(d, loss, seed=None) -> tuple[pd.DataFrame, str]:
+        runs = uniform[(uniform["stdev"] == d) & (uniform["L"] == loss)]
         if seed is not None:
-            return runs[runs["seed"] == seed], f"L={l:g}%, D={d:g}, repeat {seed}"
-        return runs, f"L={l:g}%, D={d:g}"
+            return runs[runs["seed"] == seed], f"L={loss:g}%, D={d:g}, repeat {seed}"
+        return runs, f"L={loss:g}%, D={d:g}"
 
     def figure(cells: list[tuple[pd.DataFrame, str]], n_rows: int, name: str, title: str) -> None:
         fig, axes = panel_grid(n_rows, len(cells) // n_rows)
@@ -154,9 +153,9 @@ def family_figures(runs: pd.DataFrame, out: Path, suffix: str, context: str = ""
     if not len(uniform):
         return written
     figure([cell(d, base_loss) for d in stdevs], len(stdevs), "fig3_imbalance", "Effect of data imbalance D")
-    figure([cell(base_stdev, l) for l in losses], len(losses), "fig4_loss", "Effect of network loss L")
+    figure([cell(base_stdev, loss) for loss in losses], len(losses), "fig4_loss", "Effect of network loss L")
     if len(stdevs) > 1 or len(losses) > 1:
-        figure([cell(d, l) for d in stdevs for l in losses], len(stdevs), "fig5_imbalance_x_loss",
+        figure([cell(d, loss) for d in stdevs for loss in losses], len(stdevs), "fig5_imbalance_x_loss",
                "Data imbalance x network loss")
     worst = uniform[(uniform["L"] == losses[-1]) & (uniform["stdev"] == stdevs[-1])]
     seeds = sorted(worst["seed"].unique())
@@ -169,7 +168,9 @@ def run_figure(run_dir: Path) -> Path:
     """F1 over time, and every server's completed rounds over time, for one run."""
     config = json.loads((run_dir / "config.json").read_text())
     f1 = pd.read_csv(run_dir / "f1_time.csv")
-    rounds = pd.read_csv(run_dir / "rounds.csv")
+    # A run folder has rounds.csv; the copies under results/ keep only the small files.
+    rounds = pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else pd.DataFrame(
+        columns=["time_s", "server", "round"])
     c = run_config(config)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     top.plot(f1["time_s"], f1["f1"], color=s_colour(c["staleness"]), marker=".", lw=1)

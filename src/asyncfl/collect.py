@@ -1,6 +1,6 @@
 """Copy the small files of a sweep's finished runs into a results folder, then summarise and draw it.
 
-    python results/collect.py sweeps/20261128-143000 results/paper-regime
+    python src/asyncfl/collect.py sweeps/20261128-143000 results/paper-regime
 
 For every finished run in the sweep: config.json, f1_time.csv, f1_epoch.csv, events.csv and yappi.csv go
 to DEST/runs/<run>/ (rounds.csv, the logs and the model stay in the sweep folder); then analyze.py writes
@@ -17,9 +17,7 @@ from pathlib import Path
 
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import analyze  # noqa: E402  (a sibling script, not a package)
-import plot  # noqa: E402
+from asyncfl import analyze, plot
 
 SMALL_FILES = ("config.json", "f1_time.csv", "f1_epoch.csv", "events.csv", "yappi.csv")
 

@@ -11,7 +11,7 @@ import threading
 
 import yappi
 
-from src.runlog import CsvLog
+from asyncfl.runlog import CsvLog
 
 # Column prefix -> the function whose wall time it reports.
 FUNCTIONS = {"loop": "run_round", "fit": "WebsocketClientWorker.fit", "gate": "TrainingState.wait_turn"}
