@@ -43,11 +43,11 @@ import torch
 import tyro
 
 from asyncfl import data
-from asyncfl.evaluator import Scorer
 from asyncfl.model import Net, flatten, initial_weights, loss_fn
+from asyncfl.protocol import TrainConfig
 from asyncfl.runlog import read_rows
 from asyncfl.split_dataset import original_gaussian_split
-from asyncfl.worker import ShardWorker, TrainConfig, sgd_step
+from asyncfl.task import Scorer, ShardWorker, sgd_step
 
 ROOT = Path(__file__).resolve().parent.parent
 

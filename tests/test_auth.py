@@ -8,8 +8,8 @@ from websockets.sync.client import connect
 
 from asyncfl import auth
 from asyncfl.model import initial_weights
+from asyncfl.protocol import TrainConfig
 from asyncfl.remote import RemoteError, WebsocketClientWorker
-from asyncfl.worker import TrainConfig
 from tests.helpers import PYTHON, ROOT, kill_session, start_servers
 
 TOKEN = "test-token-0123456789abcdef"

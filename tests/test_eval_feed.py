@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from asyncfl.client import EvalFeed
+from asyncfl.feed import EvalFeed
 
 
 def blocked_feed(max_epoch_backlog: int, on_first_skip=None) -> tuple[EvalFeed, queue.Queue]:

@@ -19,8 +19,8 @@ from websockets.sync.client import connect
 
 from asyncfl import wire
 from asyncfl.model import initial_weights
+from asyncfl.protocol import TrainConfig
 from asyncfl.remote import WebsocketClientWorker
-from asyncfl.worker import TrainConfig
 from tests.helpers import kill_session, rss_kib, start_servers
 
 TOKEN = "fuzz-token-0123456789abcdef"

@@ -14,7 +14,7 @@ from asyncfl.model import (
     loss_fn,
     weight_spec,
 )
-from asyncfl.worker import sgd_step
+from asyncfl.task import sgd_step
 
 SPEC = weight_spec()
 

@@ -14,8 +14,9 @@ import pytest
 
 from asyncfl import cpu, regime, transport
 from asyncfl.model import initial_weights
+from asyncfl.protocol import TrainConfig
 from asyncfl.split_dataset import SplitSettings, make_split
-from asyncfl.worker import ShardWorker, TrainConfig
+from asyncfl.task import ShardWorker
 from tests.helpers import PYTHON, ROOT, read_csv, run_script
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,

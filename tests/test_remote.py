@@ -8,8 +8,8 @@ from websockets.sync.server import serve
 
 from asyncfl import wire
 from asyncfl.model import initial_weights
+from asyncfl.protocol import TrainConfig
 from asyncfl.remote import ConnectionLost, RemoteError, WebsocketClientWorker
-from asyncfl.worker import TrainConfig
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from asyncfl.model import initial_weights
+from asyncfl.protocol import TrainConfig
 from asyncfl.remote import RemoteError, WebsocketClientWorker
-from asyncfl.worker import TrainConfig
 from tests.helpers import PYTHON, ROOT, kill_session, wait_session_gone
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from asyncfl.model import Net, loss_fn
-from asyncfl.worker import sgd_step
+from asyncfl.task import sgd_step
 
 
 def test_sgd_step_matches_torch_optim_sgd():

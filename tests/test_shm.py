@@ -10,8 +10,10 @@ import torch
 
 from asyncfl import shm, wire
 from asyncfl.model import FlatWeights, check_weights, copy_into, initial_weights, weight_spec
+from asyncfl.protocol import TrainConfig
 from asyncfl.remote import SHARED_MEMORY, WEBSOCKET, WebsocketClientWorker
-from asyncfl.worker import Session, ShardWorker, TrainConfig, handle_frame
+from asyncfl.task import ShardWorker
+from asyncfl.worker import Session, handle_frame
 from tests.helpers import PYTHON, ROOT, kill_session
 
 SPEC = weight_spec()

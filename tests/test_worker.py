@@ -8,7 +8,9 @@ import torch
 
 from asyncfl import wire
 from asyncfl.model import initial_weights
-from asyncfl.worker import BatchStream, ShardWorker, TrainConfig, handle_frame
+from asyncfl.protocol import TrainConfig
+from asyncfl.task import BatchStream, ShardWorker
+from asyncfl.worker import handle_frame
 
 
 def make_worker(n=64, speed_ratio=1.0):

@@ -17,43 +17,45 @@ left out and rejoining), f1_time.csv, f1_epoch.csv, yappi.csv, client.log and th
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
 import multiprocessing as mp
 import os
-import platform
-import queue as queue_module
 import signal
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
 import tyro
-from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
 from asyncfl import aggregation, auth, cpu, data, profiling
 from asyncfl import regime as regime_mod
-from asyncfl.evaluator import EvalRequest, format_score, run_evaluator
+from asyncfl.evaluator import run_evaluator
+from asyncfl.feed import EvalFeed, ScoreReport
 from asyncfl.lifecycle import die_with_parent, keep_freed_memory
 from asyncfl.live import LiveStatus
 from asyncfl.model import architecture_signature, flatten, initial_weights
-from asyncfl.remote import ConnectionLost, RemoteError, WebsocketClientWorker
+from asyncfl.protocol import TrainConfig
+from asyncfl.remote import RemoteError, WebsocketClientWorker
+from asyncfl.rounds import RunContext, eval_timer, server_loop
+from asyncfl.runfolder import (
+    EVENTS_HEADER,
+    ROUNDS_HEADER,
+    default_out_dir,
+    local_processes,
+    redacted,
+    transport_record,
+    versions,
+    write_json,
+)
 from asyncfl.runlog import CsvLog, setup_logging
 from asyncfl.state import TrainingState
-from asyncfl.worker import TrainConfig
 
 log = logging.getLogger("asyncfl.client")
-
-ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s"]
-EVENTS_HEADER = ["time_s", "server", "event", "detail"]
 
 
 @dataclass
@@ -98,212 +100,6 @@ class Args:
     shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (never in the paper regime: one transport at every L); --no-shared-memory sends them in the frames
 
 
-@dataclass
-class RunContext:
-    """What every server thread shares; the mutable part is ``state`` (one lock) and the two logs."""
-
-    state: TrainingState
-    workers: list[WebsocketClientWorker]
-    train_config: TrainConfig
-    dataset_key: str
-    rounds_log: CsvLog
-    events_log: CsvLog
-    feed: "EvalFeed"
-    eval_every_rounds: int
-    round_timeout_s: float
-    time_scale: float  # the paper regime's K (1 otherwise): reconnection back-off is divided by it
-    t0: float  # time.monotonic() when training started
-    retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
-
-    def event(self, server: int | str, event: str, detail: str = "", level: int = logging.INFO) -> None:
-        """Something happened to a server (or the evaluator): into events.csv and the log."""
-        self.events_log.write(round(time.monotonic() - self.t0, 4), server, event, detail)
-        who = f"server-{server}" if isinstance(server, int) else server
-        log.log(level, "%s%s", event.replace("_", " "), f": {detail}" if detail else "", extra={"who": who})
-
-
-class EvalFeed:
-    """Hands model snapshots, stamped with the time they were taken, to the evaluator one at a time.
-
-    The evaluator's queue holds at most one request; the backlog waits here as references to immutable
-    snapshots (serialised only when sent), so that an interrupted run can drop it at once instead of
-    waiting for the evaluator to read through it. A thread named eval-feed does the sending."""
-
-    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0, on_first_skip=None):
-        self.queue, self.t0 = queue, t0
-        self.max_epoch_backlog = max_epoch_backlog  # round-wise snapshots waiting at most (0 = no limit)
-        self.on_first_skip = on_first_skip  # called once, by the thread whose snapshot is the first skipped
-        self.submitted = 0  # requests handed to the evaluator
-        self.dropped = 0  # snapshots never sent: dropped on an interrupt
-        self.skipped = 0  # round-wise snapshots not taken: the backlog was full
-        self._epoch_pending = 0
-        self.closed = False  # the evaluator is gone: nothing more is taken or sent
-        self._pending: collections.deque = collections.deque()
-        self._done = False  # no more snapshots will come: send the end marker once the backlog is out
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._send_loop, name="eval-feed", daemon=True)
-        self._thread.start()
-
-    def submit(self, kind: str, weights, epoch: int, max_round: int, time_s: float | None = None,
-               final: bool = False) -> bool:
-        """Queue a snapshot; False if it was skipped: a round-wise one when ``max_epoch_backlog`` of them
-        already wait. (A slow evaluator then scores round-wise snapshots at the pace it can, instead of
-        the client holding one model per advance: 4 servers at the defaults piled up 4 MB a second.)
-        Time-wise snapshots, one per interval, are always taken."""
-        t = time.monotonic() - self.t0 if time_s is None else time_s
-        with self._cond:
-            if self.closed:
-                return False
-            full = kind == "epoch" and self.max_epoch_backlog and self._epoch_pending >= self.max_epoch_backlog
-            if full:
-                self.skipped += 1
-                first = self.skipped == 1
-            else:
-                self._epoch_pending += kind == "epoch"
-                self._pending.append((kind, t, epoch, max_round, weights, final))
-                self._cond.notify()
-        if full and first and self.on_first_skip:
-            self.on_first_skip()
-        return not full
-
-    def drop_backlog(self) -> None:
-        with self._cond:
-            self.dropped += len(self._pending)
-            self._pending.clear()
-            self._epoch_pending = 0
-
-    def backlog(self) -> int:
-        with self._cond:
-            return len(self._pending)
-
-    def finish(self) -> None:
-        """No more snapshots: the feed sends the end marker after the backlog (the evaluator then exits)."""
-        with self._cond:
-            self._done = True
-            self._cond.notify()
-
-    def close(self) -> None:
-        """The evaluator died: stop taking snapshots, and never wait on its queue again."""
-        with self._cond:
-            self.closed = True
-            self.dropped += len(self._pending)
-            self._pending.clear()
-            self._epoch_pending = 0
-            self._cond.notify()
-        self.queue.cancel_join_thread()
-
-    def _send_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._done and not self.closed:
-                    self._cond.wait()
-                if self.closed:
-                    return
-                entry = self._pending.popleft() if self._pending else None  # None: done, everything sent
-                if entry is not None and entry[0] == "epoch":
-                    self._epoch_pending -= 1
-            # Serialised outside the lock: server threads submit under it from the round loop.
-            item = None if entry is None else EvalRequest(*entry[:4], st_save(entry[4]), entry[5])
-            while not self.closed:  # blocks while the evaluator is busy with the previous request
-                try:
-                    self.queue.put(item, timeout=0.5)
-                    break
-                except queue_module.Full:
-                    continue
-            if item is None:
-                return
-            with self._cond:
-                self.submitted += 1
-
-
-class ScoreReport:
-    """Prints the evaluator's scores as they come back (the evaluator itself writes the CSVs)."""
-
-    def __init__(self, scores, live: LiveStatus):
-        self.scores, self.live = scores, live
-        self.count = 0  # requests answered, scored or (on an interrupt) skipped
-        self.skipped = 0
-
-    def drain(self) -> None:
-        while True:
-            try:
-                req, f1 = self.scores.get_nowait()
-            except queue_module.Empty:
-                return
-            self.count += 1
-            if f1 is None:
-                self.skipped += 1
-                continue
-            if req.kind == "time":
-                self.live.latest_f1 = f1
-            log.info("%s", format_score(req, f1), extra={"who": "evaluator"})
-
-
-def run_round(ctx: RunContext, server: int) -> bool:
-    """One round of one server: gate, snapshot, remote fit, aggregate. False once the run stops."""
-    state = ctx.state
-    if not state.wait_turn(server):
-        return False
-    snap = state.snapshot()
-    t = time.perf_counter()
-    result = ctx.workers[server].fit(dataset_key=ctx.dataset_key, train_config=ctx.train_config, weights=snap.weights,
-                                     timeout_s=ctx.round_timeout_s)
-    round_s = time.perf_counter() - t
-    if state.stop_event.is_set():
-        return False  # the run ended while this round was out: it does not count
-    prepared = state.rule.prepare(snap.weights, result.weights, result.n_samples)  # outside the lock
-    info = state.apply(server, prepared, snap)
-    if info.rejoined is not None:
-        ctx.event(server, "rejoined", f"answered again at round {info.round}; {info.rejoined} rounds skipped")
-    ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
-                         result.loss, round(round_s, 6), round(result.compute_s, 6))
-    if info.min_advanced and info.min_round % ctx.eval_every_rounds == 0:
-        ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)
-    return True
-
-
-def server_loop(ctx: RunContext, server: int, errors: list) -> None:
-    worker = ctx.workers[server]
-    try:
-        while True:
-            try:
-                if not run_round(ctx, server):
-                    return
-            except ConnectionLost as e:
-                if ctx.state.stop_event.is_set():
-                    return  # cut off because the run is stopping
-                # A lossy or broken link, a server that died, or a reply that broke the protocol: the round
-                # is abandoned (nothing was applied) and retried on a new connection; the other threads go
-                # on, held back only by the SSP gate (and not even by that with --server-timeout-s).
-                ctx.retries[server] += 1
-                ctx.event(server, "round_abandoned", f"{e}; reconnecting to {worker.uri}", logging.WARNING)
-                if not worker.reconnect(ctx.state.stop_event, ctx.round_timeout_s, 0.5 / ctx.time_scale,
-                                        8.0 / ctx.time_scale):
-                    return
-                ctx.event(server, "reconnected", worker.uri)
-                skipped = ctx.state.rejoin(server)
-                if skipped is not None:
-                    ctx.event(server, "rejoined", f"{skipped} rounds skipped")
-    except Exception as e:  # anything else ends the run: this server's data would silently be missing
-        log.error("%s", e if isinstance(e, RemoteError) else repr(e), exc_info=not isinstance(e, RemoteError))
-        errors.append(f"{threading.current_thread().name}: {e}")
-        ctx.state.stop()
-
-
-def eval_timer(ctx: RunContext, interval_s: float, duration_s: float) -> None:
-    """Time-wise snapshots at t = k * interval_s for every k * interval_s < duration_s, unless the run stops
-    first. The model at the end is always scored as well (by the main thread), so a multiple of the
-    interval that coincides with the end is not raced for."""
-    k = 0
-    while k * interval_s < duration_s:
-        due = ctx.t0 + k * interval_s
-        if ctx.state.stop_event.wait(max(0.0, due - time.monotonic())):
-            return
-        snap = ctx.state.snapshot()
-        ctx.feed.submit("time", snap.weights, snap.min_round, snap.max_round, time_s=k * interval_s)
-        k += 1
-
-
 def make_rule(args: Args, n_servers: int) -> tuple[aggregation.Rule, int]:
     """The aggregation rule, and the staleness threshold the gate uses with it (fedavg: 0, its barrier)."""
     if args.aggregation == "fedavg":
@@ -335,53 +131,10 @@ def settle(args: Args) -> tuple[Args, regime_mod.Regime | None]:
     return replace(args, **{k: v for k, v in defaults.items() if getattr(args, k) is None}), r
 
 
-def redacted(args: Args) -> dict:
-    """The arguments as config.json records them: the token never leaves the process."""
-    return {**asdict(args), "token": "<set>" if args.token else ""}
-
-
 def resolve_servers(args: Args) -> list[str]:
     if args.servers:
         return [s.strip() for s in args.servers.split(",") if s.strip()]
     return [f"ws://{args.host}:{args.base_port + i}" for i in range(args.n_servers)]
-
-
-def default_out_dir(infos: list[dict], staleness_threshold: int) -> str:
-    loss = infos[0].get("network", {}).get("loss_pct", 0)
-    stdev = infos[0].get("split", {}).get("stdev")  # none for owners serving their own data
-    return f"out/L{loss:g}-D{'own' if stdev is None else f'{stdev:g}'}-S{staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def transport_record(infos: list[dict], workers: list[WebsocketClientWorker]) -> dict:
-    """How the weights travel to each server: one transport for every run of a comparison."""
-    nets = [info.get("network", {}) for info in infos]
-    kinds = sorted({"netns" if n.get("netns") else "loopback" for n in nets})
-    via = sorted({w.weights_via for w in workers})
-    return {"kind": "+".join(kinds) + " " + "+".join(via), "netns": [bool(n.get("netns")) for n in nets],
-            "rto_min_ms": [n.get("rto_min_ms", 0.0) for n in nets]}
-
-
-def local_processes(infos: list[dict], evaluator_pid: int) -> dict[str, int]:
-    """The run's processes on this machine whose CPU time can be read: this one, the evaluator and the
-    servers that report this machine's boot id."""
-    procs = {"client": os.getpid(), "evaluator": evaluator_pid}
-    me = cpu.boot_id()
-    for info in infos:
-        if me is not None and info.get("boot_id") == me and isinstance(info.get("pid"), int):
-            procs[str(info.get("server"))] = info["pid"]
-    return procs
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "numpy", "safetensors", "scikit-learn", "yappi"):
-        out[pkg] = version(pkg)
-    try:
-        out["asyncfl_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except OSError:
-        out["asyncfl_git"] = None
-    return out
 
 
 def check_servers(args: Args, infos: list[dict]) -> None:
@@ -468,7 +221,7 @@ def run(args: Args) -> int:
         "versions": versions(),
         "started_at": datetime.now().isoformat(timespec="seconds"),
     }
-    _write_json(out_dir / "config.json", config)
+    write_json(out_dir / "config.json", config)
     log.info("run folder %s; %d servers, %s, S=%d, %.0f s%s", out_dir, len(workers), args.aggregation,
              staleness_threshold, args.duration_s, f", paper regime K={args.time_scale:g}" if regime else "")
 
@@ -608,15 +361,9 @@ def run(args: Args) -> int:
         "load_average": list(os.getloadavg()),
         "errors": errors,
     }
-    _write_json(out_dir / "config.json", config)
+    write_json(out_dir / "config.json", config)
     log.info("results in %s", out_dir)
     return 1 if errors else 130 if stop_reason == "interrupted" else 0
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)  # readers never see a half-written config
 
 
 if __name__ == "__main__":

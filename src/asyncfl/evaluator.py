@@ -20,7 +20,6 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import tyro
 from safetensors.torch import load as st_load
@@ -30,6 +29,7 @@ from asyncfl import data
 from asyncfl.lifecycle import keep_freed_memory
 from asyncfl.model import Net
 from asyncfl.runlog import CsvLog, setup_logging
+from asyncfl.task import Scorer
 
 log = logging.getLogger("asyncfl.evaluator")
 
@@ -42,39 +42,6 @@ class EvalRequest:
     max_round: int  # largest completed round at snapshot time
     weights: bytes  # safetensors bytes of the snapshot
     final: bool = False  # the model at the end of training: always scored, even in a hurry
-
-
-def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Micro-averaged F1 (scikit-learn's ``f1_score(average="micro")``): true positives, false positives
-    and false negatives pooled over the classes. With one label per sample a wrong prediction is one false
-    positive (of the predicted class) and one false negative (of the true class), so this is the accuracy;
-    computed here because importing scikit-learn took 1.7 s of CPU at every evaluator start."""
-    tp = int(np.count_nonzero(np.asarray(y_true) == np.asarray(y_pred)))
-    fp = fn = len(y_true) - tp
-    return 2 * tp / (2 * tp + fp + fn) if len(y_true) else 0.0
-
-
-EVAL_SUBSET_SEED = 15  # fixed: the subset is part of what a score means, the same in every run
-
-
-class Scorer:
-    """Micro-F1 of a state dict on a fixed test set: the whole one, or (``n_samples`` > 0) a stratified
-    subset of about that many, the same in every run (the full 10,000 cost ~1.3 s of a core per score)."""
-
-    def __init__(self, dataset: data.Dataset, n_samples: int = 0):
-        images, labels = dataset.test_images, dataset.test_labels
-        if 0 < n_samples < len(labels):
-            _, chosen = data.stratified_split(labels, n_samples / len(labels), np.random.default_rng(EVAL_SUBSET_SEED))
-            images, labels = images[chosen], labels[chosen]
-        self.x = data.to_tensor(images, dataset.name).contiguous(memory_format=torch.channels_last)
-        self.y = labels
-        self.net = Net().eval().to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def f1(self, weights: dict[str, torch.Tensor]) -> float:
-        self.net.load_state_dict(weights)
-        pred = np.concatenate([self.net(self.x[i : i + 500]).argmax(1).numpy() for i in range(0, len(self.x), 500)])
-        return micro_f1(self.y, pred)
 
 
 def format_score(req: EvalRequest, f1: float) -> str:

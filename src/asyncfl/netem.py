@@ -32,6 +32,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from asyncfl.protocol import LinkConditions
+
 NETNS_PREFIX = "asyncfl-"
 NFT_TABLE = "asyncfl"
 LOCK_PATH = Path("/run/lock/asyncfl-netns.lock")
@@ -42,16 +44,6 @@ MTU = 65535  # loopback's
 
 class NetemError(RuntimeError):
     """Network conditions were asked for that this machine cannot provide (or setting them up failed)."""
-
-
-@dataclass(frozen=True)
-class LinkConditions:
-    loss_pct: float = 0.0  # random packet loss, each direction, in percent
-    delay_ms: float = 0.0  # added one-way delay, each direction, in milliseconds
-    rate_mbit: float = 0.0  # bandwidth cap, each direction, in Mbit/s (0 = unlimited)
-
-    def is_clean(self) -> bool:
-        return self.loss_pct == 0 and self.delay_ms == 0 and self.rate_mbit == 0
 
 
 def _numbers(text: str, what: str, n: int) -> list[float] | None:

@@ -17,15 +17,13 @@ import logging
 import ssl
 import threading
 import time
-from dataclasses import fields
 from urllib.parse import urlsplit
 
 import torch
 
 from asyncfl import auth, shm, transport, wire
 from asyncfl.model import check_weights, copy_into, weight_spec
-from asyncfl.netem import LinkConditions
-from asyncfl.worker import FitResult, TrainConfig
+from asyncfl.protocol import FitResult, LinkConditions, TrainConfig, fit_stats
 
 log = logging.getLogger("asyncfl.client")
 
@@ -161,8 +159,7 @@ class WebsocketClientWorker:
     def _attach(self, timeout_s: float) -> shm.Segment | None:
         """Offer the server a shared memory segment if it can be on this machine and its link is not
         emulated; None if not offered or refused (the weights then travel in the frames)."""
-        network = self.info.get("network") if isinstance(self.info.get("network"), dict) else {}
-        link = LinkConditions(**{f.name: network.get(f.name, 0) for f in fields(LinkConditions)})
+        link = LinkConditions.from_hello(self.info.get("network"))
         if not (self._shared_memory and auth.is_loopback(urlsplit(self.uri).hostname or "") and link.is_clean()
                 and shm.available()):
             return None
@@ -198,16 +195,10 @@ class WebsocketClientWorker:
             new_weights = segment.reply
         try:
             check_weights(new_weights, self._spec)
-            stats = {k: header[k] for k in ("loss", "n_samples", "compute_s", "idle_s")}
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats.values()):
-                raise ValueError("loss, n_samples, compute_s and idle_s must be numbers")
-            if not (isinstance(stats["n_samples"], int) and 0 <= stats["n_samples"] <= 10**8
-                    and 0 <= stats["compute_s"] < 1e6 and 0 <= stats["idle_s"] < 1e7):
-                raise ValueError(f"implausible round statistics {stats}")
+            loss, n_samples, compute_s, idle_s = fit_stats(header)
         except (KeyError, ValueError) as e:
             raise BadReply(f"fit reply rejected: {e}") from None
-        return FitResult(new_weights, float(stats["loss"]), stats["n_samples"], float(stats["compute_s"]),
-                         float(stats["idle_s"]))
+        return FitResult(new_weights, loss, n_samples, compute_s, idle_s)
 
     def close(self) -> None:
         self._segment = None  # unmapped once the last view of it is gone

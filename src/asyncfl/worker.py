@@ -13,12 +13,10 @@ pace the paper regime's round length; see regime.py).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import threading
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,198 +24,34 @@ import torch
 from asyncfl import auth, cpu, shm, transport, wire
 from asyncfl.data import to_tensor
 from asyncfl.lifecycle import die_with, keep_freed_memory
-from asyncfl.model import (
-    FlatWeights,
-    Net,
-    architecture_signature,
-    check_weights,
-    copy_into,
-    flatten,
-    flatten_parameters,
-    loss_fn,
-    weight_spec,
-)
+from asyncfl.model import FlatWeights, architecture_signature, copy_into
 from asyncfl.netem import enter_netns
-from asyncfl.regime import paced_idle_s
+from asyncfl.protocol import REQUEST_KEYS, TrainConfig
 from asyncfl.runlog import setup_logging
+from asyncfl.task import ShardWorker
 
 log = logging.getLogger("asyncfl.worker")
 BOOT_ID = cpu.boot_id()
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """What the model owner asks for in one round (PySyft 0.2's ``sy.TrainConfig``)."""
-
-    batch_size: int = 32  # samples per batch
-    max_nr_batches: int = 1  # batches per round
-    lr: float = 0.1  # SGD learning rate
-    shuffle: bool = True  # draw batches from a fresh permutation of the shard every epoch
-    optimizer: str = "SGD"  # the only optimizer the study used (PySyft 0.2 had no working momentum)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        if not isinstance(d, dict) or set(d) - set(cls.__dataclass_fields__):
-            raise ValueError(f"train_config must be an object with keys from {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if not (_is_int(self.batch_size) and 1 <= self.batch_size <= 65536):
-            raise ValueError("batch_size must be an integer in [1, 65536]")
-        if not (_is_int(self.max_nr_batches) and 1 <= self.max_nr_batches <= 100000):
-            raise ValueError("max_nr_batches must be an integer in [1, 100000]")
-        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
-                and 0 < self.lr <= 100):
-            raise ValueError("lr must be a number in (0, 100]")
-        if not isinstance(self.shuffle, bool):
-            raise ValueError("shuffle must be true or false")
-        if self.optimizer != "SGD":
-            raise ValueError("optimizer must be 'SGD'")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)  # JSON true is not a batch size
-
-
-@torch.no_grad()
-def sgd_step(params: list[torch.Tensor], lr: float) -> None:
-    """Plain SGD, p -= lr * grad: bit for bit what torch.optim.SGD does without momentum or weight decay,
-    without its first-call cost (over a second, importing the compiler stack) in every server process."""
-    for p in params:
-        if p.grad is not None:
-            p.add_(p.grad, alpha=-lr)
-
-
-@dataclass
-class FitResult:
-    weights: dict[str, torch.Tensor]  # from a remote fit: views valid until that connection's next request
-    loss: float  # mean training loss over the round's batches (NaN if the shard is empty)
-    n_samples: int  # samples used this round
-    compute_s: float  # seconds of training, excluding the speed-ratio idle time
-    idle_s: float = 0.0  # seconds spent idling to emulate a slower server
-
-
-class BatchStream:
-    """Endless batches of shard indices, epoch after epoch (like a DataLoader re-created per epoch)."""
-
-    def __init__(self, n: int, rng: np.random.Generator):
-        self.n, self.rng = n, rng
-        self.order = np.arange(n)
-        self.pos = n  # start a fresh epoch on the first request
-
-    def next(self, batch_size: int, shuffle: bool) -> np.ndarray:
-        if self.n == 0:
-            return self.order[:0]
-        if self.pos >= self.n:
-            self.order = self.rng.permutation(self.n) if shuffle else np.arange(self.n)
-            self.pos = 0
-        batch = self.order[self.pos : self.pos + batch_size]
-        self.pos += len(batch)
-        return batch
-
-
-@dataclass
-class ShardWorker:
-    """One data owner's data and training loop, without any networking."""
-
-    name: str
-    dataset_key: str
-    images: torch.Tensor  # float32 [n, 1, 28, 28], normalised
-    labels: torch.Tensor  # int64 [n]
-    seed: int = 0
-    speed_ratio: float = 1.0  # >= 1: total round time is this multiple of the compute time (or of the pace)
-    pace_s: float = 0.0  # a round lasts at least this long (the paper regime's pace, see regime.py); 0 = no pace
-    model: Net = field(default_factory=Net)
-
-    def __post_init__(self) -> None:
-        self.stream = BatchStream(len(self.labels), np.random.default_rng(self.seed))
-        self.reference = weight_spec()
-        self.weights = flatten_parameters(self.model)  # the model's parameters, as views of one buffer
-        self.fits = 0  # rounds trained since this process started (reported by hello)
-        self._lock = threading.Lock()  # one model: connections that overlap take turns
-
-    def check_weights(self, weights: dict[str, torch.Tensor] | None) -> None:
-        check_weights(weights, self.reference)
-
-    def warm_up(self) -> None:
-        """One throwaway forward/backward pass in the calling thread: PyTorch's first call pays one-off
-        set-up costs, and a thread's first call pays them again (measured here: 50 ms in a connection's
-        thread after a warm-up in the main one, against 13 ms for a warm call), which would otherwise land
-        in the first round's compute time. The model's weights are left as they were."""
-        x = self.images[:32] if len(self.labels) else torch.zeros(32, 1, 28, 28)
-        y = self.labels[:32] if len(self.labels) else torch.zeros(32, dtype=torch.int64)
-        with self._lock:  # the model's gradients are shared with any round in progress
-            loss_fn(self.model(x), y).backward()
-            self.model.zero_grad(set_to_none=True)
-
-    def fit(self, dataset_key: str, config: TrainConfig, weights: dict[str, torch.Tensor],
-            out: dict[str, torch.Tensor] | None = None) -> FitResult:
-        """One round: train ``weights`` on this shard. The trained weights are a new copy, or written into
-        ``out`` (tensors of the model's shapes, e.g. a shared memory segment's reply region)."""
-        if dataset_key != self.dataset_key:
-            raise ValueError(f"unknown dataset_key {dataset_key!r}; this server hosts {self.dataset_key!r}")
-        with self._lock:
-            return self._fit(config, weights, out)
-
-    def _fit(self, config: TrainConfig, weights: dict[str, torch.Tensor], out: dict | None) -> FitResult:
-        t0 = time.perf_counter()
-        copy_into(self.weights, weights)  # load_state_dict, in one copy when weights are flat (shared memory)
-        self.model.train()
-        params = list(self.model.parameters())
-        losses, n_samples = [], 0
-        for _ in range(config.max_nr_batches):
-            idx = torch.from_numpy(self.stream.next(config.batch_size, config.shuffle))
-            if len(idx) == 0:
-                break
-            self.model.zero_grad(set_to_none=True)
-            loss = loss_fn(self.model(self.images[idx]), self.labels[idx])
-            loss.backward()
-            sgd_step(params, config.lr)
-            losses.append(loss.item())
-            n_samples += len(idx)
-        compute_s = time.perf_counter() - t0
-        self.fits += 1
-        # A copy, not the model's own tensors: the reply is sent after the lock is released, when an
-        # overlapping connection's round may already be changing the model.
-        new_weights = copy_into(out, self.weights) if out is not None else flatten(self.weights)
-        check_weights(new_weights, self.reference)  # weights that trained into inf/NaN are not sent back
-        idle_s = paced_idle_s(compute_s, self.pace_s, self.speed_ratio)
-        if idle_s > 0:
-            time.sleep(idle_s)
-        return FitResult(
-            weights=new_weights,
-            loss=float(np.mean(losses)) if losses else float("nan"),
-            n_samples=n_samples,
-            compute_s=compute_s,
-            idle_s=idle_s,
-        )
-
-    def info(self, extra: dict) -> dict:
-        counts = torch.bincount(self.labels, minlength=10).tolist() if len(self.labels) else [0] * 10
-        return {
-            "type": "hello_ok",
-            "protocol": wire.PROTOCOL_VERSION,
-            "server": self.name,
-            "dataset_key": self.dataset_key,
-            "n_samples": int(len(self.labels)),
-            "class_counts": counts,
-            "speed_ratio": self.speed_ratio,
-            "pace_s": self.pace_s,
-            "boot_id": BOOT_ID,  # with pid: lets a client on the same machine read this process's CPU time
-            "architecture": architecture_signature(),
-            "pid": os.getpid(),
-            "fits": self.fits,
-            **extra,
-        }
-
-
-REQUEST_KEYS = {"hello": {"type"}, "fit": {"type", "dataset_key", "train_config"},
-                "attach": {"type", "pid", "fd", "nonce"}, "fit_shared": {"type", "dataset_key", "train_config"}}
+def hello_info(worker: ShardWorker, extra: dict) -> dict:
+    """The ``hello_ok`` reply: who this data owner is, what it holds and how it trains."""
+    counts = torch.bincount(worker.labels, minlength=10).tolist() if len(worker.labels) else [0] * 10
+    return {
+        "type": "hello_ok",
+        "protocol": wire.PROTOCOL_VERSION,
+        "server": worker.name,
+        "dataset_key": worker.dataset_key,
+        "n_samples": int(len(worker.labels)),
+        "class_counts": counts,
+        "speed_ratio": worker.speed_ratio,
+        "pace_s": worker.pace_s,
+        "boot_id": BOOT_ID,  # with pid: lets a client on the same machine read this process's CPU time
+        "architecture": architecture_signature(),
+        "pid": os.getpid(),
+        "fits": worker.fits,
+        **extra,
+    }
 
 
 @dataclass
@@ -245,7 +79,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict,
         if kind == "hello":
             if weights is not None:
                 raise ValueError("hello carries no weights")
-            return wire.encode_parts(worker.info(extra_info)), None
+            return wire.encode_parts(hello_info(worker, extra_info)), None
         if kind == "attach":
             if weights is not None:
                 raise ValueError("attach carries no weights")

@@ -1,0 +1,138 @@
+"""The model owner's side of evaluation: snapshots to the evaluator process, scores back to the log.
+
+``EvalFeed`` hands snapshots (with the time they were taken) to the evaluator one at a time from a thread
+of its own, holding a bounded backlog of round-wise ones; ``ScoreReport`` prints the scores as they come
+back. The evaluator process itself is evaluator.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue as queue_module
+import threading
+import time
+
+from safetensors.torch import save as st_save
+
+from asyncfl.evaluator import EvalRequest, format_score
+from asyncfl.live import LiveStatus
+
+log = logging.getLogger("asyncfl.client")
+
+
+class EvalFeed:
+    """Hands model snapshots, stamped with the time they were taken, to the evaluator one at a time.
+
+    The evaluator's queue holds at most one request; the backlog waits here as references to immutable
+    snapshots (serialised only when sent), so that an interrupted run can drop it at once instead of
+    waiting for the evaluator to read through it. A thread named eval-feed does the sending."""
+
+    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0, on_first_skip=None):
+        self.queue, self.t0 = queue, t0
+        self.max_epoch_backlog = max_epoch_backlog  # round-wise snapshots waiting at most (0 = no limit)
+        self.on_first_skip = on_first_skip  # called once, by the thread whose snapshot is the first skipped
+        self.submitted = 0  # requests handed to the evaluator
+        self.dropped = 0  # snapshots never sent: dropped on an interrupt
+        self.skipped = 0  # round-wise snapshots not taken: the backlog was full
+        self._epoch_pending = 0
+        self.closed = False  # the evaluator is gone: nothing more is taken or sent
+        self._pending: collections.deque = collections.deque()
+        self._done = False  # no more snapshots will come: send the end marker once the backlog is out
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._send_loop, name="eval-feed", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, weights, epoch: int, max_round: int, time_s: float | None = None,
+               final: bool = False) -> bool:
+        """Queue a snapshot; False if it was skipped: a round-wise one when ``max_epoch_backlog`` of them
+        already wait. (A slow evaluator then scores round-wise snapshots at the pace it can, instead of
+        the client holding one model per advance: 4 servers at the defaults piled up 4 MB a second.)
+        Time-wise snapshots, one per interval, are always taken."""
+        t = time.monotonic() - self.t0 if time_s is None else time_s
+        with self._cond:
+            if self.closed:
+                return False
+            full = kind == "epoch" and self.max_epoch_backlog and self._epoch_pending >= self.max_epoch_backlog
+            if full:
+                self.skipped += 1
+                first = self.skipped == 1
+            else:
+                self._epoch_pending += kind == "epoch"
+                self._pending.append((kind, t, epoch, max_round, weights, final))
+                self._cond.notify()
+        if full and first and self.on_first_skip:
+            self.on_first_skip()
+        return not full
+
+    def drop_backlog(self) -> None:
+        with self._cond:
+            self.dropped += len(self._pending)
+            self._pending.clear()
+            self._epoch_pending = 0
+
+    def backlog(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def finish(self) -> None:
+        """No more snapshots: the feed sends the end marker after the backlog (the evaluator then exits)."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        """The evaluator died: stop taking snapshots, and never wait on its queue again."""
+        with self._cond:
+            self.closed = True
+            self.dropped += len(self._pending)
+            self._pending.clear()
+            self._epoch_pending = 0
+            self._cond.notify()
+        self.queue.cancel_join_thread()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._done and not self.closed:
+                    self._cond.wait()
+                if self.closed:
+                    return
+                entry = self._pending.popleft() if self._pending else None  # None: done, everything sent
+                if entry is not None and entry[0] == "epoch":
+                    self._epoch_pending -= 1
+            # Serialised outside the lock: server threads submit under it from the round loop.
+            item = None if entry is None else EvalRequest(*entry[:4], st_save(entry[4]), entry[5])
+            while not self.closed:  # blocks while the evaluator is busy with the previous request
+                try:
+                    self.queue.put(item, timeout=0.5)
+                    break
+                except queue_module.Full:
+                    continue
+            if item is None:
+                return
+            with self._cond:
+                self.submitted += 1
+
+
+class ScoreReport:
+    """Prints the evaluator's scores as they come back (the evaluator itself writes the CSVs)."""
+
+    def __init__(self, scores, live: LiveStatus):
+        self.scores, self.live = scores, live
+        self.count = 0  # requests answered, scored or (on an interrupt) skipped
+        self.skipped = 0
+
+    def drain(self) -> None:
+        while True:
+            try:
+                req, f1 = self.scores.get_nowait()
+            except queue_module.Empty:
+                return
+            self.count += 1
+            if f1 is None:
+                self.skipped += 1
+                continue
+            if req.kind == "time":
+                self.live.latest_f1 = f1
+            log.info("%s", format_score(req, f1), extra={"who": "evaluator"})
