@@ -1,0 +1,171 @@
+"""The round loop (rounds.py) with data owners in this process (local.py): every rule, the SSP gate, a
+lost round, leaving a silent server out and taking it back, and the evaluation feed; no sockets, no
+timing thresholds."""
+
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from asyncfl import aggregation
+from asyncfl.feed import EvalFeed
+from asyncfl.local import LocalWorker
+from asyncfl.model import flatten, initial_weights
+from asyncfl.protocol import TrainConfig
+from asyncfl.remote import ConnectionLost
+from asyncfl.rounds import RunContext, server_loop
+from asyncfl.runfolder import EVENTS_HEADER, ROUNDS_HEADER
+from asyncfl.runlog import CsvLog
+from asyncfl.state import TrainingState
+from asyncfl.task import ShardWorker
+from tests.helpers import read_csv
+
+DEADLINE_S = 30.0
+
+
+def shard(i: int) -> ShardWorker:
+    rng = np.random.default_rng(i)
+    images = torch.from_numpy(rng.standard_normal((64, 1, 28, 28)).astype(np.float32))
+    return ShardWorker(f"server-{i}", "toy", images, torch.from_numpy(rng.integers(0, 10, 64)), seed=i)
+
+
+class Harness:
+    """Servers' threads running the real round loop against local workers, until every server has
+    completed ``target`` rounds (a worker's next fit then stops the run)."""
+
+    def __init__(self, tmp_path, n: int, rule, staleness: int, target: int, hooks: dict | None = None):
+        self.target, self.errors, self.epochs = target, [], []
+        self.state = TrainingState(flatten(initial_weights(0)), n, staleness, rule)
+        self.initial = self.state.snapshot().weights
+        hooks = hooks or {}
+        self.workers = [LocalWorker(shard(i), self._hook(hooks.get(i))) for i in range(n)]
+        self.queue = queue.Queue(maxsize=1)
+        self.feed = EvalFeed(self.queue, time.monotonic())
+        self.ctx = RunContext(self.state, self.workers, TrainConfig(batch_size=8), "toy",
+                              CsvLog(tmp_path / "rounds.csv", ROUNDS_HEADER), CsvLog(tmp_path / "events.csv", EVENTS_HEADER),
+                              self.feed, 1, 60.0, 1.0, time.monotonic(), retries=[0] * n)
+        self.tmp_path = tmp_path
+        self.threads = [threading.Thread(target=server_loop, args=(self.ctx, i, self.errors)) for i in range(n)]
+        self.consumer = threading.Thread(target=self._consume, daemon=True)
+
+    def _hook(self, inner):
+        def before_fit(number: int) -> None:
+            if inner is not None:
+                inner(number)
+            if min(self.state.rounds()) >= self.target:
+                self.state.stop()
+        return before_fit
+
+    def _consume(self) -> None:
+        while (req := self.queue.get(timeout=DEADLINE_S)) is not None:
+            if req.kind == "epoch":
+                self.epochs.append(req.epoch)
+
+    def start(self):
+        self.consumer.start()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def finish(self):
+        for t in self.threads:
+            t.join(DEADLINE_S)
+            assert not t.is_alive(), "a server thread did not stop"
+        self.feed.finish()
+        self.consumer.join(DEADLINE_S)
+        self.ctx.rounds_log.close()
+        self.ctx.events_log.close()
+        return read_csv(self.tmp_path / "rounds.csv"), read_csv(self.tmp_path / "events.csv")
+
+
+def wait_until(predicate, what: str) -> None:
+    """Poll a condition of the shared state (it has no signal of its own) up to the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+RULES = {
+    "ssp": lambda n: aggregation.SSPRule(n),
+    "fedavg": lambda n: aggregation.FedAvgRule(n),
+    "fedasync": lambda n: aggregation.FedAsyncRule(0.6, "polynomial", 0.5, 4),
+    "fedbuff": lambda n: aggregation.FedBuffRule(4, 1.0),
+}
+
+
+@pytest.mark.parametrize("rule,staleness", [("ssp", 0), ("ssp", 6), ("ssp", 9999), ("fedavg", 0), ("fedasync", 0),
+                                            ("fedasync", 6), ("fedasync", 9999), ("fedbuff", 0), ("fedbuff", 6),
+                                            ("fedbuff", 9999)])
+def test_every_rule_under_every_gate_keeps_its_invariants(tmp_path, rule, staleness):
+    # Execute: 3 servers until each has 8 rounds.
+    h = Harness(tmp_path, 3, RULES[rule](3), staleness, 8).start()
+    rows, events = h.finish()
+    # Assert: no errors, the gate's bound held on every update, and the global model trained.
+    assert h.errors == [] and events == []
+    rounds = h.state.rounds()
+    assert min(rounds) >= 8 and len(rows) == sum(rounds)
+    assert max(int(r["staleness"]) for r in rows) <= staleness + 1
+    if staleness == 0:
+        assert max(rounds) - min(rounds) <= 1
+    results = sum(rounds)
+    expected_updates = {"ssp": results, "fedasync": results, "fedbuff": results // 4, "fedavg": min(rounds)}[rule]
+    assert h.state.updates() == expected_updates
+    final = h.state.snapshot().weights
+    assert any(not torch.equal(final[k], h.initial[k]) for k in final)
+    assert all(torch.isfinite(v).all() for v in final.values())
+
+
+def test_the_gate_holds_the_others_at_s_plus_one_rounds_ahead(tmp_path):
+    # Prepare: server 2 blocks in its second round, S=2.
+    release = threading.Event()
+    h = Harness(tmp_path, 3, aggregation.SSPRule(3), 2, 8,
+                hooks={2: lambda number: number == 2 and release.wait(DEADLINE_S)}).start()
+    # Execute: the others run until the gate stops them.
+    wait_until(lambda: h.state.rounds()[:2] == [4, 4], "servers 0 and 1 to reach round 4")
+    # Assert: they stopped at completed - min = S + 1 = 3 ahead and started no fifth round.
+    held = (h.state.rounds(), h.workers[0].fits_started, h.workers[1].fits_started)
+    release.set()
+    rows, _ = h.finish()
+    assert held == ([4, 4, 1], 4, 4)
+    assert h.errors == [] and max(int(r["staleness"]) for r in rows) <= 3
+
+
+def test_a_lost_round_is_abandoned_and_retried(tmp_path):
+    def lose_third(number: int) -> None:
+        if number == 3:
+            raise ConnectionLost("fit: simulated loss")
+
+    h = Harness(tmp_path, 2, aggregation.SSPRule(2), 9999, 6, hooks={0: lose_third}).start()
+    rows, events = h.finish()
+    assert h.errors == [] and h.ctx.retries == [1, 0] and h.workers[0].reconnects == 1
+    assert [e["event"] for e in events] == ["round_abandoned", "reconnected"]
+    assert "simulated loss" in events[0]["detail"] and min(h.state.rounds()) >= 6
+
+
+def test_a_silent_server_is_left_out_and_rejoins_at_the_others_round(tmp_path):
+    # Prepare: S=0; server 2 goes silent in its second round.
+    release = threading.Event()
+    h = Harness(tmp_path, 3, aggregation.SSPRule(3), 0, 6,
+                hooks={2: lambda number: number == 2 and release.wait(DEADLINE_S)}).start()
+    wait_until(lambda: h.workers[2].fits_started == 2 and h.state.rounds() == [2, 2, 1],
+               "server 2 to go silent and the others to wait for it at the gate")
+    # Execute: a clock 100 s later says it has been silent too long; the others go on without it.
+    assert h.state.leave_out_silent(1.0, now=time.monotonic() + 100) == [2]
+    wait_until(lambda: min(h.state.rounds()[:2]) >= 5, "servers 0 and 1 to go on")
+    release.set()
+    rows, events = h.finish()
+    # Assert: it rejoined at the others' smallest round, the rounds it missed counted as skipped.
+    assert h.errors == []
+    rejoined = [e for e in events if e["event"] == "rejoined"]
+    assert len(rejoined) == 1 and rejoined[0]["server"] == "2"
+    assert h.state.skipped[2] >= 3 and h.state.left_out() == frozenset()
+
+
+def test_the_feed_gets_a_snapshot_at_every_advance_of_the_slowest_server(tmp_path):
+    h = Harness(tmp_path, 3, aggregation.SSPRule(3), 9999, 10).start()
+    h.finish()
+    assert h.epochs == list(range(1, min(h.state.rounds()) + 1))
