@@ -24,7 +24,7 @@ alpha_dirichlet=0.5  # --partition dirichlet: concentration (small = each class 
 shards_per_server=2  # --partition shards: label-sorted shards per server
 staleness=9999       # S: SSP staleness threshold in rounds (0 = sync, 9999 = async)
 speeds=""            # per-server speed ratios, e.g. "1 1 1 4"
-regime=fast          # fast: this machine's own pace; paper: the study's clock (see README, "The paper's regime")
+regime=fast          # fast: this machine's own pace; paper: the study's clock (see docs/regime.md)
 time_scale=10        # --regime paper: K, the paper's durations divided by K (its 40-minute runs in 40/K)
 duration_s=""        # training time, seconds (empty: 60, or 2400/K in the paper regime)
 dataset=mnist-5k     # mnist-5k (offline), mnist (download), fashion-mnist
@@ -111,7 +111,7 @@ trap on_signal INT TERM
 trap cleanup EXIT
 
 if [[ -n $servers ]]; then
-  # Data owners on other hosts (README, "Data owners on other machines"): nothing to start here; their
+  # Data owners on other hosts (docs/multihost.md): nothing to start here; their
   # token, if they want one, comes from ASYNCFL_TOKEN.
   echo "$servers" > "$ready"
 else

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-read -r -a LOSSES <<< "${LOSSES:-0% 10% 20%}"  # network loss L on every link (non-zero needs root: see README)
+read -r -a LOSSES <<< "${LOSSES:-0% 10% 20%}"  # network loss L on every link (see docs/network.md)
 LINK_SETS=()                     # more per-server link conditions, each "losses;delays_ms;rates_mbit",
                                  #   e.g. ("0 0 10 20;0 0 0 0;0 0 0 0" "0 0 0 0;0 0 50 200;0 0 100 10")
 read -r -a STDEVS <<< "${STDEVS:-0 600 10000}"  # data imbalance D, in the paper's units (samples of an MNIST class of 6,000)
@@ -28,7 +28,7 @@ PARTITIONS=("gaussian")          # splits, each "partition [its server flags]", 
                                  #   only gaussian uses STDEVS (the others run with the first D)
 REPEATS=${REPEATS:-3}            # runs per combination (seeds 0, 1, 2, ...)
 N_SERVERS=${N_SERVERS:-4}        # data servers per run
-REGIME=${REGIME:-fast}           # fast: this machine's pace; paper: the study's clock (see README)
+REGIME=${REGIME:-fast}           # fast: this machine's pace; paper: the study's clock (docs/regime.md)
 TIME_SCALE=${TIME_SCALE:-10}     # REGIME=paper: K, every duration of the paper divided by K
 DURATION_S=${DURATION_S:-}       # training time per run, seconds (empty: 60, or 2400/K with REGIME=paper)
 DATASET=${DATASET:-mnist-5k}     # mnist-5k (offline), mnist, fashion-mnist

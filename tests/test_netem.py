@@ -11,10 +11,32 @@ from pathlib import Path
 import pytest
 
 from asyncfl import netem
-from tests.helpers import PYTHON, ROOT, kill_session, read_csv, run_script, wait_for_rows, wait_session_gone
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    kill_session,
+    read_csv,
+    run_script,
+    session_pids,
+    wait_for_rows,
+    wait_session_gone,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
                                 reason="network namespaces need root and iproute2")
+
+
+def mapped_semaphores(pids: list[int]) -> set[Path]:
+    """The named semaphores (/dev/shm/sem.*) that these processes have open: sem_open maps the file."""
+    found = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        found |= {Path(line.split(None, 5)[5]) for line in maps.splitlines()
+                  if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith("/dev/shm/sem.")}
+    return found
 
 
 def project_namespaces() -> list[str]:
@@ -156,12 +178,12 @@ def test_lossy_link_slows_only_its_server_and_is_torn_down(tmp_path):
 def test_next_run_cleans_up_after_a_killed_one(tmp_path):
     # Prepare: a lossy run, killed outright with everything it started.
     before = set(project_namespaces())
-    semaphores_before = set(Path("/dev/shm").glob("sem.mp-*"))
     proc = subprocess.Popen(["./train.sh", "--n-servers", "2", "--loss", "10%", "--base-port", "0",
                              "--duration-s", "120", "--out-dir", str(tmp_path / "killed")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_rows(tmp_path / "killed" / "rounds.csv", 5, proc, timeout_s=90)
+        semaphores = mapped_semaphores(session_pids(proc.pid))  # the run's own, not other processes'
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert wait_session_gone(proc.pid) == []
@@ -169,8 +191,8 @@ def test_next_run_cleans_up_after_a_killed_one(tmp_path):
     finally:
         kill_session(proc)
         # The kill took multiprocessing's resource tracker with it, which would have removed the named
-        # semaphores of the run's queues: the test removes the ones its killed run left.
-        for path in set(Path("/dev/shm").glob("sem.mp-*")) - semaphores_before:
+        # semaphores of the run's queues: the test removes the ones its killed run had open.
+        for path in semaphores:
             path.unlink(missing_ok=True)
     # Execute
     run = run_script(["./train.sh", "--n-servers", "2", "--loss", "10%", "--base-port", "0", "--duration-s", "3",

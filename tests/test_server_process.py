@@ -1,7 +1,6 @@
 """A real servers.py process: readiness line, hello, a remote fit, clean stop on SIGTERM."""
 
 import signal
-import subprocess
 
 import pytest
 import torch
@@ -9,22 +8,13 @@ import torch
 from asyncfl.model import initial_weights
 from asyncfl.protocol import TrainConfig
 from asyncfl.remote import RemoteError, WebsocketClientWorker
-from tests.helpers import PYTHON, ROOT, kill_session, wait_session_gone
+from tests.helpers import kill_session, start_servers, wait_session_gone
 
 
 @pytest.fixture
-def servers():
-    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--n-servers", "2", "--stdev", "10000", "--base-port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    for line in proc.stdout:  # readiness signal: the READY line
-        lines.append(line)
-        if line.startswith("READY "):
-            break
-    else:
-        kill_session(proc)
-        pytest.fail("servers.py exited before READY:\n" + "".join(lines))
-    yield proc, line.split()[1].split(",")
+def servers(tmp_path):
+    proc, uris = start_servers(tmp_path, "--n-servers", "2", "--stdev", "10000")
+    yield proc, uris
     kill_session(proc)
 
 

@@ -3,7 +3,6 @@ shared memory trains exactly what the same round through websocket frames trains
 
 import gc
 import os
-import subprocess
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from asyncfl.protocol import TrainConfig
 from asyncfl.remote import SHARED_MEMORY, WEBSOCKET, WebsocketClientWorker
 from asyncfl.task import ShardWorker
 from asyncfl.worker import Session, handle_frame
-from tests.helpers import PYTHON, ROOT, kill_session
+from tests.helpers import kill_session, start_servers
 
 SPEC = weight_spec()
 
@@ -163,13 +162,9 @@ def test_shared_memory_requests_that_are_refused(segment):
 
 
 @pytest.fixture
-def one_server():
-    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--n-servers", "1", "--base-port", "0"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    for line in proc.stdout:  # readiness signal: the READY line
-        if line.startswith("READY "):
-            break
-    yield line.split()[1]
+def one_server(tmp_path):
+    proc, uris = start_servers(tmp_path, "--n-servers", "1")
+    yield uris[0]
     kill_session(proc)
 
 

@@ -1,7 +1,7 @@
 """Summarise run folders into one row per configuration: how fast, how far and how evenly each trained.
 
-    python src/asyncfl/analyze.py sweeps/20261128-001500            # a sweep folder (train_batch.sh)
-    python src/asyncfl/analyze.py out/L0-D0-S9999-20261127-231630   # or one run folder, or several
+    python -m asyncfl.analyze sweeps/20261128-001500            # a sweep folder (train_batch.sh)
+    python -m asyncfl.analyze out/L0-D0-S9999-20261127-231630   # or one run folder, or several
 
 Reads only the files a run writes (config.json, f1_time.csv and, if present, yappi.csv). Writes
 ``summary.csv`` (one row per configuration, repeats aggregated as mean, std, min and max) and

@@ -76,7 +76,7 @@ class Args:
     time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, every duration of the paper divided by K
     duration_s: float | None = None  # [regime] training time in seconds (fast 60; paper 2400/K, its 40 minutes)
     eval_interval_s: float | None = None  # [regime] seconds between time-wise evaluations (fast 15, paper 15/K; fractions allowed)
-    eval_every_rounds: int | None = None  # [regime] round-wise evaluation at every k-th advance of the smallest completed round (fast 10, paper 1 = every advance, as the paper)
+    eval_every_rounds: int | None = None  # [regime] round-wise evaluation at every k-th advance of the smallest completed round; 0 = the newest advance whenever the evaluator is free (fast 0, paper 1 = every advance, as the paper)
     eval_samples: int | None = None  # [regime] score on a fixed stratified subset of this many test samples (fast 0 = the whole test set, paper 2000)
     dataset: data.DatasetName = data.DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
     data_dir: str = "data"  # where downloaded datasets are stored
@@ -88,6 +88,7 @@ class Args:
     out_dir: str = ""  # run folder; empty = out/L<loss>-D<stdev>-S<staleness>-<timestamp>
     profile: bool = True  # profile the server threads with yappi into yappi.csv
     live: bool = True  # a live status line (rounds, staleness, latest F1) when stdout is a terminal
+    verbose: bool = False  # also print every round-wise F1 (they are all in f1_epoch.csv either way)
     connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds
     round_timeout_s: float | None = None  # [regime] a round is abandoned (the server reconnected, the round retried) after this many seconds (fast 60, paper 60/K: the websocket timeout the paper cites)
     timeout_on: Literal["round", "silence"] | None = None  # [regime] what --round-timeout-s bounds: round = the whole round (fast); silence = time without a byte on the socket, the original's websocket timeout (paper)
@@ -114,7 +115,7 @@ def make_rule(args: Args, n_servers: int) -> tuple[aggregation.Rule, int]:
 
 
 REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from regime.py
-    "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 10, "eval_samples": 0,
+    "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
              "round_timeout_s": 60.0, "timeout_on": "round"},
 }
 
@@ -182,10 +183,10 @@ def run(args: Args) -> int:
     except ValueError as e:
         log.error("%s", e)
         return 2
-    if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 1 \
+    if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 0 \
             or args.server_timeout_s < 0 or args.eval_backlog < 0 or args.eval_samples < 0:
-        log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds at "
-                  "least 1, --server-timeout-s, --eval-backlog and --eval-samples not negative")
+        log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds, "
+                  "--server-timeout-s, --eval-backlog and --eval-samples not negative")
         return 2
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)
@@ -251,7 +252,7 @@ def run(args: Args) -> int:
                   "evaluator: more are skipped until it catches up (raise --eval-every-rounds or --eval-backlog)",
                   logging.WARNING)
 
-    feed = EvalFeed(queue, t0, args.eval_backlog, evaluator_behind)
+    feed = EvalFeed(queue, t0, args.eval_backlog, evaluator_behind, latest_only=args.eval_every_rounds == 0)
     ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, feed, args.eval_every_rounds,
                      args.round_timeout_s, regime.time_scale if regime else 1.0, t0, retries=[0] * len(workers))
     errors: list[str] = []
@@ -279,7 +280,7 @@ def run(args: Args) -> int:
     # thread blocked in one long lock wait would only run the Python handler when that wait ends. Each
     # slice also prints the scores that came in and refreshes the live status.
     live = LiveStatus(args.live and sys.stdout.isatty(), args.duration_s)
-    report = ScoreReport(scores, live)
+    report = ScoreReport(scores, live, args.verbose)
     deadline = t0 + args.duration_s
     try:
         while not state.stop_event.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
@@ -356,6 +357,7 @@ def run(args: Args) -> int:
         "evaluations": report.count - report.skipped,
         "evaluations_dropped": ctx.feed.dropped + report.skipped,
         "evaluations_skipped_behind": ctx.feed.skipped,  # round-wise snapshots not taken: the evaluator was behind
+        "evaluations_superseded": ctx.feed.superseded,  # --eval-every-rounds 0: replaced by a newer one while waiting
         "cpu": cpu_shares,  # per local process: CPU seconds, share of the wall clock, run-queue wait
         "starved": starved,  # processes that waited for a core >= cpu.STARVED_WAIT_FRAC of the time (evaluator aside)
         "load_average": list(os.getloadavg()),

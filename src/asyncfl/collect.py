@@ -1,6 +1,6 @@
 """Copy the small files of a sweep's finished runs into a results folder, then summarise and draw it.
 
-    python src/asyncfl/collect.py sweeps/20261128-143000 results/paper-regime
+    python -m asyncfl.collect sweeps/20261128-143000 results/paper-regime
 
 For every finished run in the sweep: config.json, f1_time.csv, f1_epoch.csv, events.csv and yappi.csv go
 to DEST/runs/<run>/ (rounds.csv, the logs and the model stay in the sweep folder); then analyze.py writes

@@ -65,15 +65,6 @@ class Dataset:
     def n_classes(self) -> int:
         return int(max(self.train_labels.max(), self.test_labels.max())) + 1
 
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "n_train": int(len(self.train_labels)),
-            "n_test": int(len(self.test_labels)),
-            "normalisation_mean_std": list(NORMALISATION[self.name]),
-        }
-
 
 def load(name: str, data_dir: str | Path = "data") -> Dataset:
     """Load dataset ``name``; raises DatasetUnavailable with a one-line reason when it cannot."""

@@ -28,9 +28,12 @@ class EvalFeed:
     snapshots (serialised only when sent), so that an interrupted run can drop it at once instead of
     waiting for the evaluator to read through it. A thread named eval-feed does the sending."""
 
-    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0, on_first_skip=None):
+    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0, on_first_skip=None, latest_only: bool = False):
         self.queue, self.t0 = queue, t0
         self.max_epoch_backlog = max_epoch_backlog  # round-wise snapshots waiting at most (0 = no limit)
+        # Round-wise snapshots at the pace the evaluator holds: a new one replaces the one still waiting.
+        self.latest_only = latest_only
+        self.superseded = 0  # round-wise snapshots replaced by a newer one before the evaluator was free
         self.on_first_skip = on_first_skip  # called once, by the thread whose snapshot is the first skipped
         self.submitted = 0  # requests handed to the evaluator
         self.dropped = 0  # snapshots never sent: dropped on an interrupt
@@ -53,6 +56,11 @@ class EvalFeed:
         with self._cond:
             if self.closed:
                 return False
+            if kind == "epoch" and self.latest_only and self._epoch_pending:
+                newest = max(i for i, entry in enumerate(self._pending) if entry[0] == "epoch")
+                self._pending[newest] = (kind, t, epoch, max_round, weights, final)
+                self.superseded += 1
+                return True
             full = kind == "epoch" and self.max_epoch_backlog and self._epoch_pending >= self.max_epoch_backlog
             if full:
                 self.skipped += 1
@@ -118,8 +126,9 @@ class EvalFeed:
 class ScoreReport:
     """Prints the evaluator's scores as they come back (the evaluator itself writes the CSVs)."""
 
-    def __init__(self, scores, live: LiveStatus):
-        self.scores, self.live = scores, live
+    def __init__(self, scores, live: LiveStatus, verbose: bool = True):
+        self.scores, self.live, self.verbose = scores, live, verbose
+        self._latest_time_s = -1.0  # time of the newest snapshot whose score the live line shows
         self.count = 0  # requests answered, scored or (on an interrupt) skipped
         self.skipped = 0
 
@@ -133,6 +142,7 @@ class ScoreReport:
             if f1 is None:
                 self.skipped += 1
                 continue
-            if req.kind == "time":
-                self.live.latest_f1 = f1
-            log.info("%s", format_score(req, f1), extra={"who": "evaluator"})
+            if req.time_s >= self._latest_time_s:  # scores can come back out of order: show the newest
+                self._latest_time_s, self.live.latest_f1 = req.time_s, f1
+            if req.kind == "time" or self.verbose:  # round-wise scores are all in f1_epoch.csv anyway
+                log.info("%s", format_score(req, f1), extra={"who": "evaluator"})

@@ -24,7 +24,7 @@ class LiveStatus:
                               transient=True, redirect_stdout=True, redirect_stderr=False)
             self._live.start()
 
-    def update(self, elapsed_s: float, rounds: list[int], updates: int, phase: str = "training") -> None:
+    def update(self, elapsed_s: float, rounds: list[int], updates: int) -> None:
         if self._live is None:
             return
         low = min(rounds) if rounds else 0
@@ -32,7 +32,7 @@ class LiveStatus:
         f1 = f"{self.latest_f1:.4f}" if self.latest_f1 is not None else "-"
         frac = min(1.0, elapsed_s / self.duration_s) if self.duration_s else 1.0
         bar = "█" * int(frac * 20) + "░" * (20 - int(frac * 20))
-        self._live.update(Text(f"{phase} {bar} {elapsed_s:5.0f}/{self.duration_s:.0f} s  f1 {f1}  "
+        self._live.update(Text(f"training {bar} {elapsed_s:5.0f}/{self.duration_s:.0f} s  f1 {f1}  "
                                f"updates {updates}  rounds(staleness) {servers}", overflow="ellipsis", no_wrap=True))
 
     def stop(self) -> None:

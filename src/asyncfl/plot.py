@@ -1,7 +1,7 @@
 """Draw the study's figures (and a figure per run) from run folders' CSVs alone.
 
-    python src/asyncfl/plot.py sweeps/20261128-001500        # a sweep folder: Figures 3-6
-    python src/asyncfl/plot.py out/L0-D0-S9999-20261127-...  # one run folder: its run.png
+    python -m asyncfl.plot sweeps/20261128-001500        # a sweep folder: Figures 3-6
+    python -m asyncfl.plot out/L0-D0-S9999-20261127-...  # one run folder: its run.png
 
 Figures, F1 against training time, one curve per staleness threshold S ("S=0 (sync)", "S=6", "S=12",
 "S=inf (async)"); several repeats of a configuration are drawn as their mean with a band from the

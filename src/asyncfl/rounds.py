@@ -64,7 +64,8 @@ def run_round(ctx: RunContext, server: int) -> bool:
         ctx.event(server, "rejoined", f"answered again at round {info.round}; {info.rejoined} rounds skipped")
     ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
                          result.loss, round(round_s, 6), round(result.compute_s, 6))
-    if info.min_advanced and info.min_round % ctx.eval_every_rounds == 0:
+    # eval_every_rounds 0: every advance, the newest waiting replacing an older one (the feed's latest_only)
+    if info.min_advanced and info.min_round % (ctx.eval_every_rounds or 1) == 0:
         ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)
     return True
 
