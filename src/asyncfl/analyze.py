@@ -11,6 +11,8 @@ Per run:
 - final_f1: F1 of the final model; f1_auc_frac: area under the F1-over-time curve divided by its
   duration (the mean F1 over the run); time_to_f1_{80,90,95}_s: first evaluation at or above it (NaN: never);
 - max_f1_drop: largest fall of F1 between consecutive time-wise evaluations (the paper's "dips");
+  dips: how many such falls were 0.1 or more; f1_flat_frac: share of consecutive evaluations with the
+  same F1 (the model unchanged: the paper's staircase); f1_mean_abs_step: mean |change| between them;
 - rounds_mean, rounds_min, rounds_max, rounds_max_min_ratio, rounds_gini: update counts per server and
   how unequal they are (Gini 0 = equal);
 - max_staleness: largest round gap seen (at most S + 1);
@@ -38,6 +40,7 @@ THRESHOLDS = (0.80, 0.90, 0.95)
 CONFIG_KEYS = ["regime", "transport", "dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation",
                "speeds", "duration_s"]
 METRICS = ["final_f1", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
+           "dips", "f1_flat_frac", "f1_mean_abs_step",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
            "gate_wait_frac_mean", "gate_wait_frac_max"]
 
@@ -61,6 +64,28 @@ def f1_auc_frac(f1_time: pd.DataFrame) -> float:
     if len(t) < 2 or t[-1] <= t[0]:
         return float("nan")
     return float(np.sum((t[1:] - t[:-1]) * (f[1:] + f[:-1]) / 2) / (t[-1] - t[0]))
+
+
+DIP = 0.1  # a fall of F1 at least this large between consecutive time-wise evaluations is a dip
+
+
+def dips(f1_time: pd.DataFrame, depth: float = DIP) -> int:
+    """How many times F1 fell by ``depth`` or more from one time-wise evaluation to the next."""
+    f = f1_time["f1"].to_numpy(float)
+    return int(np.sum(f[:-1] - f[1:] >= depth))
+
+
+def flat_frac(f1_time: pd.DataFrame) -> float:
+    """Share of consecutive time-wise evaluations with the same F1: the model did not change in between
+    (the paper's staircase lines; a fixed test set scores an unchanged model the same)."""
+    f = f1_time["f1"].to_numpy(float)
+    return float(np.mean(f[1:] == f[:-1])) if len(f) > 1 else float("nan")
+
+
+def mean_abs_step(f1_time: pd.DataFrame) -> float:
+    """Mean |change of F1| between consecutive time-wise evaluations: how 'scribbled' a curve is."""
+    f = f1_time["f1"].to_numpy(float)
+    return float(np.mean(np.abs(np.diff(f)))) if len(f) > 1 else float("nan")
 
 
 def max_drop(f1_time: pd.DataFrame) -> float:
@@ -140,6 +165,9 @@ def analyze_run(run_dir: Path) -> dict:
     for t in THRESHOLDS:
         row[f"time_to_f1_{int(t * 100)}_s"] = time_to_threshold(f1_time, t)
     row["max_f1_drop"] = max_drop(f1_time)
+    # The final model's score comes at the end of training, off the interval grid: left out of these.
+    grid = f1_time.iloc[:-1] if len(f1_time) > 2 else f1_time
+    row["dips"], row["f1_flat_frac"], row["f1_mean_abs_step"] = dips(grid), flat_frac(grid), mean_abs_step(grid)
     row["rounds_mean"] = float(per_server.mean())
     row["rounds_min"], row["rounds_max"] = int(per_server.min()), int(per_server.max())
     row["rounds_max_min_ratio"] = float(per_server.max() / per_server.min()) if per_server.min() > 0 else float("inf")
