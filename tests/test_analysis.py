@@ -125,3 +125,40 @@ def test_rules_and_partitions_are_configurations_of_their_own(tmp_path):
 ])
 def test_aggregation_labels(rule, label):
     assert analyze.aggregation_label(rule) == label
+
+
+def synthetic_grid(auc) -> pd.DataFrame:
+    """runs.csv rows for the whole grid; ``auc(loss, stdev, staleness, seed)`` gives each run's mean F1."""
+    rows = []
+    for loss in ("0%", "10%", "20%"):
+        for d in (0.0, 600.0, 10000.0):
+            for s in (0, 6, 12, 9999):
+                for seed in (0, 1, 2):
+                    rows.append({"loss": loss, "stdev": d, "staleness": s, "seed": seed,
+                                 "f1_auc_frac": auc(loss, d, s, seed), "max_f1_drop": 0.1, "dips": 1,
+                                 "rounds_mean": 80.0 if loss != "20%" else 60.0,
+                                 "f1_flat_frac": 0.0 if loss != "20%" else 0.3, "f1_mean_abs_step": 0.03})
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_follow_the_stated_rules():
+    from asyncfl import verdicts
+    # Large S clearly better at L=20% for D=0 and 600 in every repeat; alike elsewhere; at D=10000 one
+    # repeat of three favours large S.
+    def auc(loss, d, s, seed):
+        if loss == "20%" and d < 10000:
+            return 0.5 + 0.1 * (s == 9999) + 0.01 * seed
+        if loss == "20%" and d == 10000:
+            return 0.5 + (0.1 if seed == 2 and s == 9999 else 0.0)
+        return 0.6 + 0.001 * seed
+    runs = synthetic_grid(auc)
+    assert verdicts.claim3(runs)[0] == "supported"
+    assert verdicts.claim4(runs)[0] == "supported"
+    assert verdicts.claim2(runs)[0] == "supported"
+    assert verdicts.claim1(runs)[0] == "not supported"  # the same dips for every S
+    # One case of the conclusion differs (L=0, D=10000: alike instead of hurt): 3 of 4.
+    assert verdicts.claim5(runs)[0] == "partly (3 of 4 cases)"
+    # Repeats that disagree in sign do not make a difference hold.
+    noisy = synthetic_grid(lambda loss, d, s, seed: 0.5 + (0.2 if seed == 0 and s == 9999 else 0.0))
+    assert verdicts.claim3(noisy)[0] == "not supported"
+    assert "missing" in verdicts.claim1(runs[runs["stdev"] != 10000.0])[0]
