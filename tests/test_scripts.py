@@ -31,8 +31,10 @@ def test_synchronous_run_writes_every_file_and_keeps_rounds_in_step(tmp_path):
     assert times[:10] == [float(t) for t in range(10)] and len(times) == 11  # every second, then the final model
     assert 10 <= times[-1] < 11
     assert float(f1_time[-1]["f1"]) > 0.8
-    assert [int(r["epoch"]) for r in read_csv(tmp_path / "f1_epoch.csv")][:2] == [10, 20]
+    epochs = [int(r["epoch"]) for r in read_csv(tmp_path / "f1_epoch.csv")]
+    assert epochs[0] == 1 and epochs == sorted(set(epochs))  # the newest advance whenever the evaluator is free
     config = json.loads((tmp_path / "config.json").read_text())
+    assert config["finished"]["evaluations_skipped_behind"] == 0
     assert config["args"]["staleness_threshold"] == 0 and config["n_servers"] == 2
     assert config["dataset"]["dataset"] == "mnist-5k" and config["finished"]["errors"] == []
     assert config["weights_via"] == ["shared memory"] * 2  # servers on loopback without emulated conditions

@@ -24,15 +24,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 import tyro
 from safetensors.torch import save_file
 
-from asyncfl import aggregation, auth, cpu, data, profiling
+from asyncfl import aggregation, auth, cpu, profiling, settings
 from asyncfl import regime as regime_mod
 from asyncfl.evaluator import run_evaluator
 from asyncfl.feed import EvalFeed, ScoreReport
@@ -53,52 +52,10 @@ from asyncfl.runfolder import (
     write_json,
 )
 from asyncfl.runlog import CsvLog, setup_logging
+from asyncfl.settings import ClientArgs as Args
 from asyncfl.state import TrainingState
 
 log = logging.getLogger("asyncfl.client")
-
-
-@dataclass
-class Args:
-    servers: str = ""  # comma-separated server addresses (ws://host:port,...); empty = ws://HOST:BASE_PORT+i for each of N_SERVERS
-    n_servers: int = 4  # number of data servers (ignored when --servers is given)
-    host: str = "127.0.0.1"  # host of the data servers when --servers is empty
-    base_port: int = 8777  # server i is at base_port + i when --servers is empty
-    staleness_threshold: int = 9999  # S, in rounds: 0 = synchronous, 9999 = asynchronous (the paper's S=inf); the gate for every rule but fedavg
-    aggregation: Literal["ssp", "fedavg", "fedasync", "fedbuff"] = "ssp"  # how results change the global model: ssp = the study's global += (new-old)/n; fedavg = synchronous rounds averaged by samples; fedasync = mix with a staleness weight; fedbuff = buffered deltas
-    alpha: float = 0.6  # fedasync: mixing weight alpha in (0, 1]
-    staleness_fn: Literal["constant", "polynomial", "hinge"] = "polynomial"  # fedasync: s(gap), gap = global updates since the snapshot
-    staleness_a: float = 0.5  # fedasync: a of the polynomial (1+gap)^-a or of the hinge 1/(a(gap-b)+1)
-    staleness_b: int = 4  # fedasync: b of the hinge (no discount up to b updates behind)
-    buffer_size: int = 4  # fedbuff: K, results buffered before one update of the global model
-    server_lr: float = 1.0  # fedbuff: the server learning rate applied to the buffer's mean delta
-    regime: Literal["fast", "paper"] = "fast"  # fast: this machine's own pace; paper: the study's clock (servers started with --regime paper too); sets the defaults marked [regime]
-    time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, every duration of the paper divided by K
-    duration_s: float | None = None  # [regime] training time in seconds (fast 60; paper 2400/K, its 40 minutes)
-    eval_interval_s: float | None = None  # [regime] seconds between time-wise evaluations (fast 15, paper 15/K; fractions allowed)
-    eval_every_rounds: int | None = None  # [regime] round-wise evaluation at every k-th advance of the smallest completed round; 0 = the newest advance whenever the evaluator is free (fast 0, paper 1 = every advance, as the paper)
-    eval_samples: int | None = None  # [regime] score on a fixed stratified subset of this many test samples (fast 0 = the whole test set, paper 2000)
-    dataset: data.DatasetName = data.DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
-    data_dir: str = "data"  # where downloaded datasets are stored
-    batch_size: int = 32  # samples per batch on the server
-    batches_per_round: int = 1  # batches each server trains per round
-    lr: float = 0.1  # SGD learning rate on the servers
-    shuffle: bool = True  # servers draw batches from a fresh permutation of their shard every epoch
-    seed: int = 0  # seed of the initial global model
-    out_dir: str = ""  # run folder; empty = out/L<loss>-D<stdev>-S<staleness>-<timestamp>
-    profile: bool = True  # profile the server threads with yappi into yappi.csv
-    live: bool = True  # a live status line (rounds, staleness, latest F1) when stdout is a terminal
-    verbose: bool = False  # also print every round-wise F1 (they are all in f1_epoch.csv either way)
-    connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds
-    round_timeout_s: float | None = None  # [regime] a round is abandoned (the server reconnected, the round retried) after this many seconds (fast 60, paper 60/K: the websocket timeout the paper cites)
-    timeout_on: Literal["round", "silence"] | None = None  # [regime] what --round-timeout-s bounds: round = the whole round (fast); silence = time without a byte on the socket, the original's websocket timeout (paper)
-    die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
-    evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
-    eval_backlog: int = 64  # round-wise snapshots (1.7 MB each) that may wait for a busy evaluator; beyond it new ones are skipped, counted and logged, until it catches up (0 = no limit: memory grows while the evaluator is behind)
-    server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
-    token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
-    cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
-    shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (never in the paper regime: one transport at every L); --no-shared-memory sends them in the frames
 
 
 def make_rule(args: Args, n_servers: int) -> tuple[aggregation.Rule, int]:
@@ -183,10 +140,9 @@ def run(args: Args) -> int:
     except ValueError as e:
         log.error("%s", e)
         return 2
-    if min(args.eval_interval_s, args.duration_s, args.round_timeout_s) <= 0 or args.eval_every_rounds < 0 \
-            or args.server_timeout_s < 0 or args.eval_backlog < 0 or args.eval_samples < 0:
-        log.error("--eval-interval-s, --duration-s and --round-timeout-s must be positive, --eval-every-rounds, "
-                  "--server-timeout-s, --eval-backlog and --eval-samples not negative")
+    if bad := settings.problems(args):
+        for line in bad:
+            log.error("%s", line)
         return 2
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)

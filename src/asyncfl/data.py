@@ -20,14 +20,11 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-DatasetName = Literal["mnist-5k", "mnist", "fashion-mnist"]
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
-DEFAULT_DATASET = "mnist-5k"
+from asyncfl.settings import DATASETS, DEFAULT_DATASET, DatasetName  # noqa: F401  (re-exported)
 
 # Per-dataset pixel mean and standard deviation after scaling to [0, 1]. MNIST's are the values the
 # paper's code (and the PyTorch MNIST example it came from) normalises with.

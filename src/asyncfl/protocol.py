@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the weights are tensors; the protocol itself needs no PyTorch
+    import torch
 
 
 @dataclass(frozen=True)

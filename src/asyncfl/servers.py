@@ -23,9 +23,8 @@ import queue
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import tyro
@@ -34,37 +33,12 @@ from asyncfl import auth, data, netem
 from asyncfl import regime as regime_mod
 from asyncfl.lifecycle import die_with_parent
 from asyncfl.runlog import setup_logging
-from asyncfl.split_dataset import SplitRefused, SplitSettings, describe_split, format_table, make_split
+from asyncfl.settings import ServerArgs as Args
+from asyncfl.settings import problems
+from asyncfl.split_dataset import SplitRefused, describe_split, format_table, make_split
 from asyncfl.worker import ServerSpec, serve_shard
 
 log = logging.getLogger("asyncfl.servers")
-
-
-@dataclass
-class Args(SplitSettings):
-    dataset: data.DatasetName = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
-    data_dir: str = "data"  # where downloaded datasets are stored
-    seed: int = 0  # seed of each server's batch order (the split has --split-seed)
-    speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
-    loss: str = "0%"  # network loss L on every server's link, e.g. "10%" (the paper's L), in percent per direction
-    losses: str = ""  # per-server loss in percent, e.g. "0 0 10 20" (instead of --loss)
-    delays_ms: str = ""  # per-server added one-way delay in milliseconds, e.g. "0 0 50 200" (needs netem)
-    rates_mbit: str = ""  # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
-    netns: Literal["auto", "always", "never"] = "auto"  # run each server in its own network namespace: auto = when any condition is set (needs root)
-    host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address); beyond loopback a token is required
-    token: str = ""  # shared secret every connection must present; prefer the ASYNCFL_TOKEN environment variable, which ps does not show
-    certfile: str = ""  # TLS certificate (PEM): with --keyfile the servers speak wss://
-    keyfile: str = ""  # TLS private key (PEM)
-    server_id: int = -1  # start only this one data owner (0..n_servers-1) of the same split, as on its own host; -1 = all of them
-    shard: str = ""  # start one data owner on your own data: an .npz with images (uint8 [n, 28, 28]) and labels (integers 0-9 [n]); --dataset names what it is
-    port: int = 0  # the port of a single data owner (--server-id or --shard); 0 = base_port + server id
-    max_restarts: int = 5  # a server process that dies is restarted on the same port up to this many times (0 = a dead server stops all)
-    base_port: int = 8777  # server i listens on base_port + i (0 = pick free ports)
-    ready_file: str = ""  # if set, write the servers' addresses here once all listen
-    start_timeout_s: float = 120.0  # give up if the servers are not all listening after this many seconds
-    die_with_parent: bool = False  # stop (cleanly) when the parent process dies, however it dies (train.sh sets it)
-    regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/asyncfl/regime.py)
-    time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, the paper's durations divided by K (10: its 40-minute runs in 4)
 
 
 def parse_speeds(text: str, n_servers: int) -> list[float]:
@@ -99,6 +73,10 @@ def load_shard(path: str, dataset: str) -> data.Dataset:
 
 def main(args: Args) -> int:
     setup_logging()
+    if bad := problems(args):
+        for line in bad:
+            log.error("%s", line)
+        return 2
     try:
         speeds = parse_speeds(args.speeds, args.n_servers)
         regime = regime_mod.paper_regime(args.time_scale) if args.regime == "paper" else None

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
+
+from asyncfl.settings import DEFAULT_SPLIT_SEED, SplitSettings
 
 
 def original_gaussian_split(labels: np.ndarray, n_servers: int, stdev: float, rng: random.Random) -> list[np.ndarray]:
@@ -156,7 +156,6 @@ def _cut_by_class(labels: np.ndarray, counts: np.ndarray, rng: np.random.Generat
 
 
 PARTITIONS = ("gaussian", "dirichlet", "shards")
-DEFAULT_SPLIT_SEED = 42  # the original's: split_dataset.py called random.seed(42) when imported
 
 
 def partition(labels: np.ndarray, n_servers: int, how: str, split_seed: int = DEFAULT_SPLIT_SEED, stdev: float = 0.0,
@@ -175,21 +174,6 @@ def partition(labels: np.ndarray, n_servers: int, how: str, split_seed: int = DE
 # ---- Split settings, as the servers, the split CLI and the launcher take them ------------------------------
 
 PAPER_CLASS_SIZE = 6000  # samples per class of MNIST's training set, the paper's unit of D
-StdevUnits = Literal["samples", "paper"]
-
-
-@dataclass
-class SplitSettings:
-    """How the training set is split over the data servers (flags shared by servers.py and split_dataset.py)."""
-
-    n_servers: int = 4  # number of data servers
-    partition: Literal["gaussian", "dirichlet", "shards"] = "gaussian"  # the study's Gaussian D, Dirichlet proportions, or label-sorted shards
-    stdev: float = 0.0  # D: standard deviation of each server's per-class share (--partition gaussian), in --stdev-units
-    stdev_units: StdevUnits = "samples"  # samples: D as given; paper: D in samples of an MNIST class (6,000), scaled to this dataset's class size (600 -> 40 on mnist-5k)
-    split_seed: int = DEFAULT_SPLIT_SEED  # seed of the split alone (the original's 42); --seed leaves it alone
-    alpha_dirichlet: float = 0.5  # --partition dirichlet: concentration (small = each class on few servers)
-    shards_per_server: int = 2  # --partition shards: label-sorted shards per server (2 = about two classes each)
-    min_shard_samples: int = 32  # refuse a split that leaves a server fewer samples than this (one batch of the default 32)
 
 
 def stdev_in_samples(settings: SplitSettings, train_labels: np.ndarray) -> float:

@@ -1,0 +1,137 @@
+"""One run: start the data owners, wait until they all listen, run the model owner, stop what was started.
+
+    ./train.sh --n-servers 4 --stdev 600 --staleness-threshold 6 --duration-s 60     # train.sh runs this
+    python -m asyncfl.launch --regime paper --loss 20% --dataset fashion-mnist
+
+Every flag of servers.py and client.py is a flag here (settings.LaunchArgs declares them once) and goes
+to the process it belongs to. Data owners elsewhere (``--servers ws://...``) start nothing locally.
+Ctrl-C or SIGTERM stops training early; the client still writes its results. The exit status is the
+client's: 0 done, 1 failed, 130 interrupted; 2 for a bad flag, which the process it belongs to reports.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+
+import tyro
+
+from asyncfl import netem
+from asyncfl.settings import ClientArgs, LaunchArgs, ServerArgs, problems
+
+MANAGED = {"ready_file", "server_id", "shard", "port", "die_with_parent", "servers", "out_dir"}  # set below
+
+
+def flags(cls, args: LaunchArgs) -> list[str]:
+    """The command-line flags of ``cls``'s fields whose value in ``args`` differs from ``cls``'s default."""
+    out = []
+    for f in fields(cls):
+        value = getattr(args, f.name)
+        if f.name in MANAGED or value == f.default:
+            continue
+        name = f.name.replace("_", "-")
+        out += ([f"--{name}"] if value else [f"--no-{name}"]) if isinstance(value, bool) else [f"--{name}", str(value)]
+    return out
+
+
+def default_out_dir(args: LaunchArgs) -> Path:
+    loss = args.losses.replace(" ", "_") if args.losses.strip() else args.loss.rstrip("%")
+    return Path(f"out/L{loss}-D{args.stdev:g}-S{args.staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+class Run:
+    """The two child processes and how they stop: a signal stops both at once (the client cuts its rounds
+    in flight anyway, and waiting for it first would add the servers' shutdown to an interrupted run)."""
+
+    def __init__(self):
+        self.servers: subprocess.Popen | None = None
+        self.client: subprocess.Popen | None = None
+        self.stopping = False
+
+    def on_signal(self, signum, frame) -> None:
+        if not self.stopping:
+            print("train.sh: stopping", flush=True)
+        self.stopping = True
+        for proc in (self.client, self.servers):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for proc in (self.client, self.servers):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (self.client, self.servers):
+            if proc is not None:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_ready(run: Run, ready: Path, log: Path, timeout_s: float) -> str | int:
+    """The servers' addresses once their ready file appears (servers.py's readiness signal, written whole
+    and renamed into place), or an exit status."""
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if run.stopping:
+            return 130
+        if run.servers.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text().splitlines()[-5:] if log.exists() else []
+            print("train.sh: the servers failed to start:", *tail, sep="\n", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    return ready.read_text().strip()
+
+
+def main(args: LaunchArgs) -> int:
+    if bad := problems(args):  # before anything starts
+        print("train.sh: " + "\ntrain.sh: ".join(bad), file=sys.stderr)
+        return 2
+    out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if not env.get("ASYNCFL_TOKEN") and not args.token:
+        # A fresh secret per run: only this run's client may use its servers. It travels in the
+        # environment, which (unlike arguments) ps does not show.
+        env["ASYNCFL_TOKEN"] = secrets.token_hex(16)
+    run = Run()
+    signal.signal(signal.SIGINT, run.on_signal)
+    signal.signal(signal.SIGTERM, run.on_signal)
+    ready = out_dir / "servers.ready"
+    ready.unlink(missing_ok=True)
+    try:
+        if args.servers:
+            addresses = args.servers
+        else:
+            log = out_dir / "servers.log"
+            with open(log, "w") as log_file:
+                run.servers = subprocess.Popen(
+                    [sys.executable, "-m", "asyncfl.servers", *flags(ServerArgs, args), "--ready-file", str(ready),
+                     "--die-with-parent"], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            print(f"train.sh: starting {args.n_servers} servers (log: {log})", flush=True)
+            addresses = wait_ready(run, ready, log, args.start_timeout_s + 30)
+            if isinstance(addresses, int):
+                return addresses
+        run.client = subprocess.Popen(
+            [sys.executable, "-m", "asyncfl.client", "--servers", addresses, *flags(ClientArgs, args),
+             "--out-dir", str(out_dir), "--die-with-parent"], env=env)
+        return run.client.wait()
+    finally:
+        run.close()
+        ready.unlink(missing_ok=True)
+        if os.geteuid() == 0:
+            netem.cleanup_stale()  # namespaces of runs whose servers.py was killed outright
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(LaunchArgs, description=__doc__)))

@@ -1,0 +1,154 @@
+"""Every setting of the entry points, declared once: the split, the data owners, the model owner.
+
+``servers.py`` takes ``ServerArgs``, ``client.py`` ``ClientArgs``, ``split_dataset.py`` the split part
+(``SplitSettings``), and the launcher behind ``train.sh`` (launch.py) ``LaunchArgs``, which is both.
+Each field's comment is its ``--help`` text, with its unit. Nothing here imports PyTorch, so ``--help``
+and a bad flag answer at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import tyro
+
+from asyncfl import regime as regime_mod
+
+DatasetName = Literal["mnist-5k", "mnist", "fashion-mnist"]
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
+DEFAULT_DATASET = "mnist-5k"
+DEFAULT_SPLIT_SEED = 42  # the original's: split_dataset.py called random.seed(42) when imported
+StdevUnits = Literal["samples", "paper"]
+
+
+@dataclass
+class SplitSettings:
+    """How the training set is split over the data servers (flags shared by servers.py and split_dataset.py)."""
+
+    n_servers: int = 4  # number of data servers
+    partition: Literal["gaussian", "dirichlet", "shards"] = "gaussian"  # the study's Gaussian D, Dirichlet proportions, or label-sorted shards
+    stdev: float = 0.0  # D: standard deviation of each server's per-class share (--partition gaussian), in --stdev-units
+    stdev_units: StdevUnits = "samples"  # samples: D as given; paper: D in samples of an MNIST class (6,000), scaled to this dataset's class size (600 -> 40 on mnist-5k)
+    split_seed: int = DEFAULT_SPLIT_SEED  # seed of the split alone (the original's 42); --seed leaves it alone
+    alpha_dirichlet: float = 0.5  # --partition dirichlet: concentration (small = each class on few servers)
+    shards_per_server: int = 2  # --partition shards: label-sorted shards per server (2 = about two classes each)
+    min_shard_samples: int = 32  # refuse a split that leaves a server fewer samples than this (one batch of the default 32)
+
+
+@dataclass
+class ServerArgs(SplitSettings):
+    """servers.py: the data owners of one split, each on a websocket."""
+
+
+    dataset: DatasetName = DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
+    data_dir: str = "data"  # where downloaded datasets are stored
+    seed: int = 0  # seed of each server's batch order (the split has --split-seed)
+    speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
+    loss: str = "0%"  # network loss L on every server's link, e.g. "10%" (the paper's L), in percent per direction
+    losses: str = ""  # per-server loss in percent, e.g. "0 0 10 20" (instead of --loss)
+    delays_ms: str = ""  # per-server added one-way delay in milliseconds, e.g. "0 0 50 200" (needs netem)
+    rates_mbit: str = ""  # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
+    netns: Literal["auto", "always", "never"] = "auto"  # run each server in its own network namespace: auto = when any condition is set (needs root)
+    host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address); beyond loopback a token is required
+    token: str = ""  # shared secret every connection must present; prefer the ASYNCFL_TOKEN environment variable, which ps does not show
+    certfile: str = ""  # TLS certificate (PEM): with --keyfile the servers speak wss://
+    keyfile: str = ""  # TLS private key (PEM)
+    server_id: int = -1  # start only this one data owner (0..n_servers-1) of the same split, as on its own host; -1 = all of them
+    shard: str = ""  # start one data owner on your own data: an .npz with images (uint8 [n, 28, 28]) and labels (integers 0-9 [n]); --dataset names what it is
+    port: int = 0  # the port of a single data owner (--server-id or --shard); 0 = base_port + server id
+    max_restarts: int = 5  # a server process that dies is restarted on the same port up to this many times (0 = a dead server stops all)
+    base_port: int = 8777  # server i listens on base_port + i (0 = pick free ports)
+    ready_file: str = ""  # if set, write the servers' addresses here once all listen
+    start_timeout_s: float = 120.0  # give up if the servers are not all listening after this many seconds
+    die_with_parent: bool = False  # stop (cleanly) when the parent process dies, however it dies (train.sh sets it)
+    regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/asyncfl/regime.py)
+    time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, the paper's durations divided by K (10: its 40-minute runs in 4)
+
+
+@dataclass
+class ClientArgs:
+    """client.py: the model owner; the fields marked [regime] default to the regime's values."""
+
+
+    servers: str = ""  # comma-separated server addresses (ws://host:port,...); empty = ws://HOST:BASE_PORT+i for each of N_SERVERS
+    n_servers: int = 4  # number of data servers (ignored when --servers is given)
+    host: str = "127.0.0.1"  # host of the data servers when --servers is empty
+    base_port: int = 8777  # server i is at base_port + i when --servers is empty
+    staleness_threshold: int = 9999  # S, in rounds: 0 = synchronous, 9999 = asynchronous (the paper's S=inf); the gate for every rule but fedavg
+    aggregation: Literal["ssp", "fedavg", "fedasync", "fedbuff"] = "ssp"  # how results change the global model: ssp = the study's global += (new-old)/n; fedavg = synchronous rounds averaged by samples; fedasync = mix with a staleness weight; fedbuff = buffered deltas
+    alpha: float = 0.6  # fedasync: mixing weight alpha in (0, 1]
+    staleness_fn: Literal["constant", "polynomial", "hinge"] = "polynomial"  # fedasync: s(gap), gap = global updates since the snapshot
+    staleness_a: float = 0.5  # fedasync: a of the polynomial (1+gap)^-a or of the hinge 1/(a(gap-b)+1)
+    staleness_b: int = 4  # fedasync: b of the hinge (no discount up to b updates behind)
+    buffer_size: int = 4  # fedbuff: K, results buffered before one update of the global model
+    server_lr: float = 1.0  # fedbuff: the server learning rate applied to the buffer's mean delta
+    regime: Literal["fast", "paper"] = "fast"  # fast: this machine's own pace; paper: the study's clock (servers started with --regime paper too); sets the defaults marked [regime]
+    time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, every duration of the paper divided by K
+    duration_s: float | None = None  # [regime] training time in seconds (fast 60; paper 2400/K, its 40 minutes)
+    eval_interval_s: float | None = None  # [regime] seconds between time-wise evaluations (fast 15, paper 15/K; fractions allowed)
+    eval_every_rounds: int | None = None  # [regime] round-wise evaluation at every k-th advance of the smallest completed round; 0 = the newest advance whenever the evaluator is free (fast 0, paper 1 = every advance, as the paper)
+    eval_samples: int | None = None  # [regime] score on a fixed stratified subset of this many test samples (fast 0 = the whole test set, paper 2000)
+    dataset: DatasetName = DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
+    data_dir: str = "data"  # where downloaded datasets are stored
+    batch_size: int = 32  # samples per batch on the server
+    batches_per_round: int = 1  # batches each server trains per round
+    lr: float = 0.1  # SGD learning rate on the servers
+    shuffle: bool = True  # servers draw batches from a fresh permutation of their shard every epoch
+    seed: int = 0  # seed of the initial global model
+    out_dir: str = ""  # run folder; empty = out/L<loss>-D<stdev>-S<staleness>-<timestamp>
+    profile: bool = True  # profile the server threads with yappi into yappi.csv
+    live: bool = True  # a live status line (rounds, staleness, latest F1) when stdout is a terminal
+    verbose: bool = False  # also print every round-wise F1 (they are all in f1_epoch.csv either way)
+    connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds
+    round_timeout_s: float | None = None  # [regime] a round is abandoned (the server reconnected, the round retried) after this many seconds (fast 60, paper 60/K: the websocket timeout the paper cites)
+    timeout_on: Literal["round", "silence"] | None = None  # [regime] what --round-timeout-s bounds: round = the whole round (fast); silence = time without a byte on the socket, the original's websocket timeout (paper)
+    die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
+    evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
+    eval_backlog: int = 64  # round-wise snapshots (1.7 MB each) that may wait for a busy evaluator; beyond it new ones are skipped, counted and logged, until it catches up (0 = no limit: memory grows while the evaluator is behind)
+    server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
+    token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
+    cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
+    shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (never in the paper regime: one transport at every L); --no-shared-memory sends them in the frames
+
+
+@dataclass
+class LaunchArgs(ClientArgs, ServerArgs):
+    """train.sh (launch.py): the data owners and the model owner of one run, with one set of flags."""
+
+    # Set by the launcher itself, not by its user.
+    ready_file: tyro.conf.Suppress[str] = ""
+    server_id: tyro.conf.Suppress[int] = -1
+    shard: tyro.conf.Suppress[str] = ""
+    port: tyro.conf.Suppress[int] = 0
+    die_with_parent: tyro.conf.Suppress[bool] = False
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def problems(args) -> list[str]:
+    """Every value of ``args`` (any of the Args above) outside its range, as '--flag: what is allowed (got
+    x)'. The entry points print them and exit 2 before anything starts."""
+    rules = {
+        "n_servers": (lambda v: v >= 1, "at least 1"),
+        "min_shard_samples": (lambda v: v >= 0, "not negative"),
+        "stdev": (lambda v: v >= 0, "not negative"),
+        "time_scale": (lambda v: 1 <= v <= 100, "in [1, 100]"),
+        "duration_s": (lambda v: v is None or v > 0, "positive, in seconds"),
+        "eval_interval_s": (lambda v: v is None or v > 0, "positive, in seconds"),
+        "round_timeout_s": (lambda v: v is None or v > 0, "positive, in seconds"),
+        "eval_every_rounds": (lambda v: v is None or v >= 0, "0 (the newest advance) or a number of rounds"),
+        "eval_samples": (lambda v: v is None or v >= 0, "0 (the whole test set) or a number of samples"),
+        "server_timeout_s": (lambda v: v >= 0, "0 (off) or seconds"),
+        "eval_backlog": (lambda v: v >= 0, "0 (no limit) or a number of snapshots"),
+        "staleness_threshold": (lambda v: v >= 0, "0 (synchronous) or more rounds"),
+        "batch_size": (lambda v: 1 <= v <= 65536, "in [1, 65536]"),
+        "batches_per_round": (lambda v: 1 <= v <= 100000, "in [1, 100000]"),
+        "lr": (lambda v: 0 < v <= 100, "in (0, 100]"),
+        "connect_timeout_s": (lambda v: v > 0, "positive, in seconds"),
+        "start_timeout_s": (lambda v: v > 0, "positive, in seconds"),
+    }
+    return [f"{_flag(name)}: {allowed} (got {getattr(args, name)})" for name, (ok, allowed) in rules.items()
+            if hasattr(args, name) and not ok(getattr(args, name))]
