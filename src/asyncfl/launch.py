@@ -121,7 +121,8 @@ def main(args: LaunchArgs) -> int:
             print(f"train.sh: starting {args.n_servers} servers (log: {log})", flush=True)
             addresses = wait_ready(run, ready, log, args.start_timeout_s + 30)
             if isinstance(addresses, int):
-                return addresses
+                # servers.py's own 2 (a setting it refused, e.g. a split under one batch) is the run's
+                return 2 if run.servers.poll() == 2 else addresses
         run.client = subprocess.Popen(
             [sys.executable, "-m", "asyncfl.client", "--servers", addresses, *flags(ClientArgs, args),
              "--out-dir", str(out_dir), "--die-with-parent"], env=env)

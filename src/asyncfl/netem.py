@@ -32,7 +32,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from asyncfl.protocol import LinkConditions
+from asyncfl.protocol import LinkConditions, parse_conditions  # noqa: F401  (parse_conditions: re-exported)
 
 NETNS_PREFIX = "asyncfl-"
 NFT_TABLE = "asyncfl"
@@ -44,37 +44,6 @@ MTU = 65535  # loopback's
 
 class NetemError(RuntimeError):
     """Network conditions were asked for that this machine cannot provide (or setting them up failed)."""
-
-
-def _numbers(text: str, what: str, n: int) -> list[float] | None:
-    parts = text.replace(",", " ").replace("%", " ").split()
-    if not parts:
-        return None
-    if len(parts) != n:
-        raise ValueError(f"{what} has {len(parts)} values for {n} servers")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"{what} must be numbers, got {text!r}") from None
-    if any(v < 0 or v != v for v in values):
-        raise ValueError(f"{what} must not be negative")
-    return values
-
-
-def parse_conditions(n_servers: int, loss: str = "", losses: str = "", delays_ms: str = "",
-                     rates_mbit: str = "") -> list[LinkConditions]:
-    """Per-server conditions from the command-line forms: ``loss`` ("10%") for every link, or per-server
-    lists ("0 0 10 20"). Giving a non-zero ``loss`` and ``losses`` together is refused as ambiguous."""
-    every = _numbers(loss, "--loss", 1) if loss.strip() else None
-    per = _numbers(losses, "--losses", n_servers)
-    if every and every[0] > 0 and per is not None:
-        raise ValueError("give either --loss (every link) or --losses (per server), not both")
-    loss_list = per or [every[0] if every else 0.0] * n_servers
-    if any(v >= 100 for v in loss_list):
-        raise ValueError("a loss must be below 100%")
-    delay_list = _numbers(delays_ms, "--delays-ms", n_servers) or [0.0] * n_servers
-    rate_list = _numbers(rates_mbit, "--rates-mbit", n_servers) or [0.0] * n_servers
-    return [LinkConditions(loss, d, r) for loss, d, r in zip(loss_list, delay_list, rate_list)]
 
 
 @dataclass

@@ -95,3 +95,37 @@ def fit_stats(header: dict) -> tuple[float, int, float, float]:
             and 0 <= stats["compute_s"] < 1e6 and 0 <= stats["idle_s"] < 1e7):
         raise ValueError(f"implausible round statistics {stats}")
     return float(stats["loss"]), stats["n_samples"], float(stats["compute_s"]), float(stats["idle_s"])
+
+
+def _numbers(text: str, what: str, n: int) -> list[float] | None:
+    parts = text.replace(",", " ").replace("%", " ").split()
+    if not parts:
+        return None
+    if len(parts) != n:
+        raise ValueError(f"{what} has {len(parts)} values for {n} servers")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} must be numbers, got {text!r}") from None
+    if any(v < 0 or v != v for v in values):
+        raise ValueError(f"{what} must not be negative")
+    return values
+
+
+def parse_conditions(n_servers: int, loss: str = "", losses: str = "", delays_ms: str = "",
+                     rates_mbit: str = "") -> list[LinkConditions]:
+    """Per-server conditions from the command-line forms: ``loss`` ("10%") for every link, or per-server
+    lists ("0 0 10 20"). Giving a non-zero ``loss`` and ``losses`` together is refused as ambiguous."""
+    try:
+        every = _numbers(loss, "--loss", 1) if loss.strip() else None
+    except ValueError:
+        raise ValueError(f"--loss takes a percentage such as 10% (got {loss!r})") from None
+    per = _numbers(losses, "--losses", n_servers)
+    if every and every[0] > 0 and per is not None:
+        raise ValueError("give either --loss (every link) or --losses (per server), not both")
+    loss_list = per or [every[0] if every else 0.0] * n_servers
+    if any(v >= 100 for v in loss_list):
+        raise ValueError("a loss must be below 100%")
+    delay_list = _numbers(delays_ms, "--delays-ms", n_servers) or [0.0] * n_servers
+    rate_list = _numbers(rates_mbit, "--rates-mbit", n_servers) or [0.0] * n_servers
+    return [LinkConditions(loss, d, r) for loss, d, r in zip(loss_list, delay_list, rate_list)]

@@ -34,24 +34,11 @@ from asyncfl import regime as regime_mod
 from asyncfl.lifecycle import die_with_parent
 from asyncfl.runlog import setup_logging
 from asyncfl.settings import ServerArgs as Args
-from asyncfl.settings import problems
+from asyncfl.settings import parse_speeds, problems
 from asyncfl.split_dataset import SplitRefused, describe_split, format_table, make_split
 from asyncfl.worker import ServerSpec, serve_shard
 
 log = logging.getLogger("asyncfl.servers")
-
-
-def parse_speeds(text: str, n_servers: int) -> list[float]:
-    """'1 1 1 4' (spaces or commas) -> [1.0, 1.0, 1.0, 4.0]; empty -> all 1. Ratios below 1 are refused."""
-    parts = text.replace(",", " ").split()
-    if not parts:
-        return [1.0] * n_servers
-    if len(parts) != n_servers:
-        raise ValueError(f"--speeds has {len(parts)} values for {n_servers} servers")
-    speeds = [float(p) for p in parts]
-    if any(not (1.0 <= s < 1e6) for s in speeds):
-        raise ValueError("every speed ratio must be at least 1 (1 = full speed, 4 = four times slower)")
-    return speeds
 
 
 def load_shard(path: str, dataset: str) -> data.Dataset:

@@ -14,6 +14,7 @@ from typing import Literal
 import tyro
 
 from asyncfl import regime as regime_mod
+from asyncfl.protocol import parse_conditions
 
 DatasetName = Literal["mnist-5k", "mnist", "fashion-mnist"]
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
@@ -150,5 +151,26 @@ def problems(args) -> list[str]:
         "connect_timeout_s": (lambda v: v > 0, "positive, in seconds"),
         "start_timeout_s": (lambda v: v > 0, "positive, in seconds"),
     }
-    return [f"{_flag(name)}: {allowed} (got {getattr(args, name)})" for name, (ok, allowed) in rules.items()
-            if hasattr(args, name) and not ok(getattr(args, name))]
+    found = [f"{_flag(name)}: {allowed} (got {getattr(args, name)})" for name, (ok, allowed) in rules.items()
+             if hasattr(args, name) and not ok(getattr(args, name))]
+    if hasattr(args, "loss") and not found:  # the data owners' per-server lists, as servers.py reads them
+        for check in (lambda: parse_conditions(args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit),
+                      lambda: parse_speeds(args.speeds, args.n_servers)):
+            try:
+                check()
+            except ValueError as e:
+                found.append(str(e))
+    return found
+
+
+def parse_speeds(text: str, n_servers: int) -> list[float]:
+    """'1 1 1 4' (spaces or commas) -> [1.0, 1.0, 1.0, 4.0]; empty -> all 1. Ratios below 1 are refused."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        return [1.0] * n_servers
+    if len(parts) != n_servers:
+        raise ValueError(f"--speeds has {len(parts)} values for {n_servers} servers")
+    speeds = [float(p) for p in parts]
+    if any(not (1.0 <= s < 1e6) for s in speeds):
+        raise ValueError("every speed ratio must be at least 1 (1 = full speed, 4 = four times slower)")
+    return speeds
