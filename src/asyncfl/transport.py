@@ -129,12 +129,8 @@ class Connection:
                     self.sock.sendall(b"".join([bytes(head), *parts]))
                 else:
                     _sendmsg_all(self.sock, [head, *parts])
-            except TimeoutError:
-                self.closed = True
-                raise Silence(f"no byte sent for {self.sock.gettimeout():g} s") from None
             except OSError as e:
-                self.closed = True
-                raise ConnectionClosed(f"send failed: {e}") from None
+                raise self._broken(e, "sent") from None
 
     # ---- receiving ---------------------------------------------------------------------------------------
 
@@ -205,13 +201,16 @@ class Connection:
                 got += k
         except ConnectionClosed:
             raise
-        except TimeoutError:
-            self.closed = True
-            raise Silence(f"no byte received for {self.sock.gettimeout():g} s") from None
         except OSError as e:
-            self.closed = True
-            raise ConnectionClosed(f"receive failed: {e}") from None
+            raise self._broken(e, "received") from None
         return view
+
+    def _broken(self, e: OSError, direction: str) -> ConnectionClosed:
+        """A read or write failed, and with it the connection: what to raise (Silence for a timeout)."""
+        self.closed = True
+        if isinstance(e, TimeoutError):
+            return Silence(f"no byte {direction} for {self.sock.gettimeout():g} s")
+        return ConnectionClosed(f"{'send' if direction == 'sent' else 'receive'} failed: {e}")
 
     def _control(self, opcode: int, payload: bytearray) -> None:
         if opcode == OP_PING:
