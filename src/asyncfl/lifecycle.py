@@ -50,7 +50,7 @@ def keep_freed_memory() -> None:
 
     Every round moves a few 1.7 MB buffers (weights in, weights out) and PyTorch allocates its activations
     anew; by default glibc serves blocks this large with a fresh mmap each time and unmaps them on free,
-    so each one costs ~400 page faults (about 1.5 ms per model copy measured here). Raising the mmap and
+    so each one costs ~400 page faults (docs/performance.md). Raising the mmap and
     trim thresholds keeps them in the heap, reused from round to round; memory use stays at its peak."""
     if sys.platform != "linux":
         return

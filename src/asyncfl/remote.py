@@ -45,7 +45,7 @@ class BadReply(ConnectionLost):
 
 class _Watchdog:
     """One long-lived thread that calls ``on_expire`` when an armed deadline passes. Arming and disarming
-    cost a lock each; a ``threading.Timer`` per round would start an OS thread per round (~190 µs here).
+    cost a lock each; a ``threading.Timer`` per round would start an OS thread per round.
     The thread is woken only when a deadline comes earlier than the one it sleeps until: with a fixed
     timeout every new deadline is later, so it sleeps through round after round (waking it each round
     cost two thread switches and a GIL hand-over per round)."""

@@ -134,7 +134,7 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
     chosen = [max(args.server_id, 0)] if args.shard else [args.server_id] if args.server_id >= 0 else range(args.n_servers)
 
     # Server processes are forked from a fork server that has imported torch once: started afresh, each
-    # spent ~2 s of CPU importing it (16 servers took 29 s to start on 2 cores). The fork server has no
+    # spent seconds of CPU importing it (docs/performance.md). The fork server has no
     # threads of ours and no sockets, so a forked server starts as clean as a spawned one.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["asyncfl.worker"])

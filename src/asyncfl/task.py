@@ -73,8 +73,7 @@ class ShardWorker:
 
     def warm_up(self) -> None:
         """One throwaway forward/backward pass in the calling thread: PyTorch's first call pays one-off
-        set-up costs, and a thread's first call pays them again (measured here: 50 ms in a connection's
-        thread after a warm-up in the main one, against 13 ms for a warm call), which would otherwise land
+        set-up costs, and a thread's first call pays them again (several warm calls' worth), which would otherwise land
         in the first round's compute time. The model's weights are left as they were."""
         x = self.images[:32] if len(self.labels) else torch.zeros(32, 1, 28, 28)
         y = self.labels[:32] if len(self.labels) else torch.zeros(32, dtype=torch.int64)
@@ -129,7 +128,7 @@ def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Micro-averaged F1 (scikit-learn's ``f1_score(average="micro")``): true positives, false positives
     and false negatives pooled over the classes. With one label per sample a wrong prediction is one false
     positive (of the predicted class) and one false negative (of the true class), so this is the accuracy;
-    computed here because importing scikit-learn took 1.7 s of CPU at every evaluator start."""
+    computed here because importing scikit-learn cost every evaluator start seconds of CPU."""
     tp = int(np.count_nonzero(np.asarray(y_true) == np.asarray(y_pred)))
     fp = fn = len(y_true) - tp
     return 2 * tp / (2 * tp + fp + fn) if len(y_true) else 0.0

@@ -1,10 +1,8 @@
 """A lean WebSocket (RFC 6455) connection for one request/reply at a time: the data owners' endpoints.
 
-Why not the ``websockets`` library's sync API, which this project used first: it reads every socket in a
-background thread that parses frames in Python 64 KiB at a time and hands messages over through a queue.
-For a 1.7 MB model that cost about 2.5 ms per message and direction, plus a thread hand-off, and with
-several servers the client's reader threads fought its training threads for the GIL (bench/run.py
-measured it). Here the thread that waits for a reply reads it itself: the frame header, then the payload
+Why not the ``websockets`` library's sync API: it reads every socket in a background thread that parses
+frames in Python 64 KiB at a time and hands messages over through a queue, and with several servers the
+client's reader threads fought its training threads for the GIL (docs/performance.md). Here the thread that waits for a reply reads it itself: the frame header, then the payload
 straight into one buffer with ``recv_into``, unmasked in place with numpy. Sending is one ``sendmsg`` of the
 header and the payload (masked into a fresh buffer on the client, as the RFC requires).
 
@@ -80,8 +78,8 @@ class Connection:
         self.sock, self.is_client, self.max_size = sock, is_client, max_size
         self.closed = False
         self._send_lock = threading.Lock()  # a pong from the reader must not interleave with a message
-        # Buffers reused from message to message: a fresh 1.7 MB bytearray costs ~1.8 ms here (zeroing
-        # and page faults), twenty times the copy itself.
+        # Buffers reused from message to message: a fresh 1.7 MB bytearray (zeroing, page faults) costs
+        # many times the copy itself.
         self._rbuf = bytearray(0)
         self._sbuf = bytearray(0)
 
