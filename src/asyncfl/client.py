@@ -144,6 +144,23 @@ def run(args: Args) -> int:
         for line in bad:
             log.error("%s", line)
         return 2
+    # The evaluator loads its test set while this process connects to the servers; it gets the run
+    # folder once the servers have been accepted (until then nothing is written).
+    ctx_mp = mp.get_context("spawn")
+    queue, scores, ready, hurry = ctx_mp.Queue(maxsize=1), ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Event()
+    evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
+                               args=(queue, scores, ready, hurry, args.dataset, args.data_dir, args.evaluator_nice,
+                                     args.eval_samples))
+    evaluator.start()
+    try:
+        return train(args, regime, evaluator, queue, scores, ready, hurry)
+    finally:
+        if evaluator.is_alive():  # the run ended before training: the evaluator never got a run folder
+            evaluator.terminate()
+            evaluator.join(5)
+
+
+def train(args: Args, regime, evaluator, queue, scores, ready, hurry) -> int:
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)
     try:
@@ -182,17 +199,12 @@ def run(args: Args) -> int:
     log.info("run folder %s; %d servers, %s, S=%d, %.0f s%s", out_dir, len(workers), args.aggregation,
              staleness_threshold, args.duration_s, f", paper regime K={args.time_scale:g}" if regime else "")
 
-    ctx_mp = mp.get_context("spawn")
-    queue, scores, ready, hurry = ctx_mp.Queue(maxsize=1), ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Event()
-    evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
-                               args=(queue, scores, ready, hurry, args.dataset, args.data_dir, str(out_dir),
-                                     args.evaluator_nice, args.eval_samples))
-    evaluator.start()
     # Training starts once the evaluator can score: its start-up would otherwise eat the first seconds.
     while not ready.wait(0.5):
         if not evaluator.is_alive():
             log.error("the evaluator exited with code %s before it was ready", evaluator.exitcode)
             return 1
+    queue.put(str(out_dir))
     log.info("evaluator ready (pid %d)", evaluator.pid)
 
     # Flat (one buffer): copies into shared memory and the study's update are then one operation each.

@@ -50,22 +50,27 @@ def format_score(req: EvalRequest, f1: float) -> str:
     return f"[round {req.epoch:5d}] f1={f1:.4f}  at {req.time_s:.1f} s"
 
 
-def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: str, out_dir: str, nice: int,
+def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: str, nice: int,
                   n_samples: int = 0) -> None:
-    """Body of the evaluator process: set ``ready`` once able to score, then score every request until a
-    None arrives. Each score goes to its CSV and, as (request without weights, f1), to ``scores``: the
-    client prints them, so that they interleave cleanly with its own output. Once ``hurry`` is set (the
-    run was interrupted and must end within seconds) only the final model is scored; a request skipped is
+    """Body of the evaluator process. It starts while the client still connects to its servers: it loads
+    the test set, sets ``ready`` once able to score, then takes the run folder (a str) as the first
+    request (None: the run was abandoned before it had one), and scores every request until a None
+    arrives. Each score goes to its CSV and, as (request without weights, f1), to ``scores``: the client
+    prints them, so that they interleave cleanly with its own output. Once ``hurry`` is set (the run was
+    interrupted and must end within seconds) only the final model is scored; a request skipped is
     answered with (request, None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle; we drain first
     torch.set_num_threads(1)
     keep_freed_memory()
     if nice:
         os.nice(nice)  # lower priority: scoring must not slow the training it measures
-    setup_logging(Path(out_dir) / "client.log", console=False)  # errors only: scores travel through `scores`
     scorer = Scorer(data.load(dataset_name, data_dir), n_samples)
     scorer.f1(Net().state_dict())  # warm-up: the first forward pass pays PyTorch's one-off set-up
     ready.set()
+    out_dir = requests.get()
+    if out_dir is None:
+        return
+    setup_logging(Path(out_dir) / "client.log", console=False)  # errors only: scores travel through `scores`
     time_log = CsvLog(Path(out_dir) / "f1_time.csv", ["time_s", "f1"])
     epoch_log = CsvLog(Path(out_dir) / "f1_epoch.csv", ["epoch", "f1"])
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 import tyro
 
 from asyncfl import netem
+from asyncfl.protocol import parse_conditions
 from asyncfl.settings import ClientArgs, LaunchArgs, ServerArgs, problems
 
 MANAGED = {"ready_file", "server_id", "shard", "port", "die_with_parent", "servers", "out_dir"}  # set below
@@ -44,6 +45,18 @@ def flags(cls, args: LaunchArgs) -> list[str]:
 def default_out_dir(args: LaunchArgs) -> Path:
     loss = args.losses.replace(" ", "_") if args.losses.strip() else args.loss.rstrip("%")
     return Path(f"out/L{loss}-D{args.stdev:g}-S{args.staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def known_addresses(args: LaunchArgs) -> str | None:
+    """The servers' addresses before they listen, when fixed ports on the host make them known (not with
+    free ports, namespaces or the paper regime); None otherwise."""
+    if args.base_port == 0 or args.regime == "paper" or args.netns == "always":
+        return None
+    if args.netns == "auto" and not all(c.is_clean() for c in parse_conditions(
+            args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit)):
+        return None
+    scheme = "wss" if args.certfile else "ws"
+    return ",".join(f"{scheme}://{args.host}:{args.base_port + i}" for i in range(args.n_servers))
 
 
 class Run:
@@ -119,14 +132,27 @@ def main(args: LaunchArgs) -> int:
                     [sys.executable, "-m", "asyncfl.servers", *flags(ServerArgs, args), "--ready-file", str(ready),
                      "--die-with-parent"], stdout=log_file, stderr=subprocess.STDOUT, env=env)
             print(f"train.sh: starting {args.n_servers} servers (log: {log})", flush=True)
-            addresses = wait_ready(run, ready, log, args.start_timeout_s + 30)
-            if isinstance(addresses, int):
-                # servers.py's own 2 (a setting it refused, e.g. a split under one batch) is the run's
-                return 2 if run.servers.poll() == 2 else addresses
+            addresses = known_addresses(args)  # the client then starts now and connects once they listen
+            if addresses is None:
+                addresses = wait_ready(run, ready, log, args.start_timeout_s + 30)
+                if isinstance(addresses, int):
+                    # servers.py's own 2 (a setting it refused, e.g. a split under one batch) is the run's
+                    return 2 if run.servers.poll() == 2 else addresses
         run.client = subprocess.Popen(
             [sys.executable, "-m", "asyncfl.client", "--servers", addresses, *flags(ClientArgs, args),
              "--out-dir", str(out_dir), "--die-with-parent"], env=env)
-        return run.client.wait()
+        while True:
+            try:
+                return run.client.wait(0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            # Servers that die before they all listen leave the client waiting for them: stop it.
+            if run.servers is not None and run.servers.poll() is not None and not ready.exists():
+                run.client.terminate()
+                run.client.wait()
+                tail = (out_dir / "servers.log").read_text().splitlines()[-5:]
+                print("train.sh: the servers failed to start:", *tail, sep="\n", file=sys.stderr)
+                return 2 if run.servers.returncode == 2 else 1
     finally:
         run.close()
         ready.unlink(missing_ok=True)
