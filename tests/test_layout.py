@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "asyncfl"
-SERVER_SIDE = {"servers", "worker", "netem"}
+SERVER_SIDE = {"servers", "worker", "netem", "wsserver"}
 CLIENT_SIDE = {"client", "rounds", "feed", "runfolder", "remote", "state", "aggregation", "live", "evaluator"}
 
 

@@ -52,7 +52,7 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 
 def token_check(token: str | None, server_name: str):
-    """The handshake check of a data server (see transport.Server): refuse ``401`` without the token."""
+    """The handshake check of a data server (see wsserver.Server): refuse ``401`` without the token."""
     expected = f"Bearer {token}".encode() if token else None
 
     def check(headers: dict[str, str], peer) -> Refusal | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asyncfl import auth, cpu, shm, transport, wire
+from asyncfl import auth, cpu, shm, transport, wire, wsserver
 from asyncfl.data import to_tensor
 from asyncfl.lifecycle import die_with, keep_freed_memory
 from asyncfl.model import FlatWeights, architecture_signature, copy_into
@@ -196,7 +196,7 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     try:
         # One thread per connection reads a request, answers it, reads the next: a client has at most one
         # request out, so nothing is ever read ahead and a flood cannot pile up in memory.
-        server = transport.Server(spec.host, spec.port, handler, auth.token_check(spec.token, spec.name),
+        server = wsserver.Server(spec.host, spec.port, handler, auth.token_check(spec.token, spec.name),
                                   wire.MAX_FRAME_BYTES, auth.server_ssl_context(spec.certfile, spec.keyfile),
                                   name=spec.name, on_error=lambda e: log.info("dropped a connection: %s", e))
     except (OSError, ValueError) as e:
