@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -32,7 +31,6 @@ import tyro
 from safetensors.torch import save_file
 
 from asyncfl import aggregation, auth, cpu, profiling, settings
-from asyncfl import regime as regime_mod
 from asyncfl.evaluator import run_evaluator
 from asyncfl.feed import EvalFeed, ScoreReport
 from asyncfl.lifecycle import die_with_parent, keep_freed_memory
@@ -69,24 +67,6 @@ def make_rule(args: Args, n_servers: int) -> tuple[aggregation.Rule, int]:
     if args.aggregation == "fedbuff":
         return aggregation.FedBuffRule(args.buffer_size, args.server_lr), args.staleness_threshold
     return aggregation.SSPRule(n_servers), args.staleness_threshold
-
-
-REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from regime.py
-    "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
-             "round_timeout_s": 60.0, "timeout_on": "round"},
-}
-
-
-def settle(args: Args) -> tuple[Args, regime_mod.Regime | None]:
-    """The arguments with every [regime] field the user left unset filled in from the regime."""
-    if args.regime == "paper":
-        r = regime_mod.paper_regime(args.time_scale)
-        defaults = {"duration_s": r.duration_s, "eval_interval_s": r.eval_interval_s, "eval_every_rounds": 1,
-                    "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence"}
-        args = replace(args, shared_memory=False)
-    else:
-        r, defaults = None, REGIME_DEFAULTS["fast"]
-    return replace(args, **{k: v for k, v in defaults.items() if getattr(args, k) is None}), r
 
 
 def resolve_servers(args: Args) -> list[str]:
@@ -136,7 +116,7 @@ def main(args: Args) -> int:
 
 def run(args: Args) -> int:
     try:
-        args, regime = settle(args)
+        args, regime = settings.settle(args)
     except ValueError as e:
         log.error("%s", e)
         return 2

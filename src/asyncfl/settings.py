@@ -8,7 +8,7 @@ and a bad flag answer at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import tyro
@@ -174,3 +174,21 @@ def parse_speeds(text: str, n_servers: int) -> list[float]:
     if any(not (1.0 <= s < 1e6) for s in speeds):
         raise ValueError("every speed ratio must be at least 1 (1 = full speed, 4 = four times slower)")
     return speeds
+
+
+REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from regime.py
+    "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
+             "round_timeout_s": 60.0, "timeout_on": "round"},
+}
+
+
+def settle(args: ClientArgs) -> tuple[ClientArgs, regime_mod.Regime | None]:
+    """The arguments with every [regime] field the user left unset filled in from the regime."""
+    if args.regime == "paper":
+        r = regime_mod.paper_regime(args.time_scale)
+        defaults = {"duration_s": r.duration_s, "eval_interval_s": r.eval_interval_s, "eval_every_rounds": 1,
+                    "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence"}
+        args = replace(args, shared_memory=False)
+    else:
+        r, defaults = None, REGIME_DEFAULTS["fast"]
+    return replace(args, **{k: v for k, v in defaults.items() if getattr(args, k) is None}), r
