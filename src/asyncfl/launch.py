@@ -91,6 +91,14 @@ class Run:
                     proc.wait()
 
 
+def servers_failed(run: Run, log: Path) -> int:
+    """Say why the servers did not start (the end of their log); servers.py's own 2 (a setting it
+    refused, e.g. a split under one batch) is the run's, anything else is 1."""
+    tail = log.read_text().splitlines()[-5:] if log.exists() else []
+    print("train.sh: the servers failed to start:", *tail, sep="\n", file=sys.stderr)
+    return 2 if run.servers.poll() == 2 else 1
+
+
 def wait_ready(run: Run, ready: Path, log: Path, timeout_s: float) -> str | int:
     """The servers' addresses once their ready file appears (servers.py's readiness signal, written whole
     and renamed into place), or an exit status."""
@@ -99,9 +107,7 @@ def wait_ready(run: Run, ready: Path, log: Path, timeout_s: float) -> str | int:
         if run.stopping:
             return 130
         if run.servers.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text().splitlines()[-5:] if log.exists() else []
-            print("train.sh: the servers failed to start:", *tail, sep="\n", file=sys.stderr)
-            return 1
+            return servers_failed(run, log)
         time.sleep(0.1)
     return ready.read_text().strip()
 
@@ -136,8 +142,7 @@ def main(args: LaunchArgs) -> int:
             if addresses is None:
                 addresses = wait_ready(run, ready, log, args.start_timeout_s + 30)
                 if isinstance(addresses, int):
-                    # servers.py's own 2 (a setting it refused, e.g. a split under one batch) is the run's
-                    return 2 if run.servers.poll() == 2 else addresses
+                    return addresses
         run.client = subprocess.Popen(
             [sys.executable, "-m", "asyncfl.client", "--servers", addresses, *flags(ClientArgs, args),
              "--out-dir", str(out_dir), "--die-with-parent"], env=env)
@@ -150,9 +155,7 @@ def main(args: LaunchArgs) -> int:
             if run.servers is not None and run.servers.poll() is not None and not ready.exists():
                 run.client.terminate()
                 run.client.wait()
-                tail = (out_dir / "servers.log").read_text().splitlines()[-5:]
-                print("train.sh: the servers failed to start:", *tail, sep="\n", file=sys.stderr)
-                return 2 if run.servers.returncode == 2 else 1
+                return servers_failed(run, out_dir / "servers.log")
     finally:
         run.close()
         ready.unlink(missing_ok=True)
