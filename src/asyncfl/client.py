@@ -126,21 +126,24 @@ def run(args: Args) -> int:
         return 2
     # The evaluator loads its test set while this process connects to the servers; it gets the run
     # folder once the servers have been accepted (until then nothing is written).
-    ctx_mp = mp.get_context("spawn")
+    # Forked, not spawned: this process has imported torch and has no threads yet, and a fresh interpreter
+    # would import it again on a core the servers' start-up needs.
+    ctx_mp = mp.get_context("fork")
     queue, scores, ready, hurry = ctx_mp.Queue(maxsize=1), ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Event()
+    free, epoch_ok_at = ctx_mp.Semaphore(1), ctx_mp.Value("d", 0.0, lock=False)
     evaluator = ctx_mp.Process(target=run_evaluator, name="evaluator", daemon=True,
                                args=(queue, scores, ready, hurry, args.dataset, args.data_dir, args.evaluator_nice,
-                                     args.eval_samples))
+                                     args.eval_samples, free, epoch_ok_at, args.eval_cpu_frac))
     evaluator.start()
     try:
-        return train(args, regime, evaluator, queue, scores, ready, hurry)
+        return train(args, regime, evaluator, queue, scores, ready, hurry, free, epoch_ok_at)
     finally:
         if evaluator.is_alive():  # the run ended before training: the evaluator never got a run folder
             evaluator.terminate()
             evaluator.join(5)
 
 
-def train(args: Args, regime, evaluator, queue, scores, ready, hurry) -> int:
+def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoch_ok_at) -> int:
     train_config = TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle)
     uris = resolve_servers(args)
     try:
@@ -200,7 +203,8 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry) -> int:
                   "evaluator: more are skipped until it catches up (raise --eval-every-rounds or --eval-backlog)",
                   logging.WARNING)
 
-    feed = EvalFeed(queue, t0, args.eval_backlog, evaluator_behind, latest_only=args.eval_every_rounds == 0)
+    feed = EvalFeed(queue, t0, args.eval_backlog, evaluator_behind, latest_only=args.eval_every_rounds == 0,
+                    free=free, epoch_ok_at=epoch_ok_at)
     ctx = RunContext(state, workers, train_config, args.dataset, rounds_log, events_log, feed, args.eval_every_rounds,
                      args.round_timeout_s, regime.time_scale if regime else 1.0, t0, retries=[0] * len(workers))
     errors: list[str] = []

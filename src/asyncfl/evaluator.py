@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,15 +52,18 @@ def format_score(req: EvalRequest, f1: float) -> str:
 
 
 def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: str, nice: int,
-                  n_samples: int = 0) -> None:
+                  n_samples: int = 0, free=None, epoch_ok_at=None, cpu_frac: float = 0.0) -> None:
     """Body of the evaluator process. It starts while the client still connects to its servers: it loads
     the test set, sets ``ready`` once able to score, then takes the run folder (a str) as the first
     request (None: the run was abandoned before it had one), and scores every request until a None
     arrives. Each score goes to its CSV and, as (request without weights, f1), to ``scores``: the client
     prints them, so that they interleave cleanly with its own output. Once ``hurry`` is set (the run was
     interrupted and must end within seconds) only the final model is scored; a request skipped is
-    answered with (request, None)."""
+    answered with (request, None). After each request it releases ``free``; after a round-wise one, with
+    ``cpu_frac``, it sets ``epoch_ok_at`` to when the next may start for its scoring to use at most that
+    share of one core (measured: the CPU time this one took)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle; we drain first
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked: not the client's handler, which would raise here
     torch.set_num_threads(1)
     keep_freed_memory()
     if nice:
@@ -75,15 +79,17 @@ def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: s
     epoch_log = CsvLog(Path(out_dir) / "f1_epoch.csv", ["epoch", "f1"])
     try:
         while (req := requests.get()) is not None:
-            if hurry.is_set() and not req.final:
-                scores.put((replace(req, weights=b""), None))
-                continue
-            f1 = scorer.f1(st_load(req.weights))
-            if req.kind == "time":
+            started, cpu_started = time.monotonic(), time.process_time()
+            f1 = None if hurry.is_set() and not req.final else scorer.f1(st_load(req.weights))
+            if f1 is not None and req.kind == "time":
                 time_log.write(round(req.time_s, 3), round(f1, 6))
-            else:
+            elif f1 is not None:
                 epoch_log.write(req.epoch, round(f1, 6))
+                if cpu_frac and epoch_ok_at is not None:
+                    epoch_ok_at.value = started + (time.process_time() - cpu_started) / cpu_frac
             scores.put((replace(req, weights=b""), f1))
+            if free is not None:
+                free.release()
     finally:
         time_log.close()
         epoch_log.close()

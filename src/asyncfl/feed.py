@@ -24,12 +24,18 @@ log = logging.getLogger("asyncfl.client")
 class EvalFeed:
     """Hands model snapshots, stamped with the time they were taken, to the evaluator one at a time.
 
-    The evaluator's queue holds at most one request; the backlog waits here as references to immutable
-    snapshots (serialised only when sent), so that an interrupted run can drop it at once instead of
-    waiting for the evaluator to read through it. A thread named eval-feed does the sending."""
+    The backlog waits here as references to immutable snapshots (serialised only when sent), so that an
+    interrupted run can drop it at once instead of waiting for the evaluator to read through it. A thread
+    named eval-feed does the sending: time-wise snapshots go ahead of waiting round-wise ones, and with
+    ``free`` (a semaphore the evaluator releases after each request) only one request is out at a time, so
+    a time-wise snapshot never queues behind more than the one being scored. While training runs, a
+    round-wise snapshot is sent no earlier than ``epoch_ok_at.value`` (time.monotonic(), set by the
+    evaluator to hold its share of a core); once ``finish`` is called nothing is held back."""
 
-    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0, on_first_skip=None, latest_only: bool = False):
+    def __init__(self, queue, t0: float, max_epoch_backlog: int = 0, on_first_skip=None, latest_only: bool = False,
+                 free=None, epoch_ok_at=None):
         self.queue, self.t0 = queue, t0
+        self.free, self.epoch_ok_at = free, epoch_ok_at
         self.max_epoch_backlog = max_epoch_backlog  # round-wise snapshots waiting at most (0 = no limit)
         # Round-wise snapshots at the pace the evaluator holds: a new one replaces the one still waiting.
         self.latest_only = latest_only
@@ -99,19 +105,39 @@ class EvalFeed:
             self._cond.notify()
         self.queue.cancel_join_thread()
 
+    def _take(self):
+        """The next entry to send (under the lock), None when there is nothing to send yet, or "end"."""
+        for i, entry in enumerate(self._pending):
+            if entry[0] == "time":
+                del self._pending[i]
+                return entry
+        if self._pending:
+            wait_s = 0.0 if self._done or self.epoch_ok_at is None else self.epoch_ok_at.value - time.monotonic()
+            if wait_s > 0:
+                self._cond.wait(wait_s)  # a time-wise snapshot may arrive meanwhile: look again
+                return None
+            self._epoch_pending -= 1
+            return self._pending.popleft()
+        if self._done:
+            return "end"
+        self._cond.wait()
+        return None
+
     def _send_loop(self) -> None:
         while True:
+            # The evaluator's answer to the previous request comes first: what is sent next, and when the
+            # next round-wise snapshot may go, is decided only once it is free.
+            while self.free is not None and not self.closed and not self.free.acquire(timeout=0.5):
+                pass
             with self._cond:
-                while not self._pending and not self._done and not self.closed:
-                    self._cond.wait()
+                entry = None
+                while entry is None and not self.closed:
+                    entry = self._take()
                 if self.closed:
                     return
-                entry = self._pending.popleft() if self._pending else None  # None: done, everything sent
-                if entry is not None and entry[0] == "epoch":
-                    self._epoch_pending -= 1
             # Serialised outside the lock: server threads submit under it from the round loop.
-            item = None if entry is None else EvalRequest(*entry[:4], st_save(entry[4]), entry[5])
-            while not self.closed:  # blocks while the evaluator is busy with the previous request
+            item = None if entry == "end" else EvalRequest(*entry[:4], st_save(entry[4]), entry[5])
+            while not self.closed:
                 try:
                     self.queue.put(item, timeout=0.5)
                     break

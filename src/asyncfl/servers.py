@@ -133,11 +133,10 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
     # Which data owners this process starts: all, or one (the same shard every host derives from the seed).
     chosen = [max(args.server_id, 0)] if args.shard else [args.server_id] if args.server_id >= 0 else range(args.n_servers)
 
-    # Server processes are forked from a fork server that has imported torch once: started afresh, each
-    # spent seconds of CPU importing it (docs/performance.md). The fork server has no
-    # threads of ours and no sockets, so a forked server starts as clean as a spawned one.
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["asyncfl.worker"])
+    # Server processes are forked from this one, which has imported torch and loaded the data: started
+    # afresh, each spent seconds of CPU importing it again (docs/performance.md). This process starts no
+    # threads and holds no sockets, so a forked server starts as clean as a spawned one.
+    ctx = mp.get_context("fork")
     ready_queue = ctx.Queue()
     procs, specs = [], []
     hosts = [link.ns_addr for link in links] or [args.host] * args.n_servers
@@ -253,5 +252,5 @@ def _stop_all(procs) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned servers before they import torch
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process before torch is imported
     sys.exit(main(tyro.cli(Args, description=__doc__)))

@@ -105,7 +105,8 @@ class ClientArgs:
     round_timeout_s: float | None = None  # [regime] a round is abandoned (the server reconnected, the round retried) after this many seconds (fast 60, paper 60/K: the websocket timeout the paper cites)
     timeout_on: Literal["round", "silence"] | None = None  # [regime] what --round-timeout-s bounds: round = the whole round (fast); silence = time without a byte on the socket, the original's websocket timeout (paper)
     die_with_parent: bool = False  # stop (writing the results) when the parent process dies, however it dies (train.sh sets it)
-    evaluator_nice: int = 10  # niceness added to the evaluator process (0 = same priority as training)
+    evaluator_nice: int | None = None  # [regime] niceness added to the evaluator process (fast 0: the time-wise F1 is scored within a second while every core trains; paper 10: its paced servers keep priority)
+    eval_cpu_frac: float | None = None  # [regime] largest share of one core the evaluator spends on round-wise snapshots while training runs; time-wise and final snapshots are never held back (fast 0.05; paper 0 = no limit)
     eval_backlog: int = 64  # round-wise snapshots (1.7 MB each) that may wait for a busy evaluator; beyond it new ones are skipped, counted and logged, until it catches up (0 = no limit: memory grows while the evaluator is behind)
     server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
     token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
@@ -143,6 +144,8 @@ def problems(args) -> list[str]:
         "eval_every_rounds": (lambda v: v is None or v >= 0, "0 (the newest advance) or a number of rounds"),
         "eval_samples": (lambda v: v is None or v >= 0, "0 (the whole test set) or a number of samples"),
         "server_timeout_s": (lambda v: v >= 0, "0 (off) or seconds"),
+        "evaluator_nice": (lambda v: v is None or 0 <= v <= 19, "in [0, 19]"),
+        "eval_cpu_frac": (lambda v: v is None or 0 <= v <= 1, "in [0, 1] (0 = no limit)"),
         "eval_backlog": (lambda v: v >= 0, "0 (no limit) or a number of snapshots"),
         "staleness_threshold": (lambda v: v >= 0, "0 (synchronous) or more rounds"),
         "batch_size": (lambda v: 1 <= v <= 65536, "in [1, 65536]"),
@@ -178,7 +181,7 @@ def parse_speeds(text: str, n_servers: int) -> list[float]:
 
 REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from regime.py
     "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
-             "round_timeout_s": 60.0, "timeout_on": "round"},
+             "round_timeout_s": 60.0, "timeout_on": "round", "evaluator_nice": 0, "eval_cpu_frac": 0.05},
 }
 
 
@@ -187,7 +190,8 @@ def settle(args: ClientArgs) -> tuple[ClientArgs, regime_mod.Regime | None]:
     if args.regime == "paper":
         r = regime_mod.paper_regime(args.time_scale)
         defaults = {"duration_s": r.duration_s, "eval_interval_s": r.eval_interval_s, "eval_every_rounds": 1,
-                    "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence"}
+                    "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence",
+                    "evaluator_nice": 10, "eval_cpu_frac": 0.0}
         args = replace(args, shared_memory=False)
     else:
         r, defaults = None, REGIME_DEFAULTS["fast"]

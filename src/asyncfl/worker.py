@@ -115,7 +115,7 @@ def handle_frame(worker: ShardWorker, frame: bytes | str, extra_info: dict,
 
 @dataclass
 class ServerSpec:
-    """Everything one server process needs (sent to it by servers.py through spawn's own pipe)."""
+    """Everything one server process needs (handed to it by servers.py when it forks the process)."""
 
     index: int
     name: str
