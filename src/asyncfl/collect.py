@@ -26,6 +26,7 @@ SMALL_FILES = ("config.json", "f1_time.csv", "f1_epoch.csv", "events.csv", "yapp
 class Args:
     sweep: tyro.conf.Positional[Path]  # the sweep folder (train_batch.sh's SWEEP_DIR)
     dest: tyro.conf.Positional[Path]  # the results folder, e.g. results/paper-regime
+    figures: bool = True  # draw Figs. 3-6 too (--no-figures: copy and summarise only, light while a sweep runs)
 
 
 def main(args: Args) -> int:
@@ -43,7 +44,9 @@ def main(args: Args) -> int:
     if not finished:
         return 0
     status = analyze.main(analyze.Args((args.dest / "runs",), out=args.dest))
-    return status or plot.main(plot.Args((args.dest / "runs",), out=args.dest))
+    if status or not args.figures:
+        return status
+    return plot.main(plot.Args((args.dest / "runs",), out=args.dest))
 
 
 if __name__ == "__main__":
