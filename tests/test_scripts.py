@@ -32,7 +32,8 @@ def test_synchronous_run_writes_every_file_and_keeps_rounds_in_step(tmp_path):
     assert 10 <= times[-1] < 11
     assert float(f1_time[-1]["f1"]) > 0.8
     epochs = [int(r["epoch"]) for r in read_csv(tmp_path / "f1_epoch.csv")]
-    assert epochs[0] == 1 and epochs == sorted(set(epochs))  # the newest advance whenever the evaluator is free
+    # the newest advance whenever the evaluator is free (time-wise snapshots go first, so it may not be round 1)
+    assert len(epochs) > 3 and epochs == sorted(set(epochs)) and epochs[0] >= 1
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["finished"]["evaluations_skipped_behind"] == 0
     assert config["args"]["staleness_threshold"] == 0 and config["n_servers"] == 2
