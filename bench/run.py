@@ -8,7 +8,9 @@ It starts the real ``src/asyncfl/servers.py`` and ``src/asyncfl/client.py`` proc
 write, prints a table and writes ``bench/results.json``:
 
 - ``round_overhead_ratio``: 1 server, 1 batch per round: median client-observed round time (``round_s``)
-  over the median server compute time (``compute_s``), over every round of the run but the first 10.
+  over the median server compute time (``compute_s``), over every round of the run but the first 10;
+  ``round_overhead_ratio_socket``: the same with ``--no-shared-memory`` (the weights in the frames).
+  ``--only overhead`` measures just these two.
 - ``tta90_fl_s`` / ``tta90_central_s`` / ``tta90_ratio``: seconds from the first round to F1 >= 0.90 on
   mnist-5k, 4 servers, D=0, S=9999, no loss (scored every ``--tta-eval-interval-s`` by an evaluator at
   niceness 19, no round-wise log), against a plain loop with the same model, batch size and learning
@@ -37,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,6 +67,7 @@ class Args:
     overhead_s: float = 20.0  # length of the 1-server run that measures the round overhead, seconds
     scaling_s: float = 15.0  # length of each scaling run, seconds
     tta_s: float = 20.0  # length of each federated time-to-F1 run, seconds
+    only: Literal["all", "overhead"] = "all"  # overhead: only the round overhead, both ways (about a minute)
     tta_eval_interval_s: float = 0.1  # scoring interval of both time-to-F1 measurements, seconds: their resolution
 
 
@@ -158,14 +162,15 @@ def median_or_none(values: list) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def bench_overhead(args: Args, workdir: Path) -> dict:
+def bench_overhead(args: Args, workdir: Path, suffix: str = "", *flags: str) -> dict:
     with servers(1, workdir) as (addresses, *_):
-        client(addresses, workdir / "overhead", args.overhead_s, "--eval-interval-s", str(args.overhead_s))
-    rows = read_rows(workdir / "overhead" / "rounds.csv")[10:]
+        client(addresses, workdir / f"overhead{suffix}", args.overhead_s, "--eval-interval-s", str(args.overhead_s),
+               *flags)
+    rows = read_rows(workdir / f"overhead{suffix}" / "rounds.csv")[10:]
     round_s = statistics.median(float(r["round_s"]) for r in rows)
     compute_s = statistics.median(float(r["compute_s"]) for r in rows)
-    return {"rounds": len(rows), "round_s_median": round(round_s, 5), "compute_s_median": round(compute_s, 5),
-            "round_overhead_ratio": round(round_s / compute_s, 3)}
+    return {f"rounds{suffix}": len(rows), f"round_s_median{suffix}": round(round_s, 5),
+            f"compute_s_median{suffix}": round(compute_s, 5), f"round_overhead_ratio{suffix}": round(round_s / compute_s, 3)}
 
 
 def bench_tta(args: Args, workdir: Path) -> dict:
@@ -249,6 +254,10 @@ def main(args: Args) -> int:
         results["compute_bound_updates_per_s"] = round(results["machine"]["cores"] / step_s, 1)
         print("round overhead (1 server) ...", flush=True)
         results.update(bench_overhead(args, workdir))
+        results.update(bench_overhead(args, workdir, "_socket", "--no-shared-memory"))
+        if args.only == "overhead":
+            print(json.dumps({k: v for k, v in results.items() if "overhead" in k or "_s_median" in k}, indent=2))
+            return 0
         print("time to F1 0.90 ...", flush=True)
         results.update(bench_tta(args, workdir))
         print("scaling ...", flush=True)
@@ -263,6 +272,7 @@ def main(args: Args) -> int:
 def print_table(r: dict) -> None:
     print(f"\n{'figure':<34}{'value':>12}")
     for key, unit in [("round_overhead_ratio", ""), ("round_s_median", "s"), ("compute_s_median", "s"),
+                      ("round_overhead_ratio_socket", ""), ("round_s_median_socket", "s"),
                       ("tta90_fl_s", "s"), ("tta90_central_s", "s"), ("tta90_ratio", ""), ("split_s", "s"),
                       ("step_s_median", "s"), ("compute_bound_updates_per_s", "/s")]:
         print(f"{key:<34}{r[key] if r[key] is not None else 'never':>12} {unit}")

@@ -95,7 +95,7 @@ def test_cpu_shares_count_this_process_and_flag_waiting():
 def _pair(timeout_s: float):
     a, b = socket.socketpair()
     a.settimeout(timeout_s)
-    return transport.Connection(a, is_client=True, max_size=1 << 20), b
+    return transport.Connection.open(a, is_client=True, max_size=1 << 20), b
 
 
 def test_a_slow_reply_that_keeps_moving_is_not_cut():

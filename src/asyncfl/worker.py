@@ -193,12 +193,19 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         except transport.ConnectionClosed as e:
             log.info("connection from %s ended (%s); %d requests served, %d refused", peer, e, served, refused)
 
+    fatal: list[str] = []
+
+    def stop_for_restart(reason: str) -> None:  # servers.py starts a server that exited again
+        fatal.append(reason)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
     try:
-        # One thread per connection reads a request, answers it, reads the next: a client has at most one
-        # request out, so nothing is ever read ahead and a flood cannot pile up in memory.
+        # One thread per accepted connection reads a request, answers it, reads the next: a client has at
+        # most one request out, so nothing is ever read ahead and a flood cannot pile up in memory.
         server = wsserver.Server(spec.host, spec.port, handler, auth.token_check(spec.token, spec.name),
                                   wire.MAX_FRAME_BYTES, auth.server_ssl_context(spec.certfile, spec.keyfile),
-                                  name=spec.name, on_error=lambda e: log.info("dropped a connection: %s", e))
+                                  name=spec.name, on_error=lambda e: log.info("dropped a connection: %s", e),
+                                  on_fatal=stop_for_restart)
     except (OSError, ValueError) as e:
         log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
         ready_queue.put((spec.index, -1))
@@ -210,6 +217,9 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
              "wss" if spec.certfile else "ws", spec.host, port, " (token required)" if spec.token else "")
     ready_queue.put((spec.index, port))
     signal.sigwait({signal.SIGTERM})
-    log.info("stopping")
+    log.info("stopping (%s)", ", ".join(f"{k} {v}" for k, v in server.counts().items()))
     server.shutdown()
     accept.join()
+    if fatal:
+        log.error("%s; exiting so that servers.py starts this server again", fatal[0])
+        raise SystemExit(3)

@@ -1,114 +1,283 @@
-"""A data owner's WebSocket endpoint: accept connections, answer the opening handshake, serve each.
+"""A data owner's WebSocket endpoint: one selector loop answers every opening handshake; a connection gets
+a thread of its own only once its handshake (and token, see auth.py) is accepted.
 
-``Server`` accepts on a listening socket, runs the handshake (with the token check, see auth.py, before
-the upgrade) and hands each accepted connection (a transport.Connection) to its handler in a thread of
-its own. The client side of the protocol is in transport.py.
+Idle or slow peers cannot lock the door: handshakes are read without blocking, each within
+``open_timeout_s``; at most ``max_pending`` unauthenticated connections are held (the one idle longest is
+closed to make room for a new one), and at most ``max_per_token`` accepted connections per token (the
+one idle longest is cut: a client that reconnects has given up on its old connection). The loop survives
+every error in one connection (logged and counted); if it can no longer accept at all it calls
+``on_fatal``, and the worker exits so that servers.py starts it again. The client side is transport.py.
 """
 
 from __future__ import annotations
 
+import errno
+import resource
+import selectors
 import socket
 import ssl
 import threading
-from http import HTTPStatus
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
-from asyncfl.transport import Connection, Refusal, _read_http, _tune, accept_key
+from websockets.server import ServerProtocol
+
+from asyncfl.transport import QUIET, Connection, Refusal, tune
+
+HANDSHAKE_READ_BYTES = 16 * 1024
 
 
-def server_handshake(sock: socket.socket, check: Callable[[dict[str, str], tuple], Refusal | None],
-                     max_size: int) -> Connection | None:
-    """Answer one client's opening handshake on an accepted socket: a Connection, or None after an HTTP
-    error answer (bad request, or ``check`` refused it, e.g. without the token)."""
-    request_line, headers, rest = _read_http(sock)
-    peer = sock.getpeername()
-    method, _, _ = str(request_line).partition(" ")
-    refusal = None
-    if method != "GET" or headers.get("upgrade", "").lower() != "websocket" or \
-            "upgrade" not in headers.get("connection", "").lower() or "sec-websocket-key" not in headers:
-        refusal = Refusal(HTTPStatus.BAD_REQUEST, "a WebSocket upgrade request is expected\n")
-    elif headers.get("sec-websocket-version") != "13":
-        refusal = Refusal(HTTPStatus.UPGRADE_REQUIRED, "WebSocket version 13 is required\n")
-    elif rest:
-        refusal = Refusal(HTTPStatus.BAD_REQUEST, "data before the handshake completed\n")
-    else:
-        refusal = check(headers, peer)
-    if refusal is not None:
-        body = refusal.text.encode()
-        sock.sendall(f"HTTP/1.1 {refusal.status.value} {refusal.status.phrase}\r\nContent-Type: text/plain\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-        return None
-    sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Accept: {accept_key(headers['sec-websocket-key'])}\r\n\r\n").encode())
-    return Connection(sock, is_client=False, max_size=max_size)
+@dataclass(eq=False)
+class _Peer:
+    sock: socket.socket
+    deadline: float  # time.monotonic() by which the handshake must be done
+    active: float  # when it last sent something
+    protocol: ServerProtocol | None = None
+    tls_pending: bool = False
+    addr: tuple = ()
+
+
+@dataclass(eq=False)
+class _Open:
+    sock: socket.socket
+    key: str  # the Authorization header it was accepted with
+    since: float = field(default_factory=time.monotonic)
+    conn: Connection | None = None
+
+    def active(self) -> float:
+        return self.conn.last_active if self.conn is not None else self.since
+
+
+def raise_open_files_limit(needed: int) -> int:
+    """Raise this process's soft limit on open files to ``needed`` (within the hard limit); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
 
 
 class Server:
-    """Accepts connections on a listening socket, one thread per connection: the handshake (within
-    ``open_timeout_s``), then ``handler(conn)``. ``shutdown`` stops accepting and cuts open connections."""
+    """``serve_forever`` runs the handshake loop; ``handler(conn)`` serves an accepted connection in its
+    own thread; ``shutdown`` stops the loop and cuts every connection."""
 
     def __init__(self, host: str, port: int, handler: Callable[[Connection], None],
-                 check: Callable[[dict[str, str], tuple], Refusal | None], max_size: int,
-                 ssl_context: ssl.SSLContext | None = None, open_timeout_s: float = 10.0, name: str = "server",
-                 on_error: Callable[[str], None] | None = None):
-        self.socket = socket.create_server((host, port), reuse_port=False)
+                 check: Callable[[dict, tuple], Refusal | None], max_size: int,
+                 ssl_context: ssl.SSLContext | None = None, open_timeout_s: float = 5.0, name: str = "server",
+                 on_error: Callable[[str], None] | None = None, on_fatal: Callable[[str], None] | None = None,
+                 max_pending: int = 256, max_per_token: int = 16):
+        self.socket = socket.create_server((host, port), backlog=1024, reuse_port=False)  # a burst waits, not refused
+        self.socket.setblocking(False)
         self.handler, self.check, self.max_size = handler, check, max_size
         self.ssl_context, self.open_timeout_s, self.name = ssl_context, open_timeout_s, name
         self.on_error = on_error or (lambda msg: None)
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self.on_fatal = on_fatal or (lambda msg: None)
+        self.max_pending, self.max_per_token = max_pending, max_per_token
+        self.open_files = raise_open_files_limit(max_pending + 4 * max_per_token + 64)
+        self.errors = 0  # exceptions the loop caught and survived
+        self.evicted = 0  # connections closed to make room (pending or per token)
+        self._pending: dict[socket.socket, _Peer] = {}
+        self._open: dict[str, list[_Open]] = {}
+        self._lock = threading.Lock()  # guards _open (threads remove themselves) and _stopping
         self._stopping = False
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # ---- the loop ---------------------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        while not self._stopping:
-            try:
-                sock, _ = self.socket.accept()
-            except OSError:
-                if self._stopping:
-                    return
-                continue
-            threading.Thread(target=self._serve_one, args=(sock,), name=f"{self.name}-conn", daemon=True).start()
-
-    def _serve_one(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self._stopping:
-                sock.close()
-                return
-            self._conns.add(sock)
+        self._selector.register(self.socket, selectors.EVENT_READ, "listen")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
-            _tune(sock)
-            sock.settimeout(self.open_timeout_s)  # a peer that never finishes its handshake is dropped
-            if self.ssl_context is not None:
-                raw, sock = sock, self.ssl_context.wrap_socket(sock, server_side=True)
-                with self._lock:  # the TLS socket replaces the raw one (which it took the descriptor of)
-                    self._conns.discard(raw)
-                    self._conns.add(sock)
-            conn = server_handshake(sock, self.check, self.max_size)
-            if conn is None:
+            while not self._stopping:
+                try:
+                    self._step()
+                except Exception as e:  # one peer's trouble must not end the loop
+                    self.errors += 1
+                    self.on_error(f"handshake loop: {type(e).__name__}: {e}")
+                    time.sleep(0.01)  # an error that repeats at once must not spin a core
+        finally:
+            for peer in list(self._pending.values()):
+                self._drop(peer)
+            self._selector.close()
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        soonest = min((p.deadline for p in self._pending.values()), default=now + 1.0)
+        for key, _ in self._selector.select(max(0.0, soonest - now)):
+            if key.data == "listen":
+                self._accept_some()
+            elif key.data == "wake":
+                self._wake_r.recv(64)
+            else:
+                self._advance(key.data)
+        now = time.monotonic()
+        for peer in [p for p in self._pending.values() if p.deadline <= now]:
+            self._drop(peer)  # a handshake not done in time
+
+    def _accept_some(self) -> None:
+        for _ in range(64):  # then let the handshakes in progress have their turn
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
                 return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.errors += 1
+                    if not self._evict_pending():  # free a descriptor, or wait for one to be freed
+                        time.sleep(0.05)
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # the peer gave up before we took it
+                self.on_fatal(f"cannot accept connections any more: {e}")
+                self._stopping = True
+                return
+            if len(self._pending) >= self.max_pending:
+                self._evict_pending()
+            now = time.monotonic()
+            peer = _Peer(sock, now + self.open_timeout_s, now, addr=addr)
+            try:
+                sock.setblocking(False)
+                tune(sock)
+                if self.ssl_context is not None:
+                    peer.sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                    peer.tls_pending = True
+                peer.protocol = ServerProtocol(max_size=self.max_size, logger=QUIET)
+                self._pending[peer.sock] = peer
+                self._selector.register(peer.sock, selectors.EVENT_READ, peer)
+            except (OSError, ValueError) as e:
+                self.on_error(f"{type(e).__name__}: {e}")
+                self._drop(peer)
+
+    def _evict_pending(self) -> bool:
+        if not self._pending:
+            return False
+        self._drop(min(self._pending.values(), key=lambda p: p.active))
+        self.evicted += 1
+        return True
+
+    def _advance(self, peer: _Peer) -> None:
+        """Read what a pending peer sent: finish TLS, then the HTTP upgrade; answer it once complete."""
+        peer.active = time.monotonic()
+        try:
+            if peer.tls_pending:
+                peer.sock.do_handshake()
+                peer.tls_pending = False
+            data = peer.sock.recv(HANDSHAKE_READ_BYTES)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return  # more to come (a TLS handshake that wants to write has tiny records: the buffer takes them)
+        except (OSError, ValueError) as e:
+            self.on_error(f"{type(e).__name__}: {e}")
+            return self._drop(peer)
+        if not data:
+            return self._drop(peer)
+        protocol = peer.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        if not events:
+            if protocol.handshake_exc is not None:  # not HTTP, or headers too large: say so if we can, close
+                self._answer(peer, b"".join(protocol.data_to_send()))
+                self.on_error(f"bad handshake from {peer.addr}: {protocol.handshake_exc}")
+                self._drop(peer)
+            return
+        request, frames = events[0], events[1:]
+        refusal = self.check(request.headers, peer.addr)
+        response = protocol.reject(refusal.status, refusal.text) if refusal else protocol.accept(request)
+        protocol.send_response(response)
+        out = b"".join(protocol.data_to_send())
+        if response.status_code != 101:  # refused by us, or not a valid upgrade (the library's 400/426)
+            self._answer(peer, out)
+            return self._drop(peer)
+        self._forget(peer)
+        self._admit(peer, request.headers.get("Authorization", ""), out, frames)
+
+    def _answer(self, peer: _Peer, out: bytes) -> None:
+        try:
+            peer.sock.send(out)  # one short answer: it fits the socket's buffer, or the peer misses it
+        except (OSError, ValueError):
+            pass
+
+    def _admit(self, peer: _Peer, key: str, response: bytes, frames: list) -> None:
+        entry = _Open(peer.sock, key)
+        with self._lock:
+            same = self._open.setdefault(key, [])
+            if len(same) >= self.max_per_token:
+                oldest = min(same, key=_Open.active)
+                same.remove(oldest)
+                self.evicted += 1
+                _cut(oldest.sock)
+            same.append(entry)
+        try:
+            threading.Thread(target=self._serve, args=(entry, peer.protocol, response, frames),
+                             name=f"{self.name}-conn", daemon=True).start()
+        except RuntimeError as e:  # can't start new thread: refuse this one, keep the door open
+            self.errors += 1
+            self.on_error(f"no thread for a connection from {peer.addr}: {e}")
+            self._release(entry)
+            peer.sock.close()
+
+    def _serve(self, entry: _Open, protocol: ServerProtocol, response: bytes, frames: list) -> None:
+        sock = entry.sock
+        try:
+            sock.setblocking(True)
+            sock.settimeout(self.open_timeout_s)
+            sock.sendall(response)
             sock.settimeout(None)
-            self.handler(conn)
-        except (OSError, ValueError, UnicodeError) as e:  # a stranger that is not speaking WebSocket (or TLS)
+            entry.conn = Connection(sock, protocol, frames)
+            self.handler(entry.conn)
+        except (OSError, ValueError) as e:
             self.on_error(f"{type(e).__name__}: {e}")
         finally:
-            with self._lock:
-                self._conns.discard(sock)
+            self._release(entry)
             try:
                 sock.close()
             except OSError:
                 pass
+
+    def _release(self, entry: _Open) -> None:
+        with self._lock:
+            same = self._open.get(entry.key, [])
+            if entry in same:
+                same.remove(entry)
+
+    def _forget(self, peer: _Peer) -> None:
+        self._pending.pop(peer.sock, None)
+        try:
+            self._selector.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _drop(self, peer: _Peer) -> None:
+        self._forget(peer)
+        try:
+            peer.sock.close()
+        except OSError:
+            pass
+
+    # ---- stopping ---------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            accepted = sum(len(v) for v in self._open.values())
+        return {"pending": len(self._pending), "open": accepted, "errors": self.errors, "evicted": self.evicted}
 
     def shutdown(self) -> None:
         with self._lock:
             self._stopping = True
-            conns = list(self._conns)
+            conns = [o.sock for same in self._open.values() for o in same]
         try:
-            self.socket.shutdown(socket.SHUT_RDWR)
+            self._wake_w.send(b"x")
         except OSError:
             pass
         self.socket.close()
         for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _cut(s)
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # its thread's blocked read returns, and the thread ends
+    except OSError:
+        pass
