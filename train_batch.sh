@@ -35,7 +35,12 @@ DATASET=${DATASET:-mnist-5k}     # mnist-5k (offline), mnist, fashion-mnist
 EVAL_INTERVAL_S=${EVAL_INTERVAL_S:-}  # seconds between time-wise evaluations (empty: 15, or 15/K)
 SPLIT_SEED=${SPLIT_SEED:-42}     # one split for the whole sweep (the original's seed)
 TRANSPORT=${TRANSPORT:-netns}    # netns: every server in a namespace at every L (root); loopback: L=0 grids without root
-JOBS=${JOBS:-1}                  # configurations run at once (each with its own ports and namespaces)
+LAUNCHER=${LAUNCHER:-local}      # local: run here, JOBS at a time; slurm: one sbatch --array over the runs (docs/multihost.md)
+[[ -n ${JOBS:-} ]] && jobs_set=1 || jobs_set=0
+JOBS=${JOBS:-1}                  # configurations run at once (each with its own ports and namespaces); slurm: the array's %limit if set
+CPUS_PER_TASK=${CPUS_PER_TASK:-2}  # LAUNCHER=slurm: cores each run asks for (its timings are the measurement)
+EXCLUSIVE=${EXCLUSIVE:-0}        # LAUNCHER=slurm: 1 = a whole node per run (sbatch --exclusive), for timing-sensitive regimes
+SBATCH_ARGS=${SBATCH_ARGS:-}     # LAUNCHER=slurm: more sbatch options, e.g. "--partition=short --time=00:10:00"
 EXTRA_ARGS=${EXTRA_ARGS:-}       # more train.sh/client flags for every run, e.g. "--eval-samples 500"
 SWEEP_DIR=${SWEEP_DIR:-sweeps/$(date +%Y%m%d-%H%M%S)}  # where the run folders go
 
@@ -57,10 +62,19 @@ case $TRANSPORT in
 esac
 [[ $REGIME == fast || $REGIME == paper ]] || { echo "train_batch.sh: REGIME is fast or paper, not '$REGIME'" >&2; exit 2; }
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "train_batch.sh: JOBS must be a positive integer, not '$JOBS'" >&2; exit 2; }
+[[ $LAUNCHER == local || $LAUNCHER == slurm ]] || { echo "train_batch.sh: LAUNCHER is local or slurm, not '$LAUNCHER'" >&2; exit 2; }
+[[ $CPUS_PER_TASK =~ ^[1-9][0-9]*$ ]] || { echo "train_batch.sh: CPUS_PER_TASK must be a positive integer" >&2; exit 2; }
+if [[ $LAUNCHER == slurm && $dry_run == 0 ]] && ! command -v sbatch > /dev/null; then
+  echo "train_batch.sh: LAUNCHER=slurm needs sbatch (Slurm's client tools) on this machine" >&2; exit 2
+fi
+PY=.venv/bin/python
 if [[ $EUID != 0 && $TRANSPORT == netns && $dry_run == 0 ]]; then
-  echo "train_batch.sh: TRANSPORT=netns puts every server in a network namespace, which needs root;" \
-    "run as root, or TRANSPORT=loopback LOSSES=(0%) for a grid without loss" >&2
-  exit 2
+  # Without root every run puts itself in user and network namespaces of its own (rootless.py).
+  if ! why=$("$PY" -c 'from asyncfl import rootless; print(rootless.unavailable() or "")') || [[ -n $why ]]; then
+    echo "train_batch.sh: TRANSPORT=netns puts every server in a network namespace: that needs root or user" \
+      "namespaces, and $why; or TRANSPORT=loopback LOSSES=0% for a grid without loss" >&2
+    exit 2
+  fi
 fi
 
 # The link dimension: "L<loss>" for every value of LOSSES, "links<k>" for the k-th entry of LINK_SETS.
@@ -114,9 +128,8 @@ print(f"  {run.name}: final f1 {final['f1']} at {final['time_s']} s; rounds {f['
       f"largest staleness {max(f['max_staleness_per_server'])}, abandoned {sum(f['retries_per_server'])}; cpu {cpu}{warn}")
 PYEOF
 }
-PY=.venv/bin/python
 
-failed=0 running=0 interrupted=0
+failed=0 running=0 interrupted=0 pending=()
 trap 'interrupted=1; kill -TERM $(jobs -p) 2>/dev/null || true' INT TERM
 reap() {  # wait for one of the running configurations; count a failure
   local status=0
@@ -145,16 +158,52 @@ for i in "${!runs[@]}"; do
   [[ $dry_run == 1 ]] && continue
   # Resume: a run that already finished its whole duration in this sweep folder is not run again.
   if grep -qs '"stop_reason": "duration"' "$SWEEP_DIR/$name/config.json"; then echo "  done already"; continue; fi
+  # shellcheck disable=SC2206  # EXTRA_ARGS splits into words on purpose
+  args=(--n-servers "$N_SERVERS" "${link_flags[@]}" "${transport_flags[@]}" --stdev "$stdev"
+    --stdev-units paper --split-seed "$SPLIT_SEED" --staleness-threshold "$staleness"
+    --partition "${part%% *}" ${part_flags[@]+"${part_flags[@]}"} --aggregation "${rule%% *}"
+    ${rule_flags[@]+"${rule_flags[@]}"} --speeds "$speeds" "${timing[@]}" --dataset "$DATASET"
+    --seed "$rep" --base-port 0 --no-live $EXTRA_ARGS)
+  if [[ $LAUNCHER == slurm ]]; then
+    pending+=("$name"$'\t'"$(printf '%q ' "${args[@]}")")
+    continue
+  fi
   rm -rf "${SWEEP_DIR:?}/$name"  # what an interrupted attempt left
   while ((running >= JOBS)); do reap; done
   [[ $interrupted == 1 ]] && break
-  run_one "$name" --n-servers "$N_SERVERS" "${link_flags[@]}" "${transport_flags[@]}" --stdev "$stdev" \
-    --stdev-units paper --split-seed "$SPLIT_SEED" --staleness-threshold "$staleness" \
-    --partition "${part%% *}" ${part_flags[@]+"${part_flags[@]}"} --aggregation "${rule%% *}" \
-    ${rule_flags[@]+"${rule_flags[@]}"} --speeds "$speeds" "${timing[@]}" --dataset "$DATASET" \
-    --seed "$rep" --base-port 0 --no-live $EXTRA_ARGS &
+  run_one "$name" "${args[@]}" &
   running=$((running + 1))
 done
+if [[ $LAUNCHER == slurm && $dry_run == 0 ]]; then
+  # One array task per unfinished run, each reading its line of runs.txt (the sweep folder must be on a
+  # filesystem the compute nodes share, as must this repository and its .venv).
+  if ((${#pending[@]} == 0)); then echo "train_batch.sh: every run has finished already"; exit 0; fi
+  printf '%s\n' "${pending[@]}" > "$SWEEP_DIR/runs.txt"
+  sweep=$(cd "$SWEEP_DIR" && pwd) repo=$(pwd)
+  cat > "$SWEEP_DIR/slurm-task.sh" <<TASK
+#!/usr/bin/env bash
+# One task of the array train_batch.sh submitted: the run on line SLURM_ARRAY_TASK_ID + 1 of runs.txt.
+set -euo pipefail
+cd "$repo"
+line=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$sweep/runs.txt")
+name=\${line%%\$'\\t'*}
+if grep -qs '"stop_reason": "duration"' "$sweep/\$name/config.json"; then echo "\$name: done already"; exit 0; fi
+rm -rf "$sweep/\$name"
+eval "args=(\${line#*\$'\\t'})"
+echo "\$name on \$(hostname), \${SLURM_CPUS_PER_TASK:-?} cores"
+exec ./train.sh "\${args[@]}" --out-dir "$sweep/\$name" > "$sweep/\$name.log" 2>&1
+TASK
+  chmod +x "$SWEEP_DIR/slurm-task.sh"
+  limit=""; [[ $jobs_set == 1 ]] && limit="%$JOBS"
+  exclusive=(); [[ $EXCLUSIVE == 1 ]] && exclusive=(--exclusive)
+  # shellcheck disable=SC2086  # SBATCH_ARGS splits into options on purpose
+  job=$(sbatch --parsable --job-name=asyncfl-sweep --array="0-$((${#pending[@]} - 1))$limit" \
+    --cpus-per-task="$CPUS_PER_TASK" ${exclusive[@]+"${exclusive[@]}"} --output="$sweep/slurm-%A_%a.out" \
+    $SBATCH_ARGS "$SWEEP_DIR/slurm-task.sh")
+  echo "train_batch.sh: submitted ${#pending[@]} runs as Slurm array job $job ($CPUS_PER_TASK cores each);" \
+    "watch: squeue -j ${job%%;*}; then: $PY -m asyncfl.analyze $SWEEP_DIR; resubmit the same command to finish what failed"
+  exit 0
+fi
 while ((running > 0)); do reap; done
 if [[ $interrupted == 1 ]]; then echo "train_batch.sh: interrupted; run again with SWEEP_DIR=$SWEEP_DIR to resume"; exit 130; fi
 [[ $dry_run == 1 ]] && exit 0

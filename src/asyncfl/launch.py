@@ -23,7 +23,7 @@ from pathlib import Path
 
 import tyro
 
-from asyncfl import netem
+from asyncfl import netem, rootless
 from asyncfl.protocol import parse_conditions
 from asyncfl.settings import ClientArgs, LaunchArgs, ServerArgs, problems
 
@@ -112,10 +112,25 @@ def wait_ready(run: Run, ready: Path, log: Path, timeout_s: float) -> str | int:
     return ready.read_text().strip()
 
 
+def needs_namespaces(args: LaunchArgs) -> bool:
+    """Will servers.py put its servers in network namespaces (which need root, or rootless.py)?"""
+    if args.servers or args.netns == "never":
+        return False
+    return args.regime == "paper" or args.netns == "always" or not all(c.is_clean() for c in parse_conditions(
+        args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit))
+
+
 def main(args: LaunchArgs) -> int:
     if bad := problems(args):  # before anything starts
         print("train.sh: " + "\ntrain.sh: ".join(bad), file=sys.stderr)
         return 2
+    if rootless.inside():
+        rootless.prepare()
+    elif os.geteuid() != 0 and needs_namespaces(args):
+        if why := rootless.unavailable():
+            print(f"train.sh: network namespaces need root or user namespaces, and {why}", file=sys.stderr)
+            return 2
+        rootless.reexec(sys.argv[1:])  # does not return: this launcher again, as root of its own namespaces
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
