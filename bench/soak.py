@@ -2,7 +2,7 @@
 interval into the run folder, then a verdict on growth, progress and the files' integrity.
 
     .venv/bin/python bench/soak.py --out-dir out/soak-default                                  # 60 min, defaults
-    .venv/bin/python bench/soak.py --out-dir out/soak-l20-s0 --train-args "--loss 20% --staleness-threshold 0"
+    .venv/bin/python bench/soak.py --out-dir out/soak-l20-s0 "--train-args=--loss 20% --staleness-threshold 0"
 
 Writes, next to the run's own files, ``rss.csv`` (time_s,process,pid,rss_kib; one row per process and
 sample, flushed as it goes) and ``soak.json``: per process the RSS at the end of start-up and at the end,
@@ -38,7 +38,7 @@ class Args:
     interval_s: float = 60.0  # seconds between RSS samples
     settle_s: float = 300.0  # start-up: samples before this many seconds are left out of the slope
     max_slope_mb_per_min: float = 1.0  # growth allowed per process, MB per minute
-    train_args: str = ""  # more train.sh flags, e.g. "--loss 20% --staleness-threshold 0"
+    train_args: str = ""  # more train.sh flags, given as --train-args="--loss 20% --staleness-threshold 0"
 
 
 def process_tree(root: int) -> list[int]:

@@ -22,7 +22,7 @@ def interpreter_for_nobody() -> tuple[str, dict] | None:
     """A Python nobody may run with this environment's packages: the venv's own if nobody can reach it,
     else the system's Python of the same version with the venv's packages on PYTHONPATH (the venv's
     interpreter may live under /root, which only root may enter)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp",
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp",  # a user's PATH: no /usr/sbin
            "PYTHONPATH": f"{ROOT / 'src'}:{sysconfig.get_paths()['purelib']}"}
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin:/bin") or ""):

@@ -53,8 +53,12 @@ def unavailable() -> str | None:
 
 
 def reexec(argv: list[str]) -> None:
-    """Replace this process with the same launcher inside new namespaces (same pid: signals still reach it)."""
-    os.execvpe(UNSHARE[0], [*UNSHARE, "--", sys.executable, "-m", "asyncfl.launch", *argv], {**os.environ, ENV: "1"})
+    """Replace this process with the same launcher inside new namespaces (same pid: signals still reach it).
+    ip, tc and nft live in /usr/sbin, which a user's PATH often lacks: it is added."""
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    extra = [d for d in ("/usr/sbin", "/sbin") if d not in path.split(":")]
+    env = {**os.environ, ENV: "1", "PATH": ":".join([path, *extra])}
+    os.execvpe(UNSHARE[0], [*UNSHARE, "--", sys.executable, "-m", "asyncfl.launch", *argv], env)
 
 
 def prepare() -> None:
