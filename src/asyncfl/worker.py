@@ -150,7 +150,7 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     if spec.netns:
         enter_netns(spec.netns)  # first, while this is the only thread: later threads and sockets follow
     torch.set_num_threads(1)  # one core per server; more threads only contend on a small machine
-    keep_freed_memory()
+    keep_freed_memory(arenas=2)  # one request at a time: two arenas serve every connection thread
     setup_logging()
     # Ctrl-C reaches the whole process group: leave it to servers.py, which stops us with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
