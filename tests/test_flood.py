@@ -6,6 +6,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from asyncfl.model import initial_weights
 from asyncfl.protocol import TrainConfig
 from asyncfl.remote import WebsocketClientWorker
@@ -20,7 +22,7 @@ def threads_of(pid: int) -> int:
 
 
 def owner_pid(servers_pid: int) -> int:
-    """The server process servers.py forked (its only child besides none)."""
+    """The one server process servers.py forked."""
     children = Path(f"/proc/{servers_pid}/task/{servers_pid}/children").read_text().split()
     assert len(children) == 1, children
     return int(children[0])
@@ -30,7 +32,6 @@ def test_three_thousand_idle_connections_do_not_lock_a_client_out(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = N_IDLE + 256
     if hard != resource.RLIM_INFINITY and hard < need:
-        import pytest
         pytest.skip(f"the open files hard limit ({hard}) is below {need}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
     proc, uris = start_servers(tmp_path, "--n-servers", "1", "--token", TOKEN)
