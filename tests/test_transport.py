@@ -3,6 +3,7 @@ parser behind the project's glue), and hand-made handshakes, idle sockets and fl
 handshake loop of wsserver.Server."""
 
 import os
+import random
 import socket
 import struct
 import threading
@@ -12,7 +13,9 @@ from http import HTTPStatus
 import pytest
 
 from asyncfl import wsserver
-from asyncfl.transport import Connection, ConnectionClosed, HandshakeRefused, Refusal, connect
+from asyncfl.auth import Refusal
+from asyncfl.transport import Connection, ConnectionClosed
+from asyncfl.wsclient import HandshakeRefused, connect
 
 BINARY, TEXT, CONT, CLOSE, PING, PONG = 0x2, 0x1, 0x0, 0x8, 0x9, 0xA
 DEADLINE_S = 10.0
@@ -148,6 +151,60 @@ def test_a_client_masks_what_it_sends_and_refuses_masked_frames_from_a_server():
     with pytest.raises(ConnectionClosed) as e:
         conn.recv()
     assert e.value.code == 1002
+
+
+def send_in_pieces(sock: socket.socket, data: bytes, seed: int, then_close: bool = False) -> threading.Thread:
+    """Send ``data`` in writes of 1 byte to 100 KB from a thread (the reader must drain the socket)."""
+    rng = random.Random(seed)
+
+    def run():
+        i = 0
+        while i < len(data):
+            k = rng.choice([1, 7, 1000, 65_535, 65_536, 100_000])
+            sock.sendall(data[i:i + k])
+            i += k
+        if then_close:
+            sock.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_large_payloads_in_any_pieces_are_whole_and_in_order_with_frames_around_them(seed):
+    # From 64 KiB a payload goes straight into a buffer of its size (bigframes): header, mask and order
+    # are still the library's; a ping inside a fragmented message is still answered.
+    conn, peer = server_side(max_size=4 << 20)
+    big = [os.urandom(n) for n in (70_000, 1_700_000, 65_536)]
+    t = send_in_pieces(peer, frame(BINARY, big[0], fin=False) + frame(PING, b"p") + frame(CONT, big[1])
+                       + frame(BINARY, b"small") + frame(BINARY, big[2]), seed)
+    assert bytes(conn.recv()) == big[0] + big[1]
+    assert bytes(conn.recv()) == b"small"
+    assert bytes(conn.recv()) == big[2]
+    t.join(DEADLINE_S)
+    assert read_frame(peer) == (PONG, False, b"p")
+
+
+def test_a_client_receives_a_large_payload_into_a_writable_buffer_and_sends_one_masked():
+    a, b = socket.socketpair()
+    b.settimeout(DEADLINE_S)
+    conn = Connection.open(a, is_client=True, max_size=4 << 20)
+    payload = os.urandom(200_000)
+    t = send_in_pieces(b, frame(BINARY, payload, mask=False), seed=3)
+    got = conn.recv()
+    t.join(DEADLINE_S)
+    assert got == payload and isinstance(got, bytearray)  # writable: wire.decode need not copy it
+    conn.send([payload[:100], memoryview(payload)[100:]])
+    assert read_frame(b) == (BINARY, True, payload)
+
+
+def test_the_peer_vanishing_in_a_large_payload_ends_the_connection():
+    conn, peer = server_side(max_size=4 << 20)
+    t = send_in_pieces(peer, frame(BINARY, os.urandom(1 << 20))[:300_000], seed=5, then_close=True)
+    with pytest.raises(ConnectionClosed, match="closed"):
+        conn.recv()
+    t.join(DEADLINE_S)
 
 
 # ---- the handshake loop ---------------------------------------------------------------------------------
@@ -324,3 +381,21 @@ def test_a_listening_socket_that_cannot_accept_any_more_ends_the_loop_through_on
     socket.create_connection(("127.0.0.1", srv.port), timeout=DEADLINE_S)
     srv.thread.join(DEADLINE_S)
     assert not srv.thread.is_alive() and srv.fatal and "cannot accept" in srv.fatal[0]
+
+
+def test_a_large_frame_sent_along_with_the_handshake_reaches_the_handler_whole(running):
+    srv = running()
+    payload = os.urandom(300_000)
+    sock = srv.raw()
+    request = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+               b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+    t = send_in_pieces(sock, request + frame(BINARY, payload), seed=4)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(1)
+        assert chunk, "closed during the handshake"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101")
+    t.join(DEADLINE_S)
+    assert read_frame(sock) == (BINARY, False, payload)

@@ -17,14 +17,21 @@ import ipaddress
 import logging
 import os
 import ssl
+from dataclasses import dataclass
 from http import HTTPStatus
-
-from asyncfl.transport import Refusal
 
 TOKEN_ENV = "ASYNCFL_TOKEN"
 MIN_TOKEN_CHARS = 16  # a shared secret shorter than this is guessable
 
 log = logging.getLogger("asyncfl.auth")
+
+
+@dataclass
+class Refusal:
+    """A data server's answer to a handshake it refuses (see wsserver.Server's ``check``)."""
+
+    status: HTTPStatus
+    text: str
 
 
 def resolve_token(flag_value: str) -> str | None:

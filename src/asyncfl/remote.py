@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import torch
 
-from asyncfl import auth, shm, transport, wire
+from asyncfl import auth, shm, transport, wire, wsclient
 from asyncfl.model import check_weights, copy_into, weight_spec
 from asyncfl.protocol import FitResult, LinkConditions, TrainConfig, fit_stats
 
@@ -136,8 +136,8 @@ class WebsocketClientWorker:
         try:
             # No keepalive pings: the round timeout is the one liveness check. Data servers are reached
             # directly, never through an HTTP proxy.
-            self._ws = transport.connect(self.uri, self._headers, self._ssl, wire.MAX_FRAME_BYTES, open_timeout_s)
-        except transport.HandshakeRefused as e:
+            self._ws = wsclient.connect(self.uri, self._headers, self._ssl, wire.MAX_FRAME_BYTES, open_timeout_s)
+        except wsclient.HandshakeRefused as e:
             if e.status == 401:
                 raise RemoteError(f"{self.uri} refused the connection: "
                                   f"{'wrong' if self._headers else 'no'} token (set {auth.TOKEN_ENV})") from None

@@ -1,35 +1,31 @@
-"""WebSocket connections for one request/reply at a time, and the client's opening handshake.
+"""A WebSocket connection for one request/reply at a time.
 
 The ``websockets`` library's Sans-I/O protocol (``ClientProtocol``, ``ServerProtocol``) parses every
 handshake and frame, answers pings and closes, and enforces ``max_size`` before a payload is buffered;
-this module only moves bytes between it and a blocking socket. The thread that waits for a reply reads
-it itself (no reader thread fighting the training threads for the GIL, docs/performance.md). The
-server's side, with its handshake loop, is wsserver.py.
+this module only moves bytes between it and a blocking socket (a model's payload without copies:
+bigframes.py). The thread that waits for a reply reads it itself (no reader thread fighting the training
+threads for the GIL, docs/performance.md). The opening handshakes: wsclient.py and wsserver.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from http import HTTPStatus
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus, InvalidURI
-from websockets.frames import CloseCode, Opcode, apply_mask
+from websockets.frames import CloseCode, Opcode
 from websockets.protocol import Side, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-READ_BYTES = 1 << 18  # one recv; a 1.7 MB model arrives in about seven
-ZERO_COPY_BYTES = 64 * 1024  # binary messages from this size go out from the caller's buffers
+from asyncfl import bigframes
+
+READ_BYTES = 1 << 16  # one recv of anything but a large payload (which goes straight into its buffer)
 # The library logs every connection's opening and closing at INFO: only its warnings reach our log.
 QUIET = logging.getLogger("asyncfl.websockets")
 QUIET.setLevel(logging.WARNING)
@@ -48,20 +44,6 @@ class Silence(ConnectionClosed):
     dropped: what was sent or read of the message is lost)."""
 
 
-class HandshakeRefused(OSError):
-    """The server answered the opening handshake with an HTTP status other than 101."""
-
-    def __init__(self, status: int, body: str):
-        super().__init__(f"HTTP {status}: {body.strip()[:200]}")
-        self.status = status
-
-
-@dataclass
-class Refusal:
-    status: HTTPStatus
-    text: str
-
-
 class Connection:
     """An open WebSocket connection over a connected socket. Not thread-safe for two readers; sends are
     serialised; ``shutdown`` may be called from any thread to cut a blocked read or write."""
@@ -78,7 +60,7 @@ class Connection:
         """A connection whose handshake is already done (or not needed, as between two tests' sockets)."""
         protocol = ClientProtocol(parse_uri("ws://peer/"), state=State.OPEN, max_size=max_size, logger=QUIET) \
             if is_client else ServerProtocol(state=State.OPEN, max_size=max_size, logger=QUIET)
-        return cls(sock, protocol)
+        return cls(sock, bigframes.install(protocol))
 
     def send(self, message: bytes | bytearray | memoryview | str | list) -> None:
         """Send one message: bytes, a str (a text message), or a list of buffers sent as one binary message."""
@@ -89,35 +71,14 @@ class Connection:
                 self.protocol.send_text(message.encode())
                 return self._flush()
             parts = message if isinstance(message, list) else [message]
-            if sum(len(m) for m in parts) < ZERO_COPY_BYTES:
+            if sum(len(m) for m in parts) < bigframes.BIG_BYTES:
                 self.protocol.send_binary(b"".join(parts))
                 return self._flush()
             self._flush()  # anything the protocol still holds goes first
-            self._send_frame(parts)
-
-    def _send_frame(self, parts: list) -> None:
-        """One binary frame whose payload goes out from the caller's buffers: the library would copy a
-        model three or four times into its frame (docs/performance.md). Only the header is written here."""
-        views = [memoryview(m).cast("B") for m in parts]
-        n = sum(len(v) for v in views)
-        mask_bit = 0x80 if self.protocol.side is Side.CLIENT else 0
-        head = struct.pack("!BBQ", 0x80 | Opcode.BINARY, mask_bit | 127, n)  # 64-bit length: always valid
-        if mask_bit:  # a client masks (RFC 6455 5.3): one copy, by the library's own C routine
-            mask = secrets.token_bytes(4)
-            head, views = head + mask, [memoryview(apply_mask(b"".join(views), mask))]
-        try:
-            if isinstance(self.sock, ssl.SSLSocket):  # no sendmsg over TLS
-                self.sock.sendall(b"".join([head, *views]))
-                return
-            views = [memoryview(head), *views]
-            while views:
-                sent = self.sock.sendmsg(views)
-                while views and sent >= len(views[0]):
-                    sent -= len(views.pop(0))
-                if views and sent:
-                    views[0] = views[0][sent:]
-        except OSError as e:
-            raise self._broken(e, "sent") from None
+            try:
+                bigframes.send_binary(self.sock, parts, mask=self.protocol.side is Side.CLIENT)
+            except OSError as e:
+                raise self._broken(e, "sent") from None
 
     def recv(self) -> bytes | bytearray | str:
         """The next whole message: a str for text, bytes-like for binary."""
@@ -140,21 +101,19 @@ class Connection:
         try:
             return bytes(data).decode()
         except UnicodeDecodeError:
-            self._fail(CloseCode.INVALID_DATA, "text message is not UTF-8")
+            self.close(CloseCode.INVALID_DATA, "text message is not UTF-8")
+            raise ConnectionClosed("text message is not UTF-8", CloseCode.INVALID_DATA) from None
 
     def _next_frame(self):
         while not self._events:
             if self.protocol.state is not State.OPEN:
                 raise self._ended()
             try:
-                data = self.sock.recv(READ_BYTES)
+                n = bigframes.receive(self.sock, self.protocol, READ_BYTES)
             except OSError as e:
                 raise self._broken(e, "received") from None
-            if data:
+            if n:
                 self.last_active = time.monotonic()
-                self.protocol.receive_data(data)
-            else:
-                self.protocol.receive_eof()
             self._events.extend(self.protocol.events_received())
             with self._send_lock:
                 self._flush()  # pongs, the answer to a close, the close after a protocol error
@@ -185,10 +144,6 @@ class Connection:
             return Silence(f"no byte {direction} for {self.sock.gettimeout():g} s")
         return ConnectionClosed(f"{'send' if direction == 'sent' else 'receive'} failed: {e}")
 
-    def _fail(self, code: CloseCode, reason: str):
-        self.close(code, reason)
-        raise ConnectionClosed(reason, code)
-
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame (best effort, no waiting for the answer) and close the socket."""
         if not self.closed and self.protocol.state is State.OPEN:
@@ -199,8 +154,7 @@ class Connection:
 
     def shutdown(self) -> None:
         """Cut a read or write blocked in another thread (it raises ConnectionClosed)."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+        cut(self.sock)
 
     def close_socket(self) -> None:
         self.closed = True
@@ -213,49 +167,12 @@ class Connection:
             return self.sock.getpeername()
 
 
+def cut(sock: socket.socket) -> None:
+    """End both directions of a socket another thread may be blocked on (its read returns at once)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def tune(sock: socket.socket) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a reply's last segment goes at once
-
-
-def connect(uri: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None, max_size: int,
-            timeout_s: float) -> Connection:
-    """Open a WebSocket connection to ws://host:port/path or wss://...; raises HandshakeRefused for a
-    non-101 answer and OSError for anything on the way."""
-    try:
-        wsuri = parse_uri(uri)
-    except InvalidURI:
-        raise ValueError(f"not a ws:// or wss:// address: {uri!r}") from None
-    if wsuri.secure and ssl_context is None:
-        raise ValueError("wss:// needs a TLS context")
-    sock = socket.create_connection((wsuri.host, wsuri.port), timeout=timeout_s)
-    try:
-        tune(sock)
-        if wsuri.secure:
-            sock = ssl_context.wrap_socket(sock, server_hostname=wsuri.host)
-        protocol = ClientProtocol(wsuri, max_size=max_size, logger=QUIET)
-        request = protocol.connect()
-        for name, value in headers.items():
-            request.headers[name] = value
-        protocol.send_request(request)
-        sock.sendall(b"".join(protocol.data_to_send()))
-        events: list = []
-        while not events and protocol.handshake_exc is None:
-            data = sock.recv(READ_BYTES)
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            events = protocol.events_received()
-            if not data:
-                break
-        if protocol.state is not State.OPEN:
-            exc = protocol.handshake_exc
-            if isinstance(exc, InvalidStatus):
-                raise HandshakeRefused(exc.response.status_code, exc.response.body.decode(errors="replace"))
-            raise ConnectionClosed(f"the handshake failed: {exc or 'connection closed during the handshake'}")
-        sock.settimeout(None)
-        return Connection(sock, protocol, events[1:])
-    except BaseException:
-        sock.close()
-        raise

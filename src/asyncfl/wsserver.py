@@ -6,7 +6,7 @@ Idle or slow peers cannot lock the door: handshakes are read without blocking, e
 closed to make room for a new one), and at most ``max_per_token`` accepted connections per token (the
 one idle longest is cut: a client that reconnects has given up on its old connection). The loop survives
 every error in one connection (logged and counted); if it can no longer accept at all it calls
-``on_fatal``, and the worker exits so that servers.py starts it again. The client side is transport.py.
+``on_fatal``, and the worker exits so that servers.py starts it again. The client's side is wsclient.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Callable
 
 from websockets.server import ServerProtocol
 
-from asyncfl.transport import QUIET, Connection, Refusal, tune
+from asyncfl import bigframes
+from asyncfl.auth import Refusal
+from asyncfl.transport import QUIET, Connection, cut, tune
 
 HANDSHAKE_READ_BYTES = 16 * 1024
 
@@ -144,7 +146,7 @@ class Server:
                 if self.ssl_context is not None:
                     peer.sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                     peer.tls_pending = True
-                peer.protocol = ServerProtocol(max_size=self.max_size, logger=QUIET)
+                peer.protocol = bigframes.install(ServerProtocol(max_size=self.max_size, logger=QUIET))
                 self._pending[peer.sock] = peer
                 self._selector.register(peer.sock, selectors.EVENT_READ, peer)
             except (OSError, ValueError) as e:
@@ -207,7 +209,7 @@ class Server:
                 oldest = min(same, key=_Open.active)
                 same.remove(oldest)
                 self.evicted += 1
-                _cut(oldest.sock)
+                cut(oldest.sock)
             same.append(entry)
         try:
             threading.Thread(target=self._serve, args=(entry, peer.protocol, response, frames),
@@ -273,11 +275,4 @@ class Server:
             pass
         self.socket.close()
         for s in conns:
-            _cut(s)
-
-
-def _cut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)  # its thread's blocked read returns, and the thread ends
-    except OSError:
-        pass
+            cut(s)
