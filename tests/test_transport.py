@@ -11,8 +11,9 @@ import time
 from http import HTTPStatus
 
 import pytest
+from websockets.server import ServerProtocol
 
-from asyncfl import wsserver
+from asyncfl import bigframes, wsserver
 from asyncfl.auth import Refusal
 from asyncfl.transport import Connection, ConnectionClosed
 from asyncfl.wsclient import HandshakeRefused, connect
@@ -205,6 +206,19 @@ def test_the_peer_vanishing_in_a_large_payload_ends_the_connection():
     with pytest.raises(ConnectionClosed, match="closed"):
         conn.recv()
     t.join(DEADLINE_S)
+
+
+def test_a_peer_in_its_handshake_cannot_make_the_server_allocate_a_payload_buffer():
+    # An 8 MiB header sent before the token is checked: buffered as the bytes come (none), no 8 MiB buffer.
+    protocol = bigframes.install(ServerProtocol(max_size=8 << 20))
+    protocol.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                          + frame(BINARY, length=8 << 20))
+    assert protocol.events_received() and protocol.reader.sink is None
+    conn = Connection(socket.socketpair()[0], protocol)  # accepted: the next payload gets its buffer
+    assert conn.protocol.reader.armed
+    protocol.receive_data(os.urandom(10))
+    assert protocol.reader.sink is None  # (the frame begun before is finished the library's way)
 
 
 # ---- the handshake loop ---------------------------------------------------------------------------------

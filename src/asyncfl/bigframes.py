@@ -4,7 +4,9 @@ library's own buffers copy a payload three or four times on each side (docs/perf
 Receiving: ``PayloadReader`` is the library's stream buffer, except that when the library's frame parser
 asks for ``BIG_BYTES`` or more at once (a payload: headers and control frames are smaller), it makes a
 buffer of exactly that size and the socket receives straight into it (``sink``). The library still parses
-every header, checks ``max_size`` before the buffer exists, unmasks and validates the frame.
+every header, checks ``max_size`` before the buffer exists, unmasks and validates the frame. Only a
+connection's reader does so (``armed`` by transport.Connection): for a peer still in its handshake, whose
+token has not been checked, bytes are buffered as they arrive, as the library does.
 ``receive`` reads a socket into a protocol either way. Sending: ``send_binary`` writes one frame header
 and hands the kernel the caller's buffers after it.
 """
@@ -26,9 +28,10 @@ class PayloadReader(StreamReader):
     def __init__(self) -> None:
         super().__init__()
         self.sink: memoryview | None = None  # what is still missing of the payload being read
+        self.armed = False  # set by transport.Connection: no buffer is made for a peer still in its handshake
 
     def read_exact(self, n: int):
-        if n < BIG_BYTES or len(self.buffer) >= n:
+        if not self.armed or n < BIG_BYTES or len(self.buffer) >= n:
             return (yield from super().read_exact(n))
         out = bytearray(n)
         have = len(self.buffer)

@@ -50,6 +50,7 @@ class Connection:
 
     def __init__(self, sock: socket.socket, protocol: ClientProtocol | ServerProtocol, events=()):
         self.sock, self.protocol = sock, protocol
+        protocol.reader.armed = True
         self.closed = False
         self._events = deque(events)  # frames parsed but not yet read (e.g. sent along with the handshake)
         self._send_lock = threading.Lock()
