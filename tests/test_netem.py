@@ -2,15 +2,18 @@
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from asyncfl import netem
+from asyncfl import netem, transport, wsclient, wsserver
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -214,3 +217,45 @@ def test_without_root_conditions_stop_before_anything_starts():
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "root" in run.stdout and "READY" not in run.stdout
+
+
+@needs_root
+def test_the_server_ends_a_connection_whose_peer_vanished_without_a_word():
+    # A client host that vanishes (no FIN or RST ever arrives) must not hold a server thread, and the
+    # memory it holds, forever: the link goes down after a message, and the server's keepalive probes
+    # (1 s of silence, then 2 probes 1 s apart) go unanswered.
+    lab, made = netem.NetworkLab(), queue.Queue()
+    servers = []
+    try:
+        (link,) = lab.create([netem.LinkConditions()])
+
+        got, ended = threading.Event(), queue.Queue()
+
+        def read_only(conn):  # sends nothing back: no unacknowledged data would hold the probes back
+            try:
+                while conn.recv():
+                    got.set()
+            except transport.ConnectionClosed as e:
+                ended.put(e)
+
+        def listen():  # a socket stays in the namespace of the thread that made it
+            netem.enter_netns(link.netns)
+            made.put(wsserver.Server(link.ns_addr, 0, read_only, lambda headers, peer: None, 1 << 20,
+                                     keepalive=(1, 1, 2)))
+
+        threading.Thread(target=listen).start()
+        servers.append(made.get(timeout=10))
+        threading.Thread(target=servers[0].serve_forever, daemon=True).start()
+        conn = wsclient.connect(f"ws://{link.ns_addr}:{servers[0].socket.getsockname()[1]}", {}, None, 1 << 20, 10)
+        conn.send(b"hi")  # (it acknowledges the server's handshake answer: the server has nothing in flight)
+        assert got.wait(10) and servers[0].counts()["open"] == 1
+        subprocess.run(["ip", "link", "set", link.host_if, "down"], check=True)
+        deadline = time.monotonic() + 20
+        while servers[0].counts()["open"]:
+            assert time.monotonic() < deadline, "the server still holds the vanished peer's connection"
+            time.sleep(0.1)
+        assert "timed out" in str(ended.get(timeout=10))  # the handler saw the connection end, nothing worse
+    finally:
+        for server in servers:
+            server.shutdown()
+        lab.close()

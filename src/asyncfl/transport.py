@@ -141,7 +141,7 @@ class Connection:
     def _broken(self, e: OSError, direction: str) -> ConnectionClosed:
         """A read or write failed, and with it the connection: what to raise (Silence for a timeout)."""
         self.close_socket()
-        if isinstance(e, TimeoutError):
+        if isinstance(e, TimeoutError) and self.sock.gettimeout() is not None:  # (not a keepalive's ETIMEDOUT)
             return Silence(f"no byte {direction} for {self.sock.gettimeout():g} s")
         return ConnectionClosed(f"{'send' if direction == 'sent' else 'receive'} failed: {e}")
 

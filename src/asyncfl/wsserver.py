@@ -6,7 +6,9 @@ Idle or slow peers cannot lock the door: handshakes are read without blocking, e
 closed to make room for a new one), and at most ``max_per_token`` accepted connections per token (the
 one idle longest is cut: a client that reconnects has given up on its old connection). The loop survives
 every error in one connection (logged and counted); if it can no longer accept at all it calls
-``on_fatal``, and the worker exits so that servers.py starts it again. The client's side is wsclient.py.
+``on_fatal``, and the worker exits so that servers.py starts it again. TCP keepalive ends a connection
+whose peer vanished without a word (a lost FIN, a host gone): otherwise its thread would wait for a
+request forever, holding its memory. The client's side is wsclient.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from asyncfl.auth import Refusal
 from asyncfl.transport import QUIET, Connection, cut, tune
 
 HANDSHAKE_READ_BYTES = 16 * 1024
+KEEPALIVE = (60, 10, 6)  # first probe after 60 s of silence, then every 10 s; 6 unanswered: the peer is gone
 
 
 @dataclass(eq=False)
@@ -61,6 +64,17 @@ def raise_open_files_limit(needed: int) -> int:
     return soft
 
 
+def keep_alive(sock: socket.socket, idle_s: int, interval_s: int, probes: int) -> None:
+    """Have the kernel probe a silent TCP peer (a live one answers without its program's help) and fail the
+    socket's reads with ETIMEDOUT once ``probes`` probes in a row go unanswered."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_KEEPIDLE"):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+
+
 class Server:
     """``serve_forever`` runs the handshake loop; ``handler(conn)`` serves an accepted connection in its
     own thread; ``shutdown`` stops the loop and cuts every connection."""
@@ -69,14 +83,14 @@ class Server:
                  check: Callable[[dict, tuple], Refusal | None], max_size: int,
                  ssl_context: ssl.SSLContext | None = None, open_timeout_s: float = 5.0, name: str = "server",
                  on_error: Callable[[str], None] | None = None, on_fatal: Callable[[str], None] | None = None,
-                 max_pending: int = 256, max_per_token: int = 16):
+                 max_pending: int = 256, max_per_token: int = 16, keepalive: tuple[int, int, int] = KEEPALIVE):
         self.socket = socket.create_server((host, port), backlog=1024, reuse_port=False)  # a burst waits, not refused
         self.socket.setblocking(False)
         self.handler, self.check, self.max_size = handler, check, max_size
         self.ssl_context, self.open_timeout_s, self.name = ssl_context, open_timeout_s, name
         self.on_error = on_error or (lambda msg: None)
         self.on_fatal = on_fatal or (lambda msg: None)
-        self.max_pending, self.max_per_token = max_pending, max_per_token
+        self.max_pending, self.max_per_token, self.keepalive = max_pending, max_per_token, keepalive
         self.open_files = raise_open_files_limit(max_pending + 4 * max_per_token + 64)
         self.errors = 0  # exceptions the loop caught and survived
         self.evicted = 0  # connections closed to make room (pending or per token)
@@ -143,6 +157,7 @@ class Server:
             try:
                 sock.setblocking(False)
                 tune(sock)
+                keep_alive(sock, *self.keepalive)
                 if self.ssl_context is not None:
                     peer.sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                     peer.tls_pending = True
