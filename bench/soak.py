@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from asyncfl.cpu import rss_kib
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,9 +74,8 @@ def sample(root: int) -> list[tuple[str, int, int]]:
             cmdlines[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             stat = Path(f"/proc/{pid}/stat").read_text()
             parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-            rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                       if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+            rss = rss_kib(pid)
+        except (OSError, KeyError):
             continue
         rows.append((pid, rss))
     return [(label(pid, parents, cmdlines), pid, rss) for pid, rss in rows]

@@ -101,9 +101,3 @@ def start_servers(tmp_path: Path, *flags: str, env: dict | None = None, timeout_
     return proc, ready.read_text().strip().split(",")
 
 
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    """Resident memory of a process in KiB (VmHWM: its peak)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)

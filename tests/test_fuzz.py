@@ -18,10 +18,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from asyncfl import wire
+from asyncfl.cpu import rss_kib
 from asyncfl.model import initial_weights
 from asyncfl.protocol import TrainConfig
 from asyncfl.remote import WebsocketClientWorker
-from tests.helpers import kill_session, rss_kib, start_servers
+from tests.helpers import kill_session, start_servers
 
 TOKEN = "fuzz-token-0123456789abcdef"
 N_FRAMES = 10_400

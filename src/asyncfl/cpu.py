@@ -1,4 +1,5 @@
-"""How much CPU each process of a run got, and how long it waited for one (Linux ``schedstat``).
+"""How much CPU each process of a run got, and how long it waited for one (Linux ``schedstat``); and
+its resident memory (``rss_kib``).
 
 A paced run leaves the machine mostly idle, so its timings are the measurement only while no process
 waits for a core. The kernel counts, per thread, the time it ran and the time it sat runnable on a run
@@ -23,6 +24,14 @@ def boot_id() -> str | None:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return None
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of a live process in KiB (``VmHWM``: its peak); OSError if it is gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 def sample(pid: int) -> dict[int, tuple[int, int]] | None:
