@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncfl import netem, transport, wsclient, wsserver
+from asyncfl import netem, tcp, transport, wsclient, wsserver
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -74,7 +74,10 @@ def test_names_fit_linux_interface_limits_and_subnets_skip_used_addresses():
 
 
 def test_loss_rules_and_qdisc_arguments():
-    assert "numgen random mod 10000 < 1250 drop" in netem.nft_loss_ruleset(12.5)
+    ingress = netem.nft_ingress_ruleset("asyncfl_1_0", "afl1h0", 12.5)
+    assert "table netdev asyncfl_1_0" in ingress and 'hook ingress device "afl1h0"' in ingress
+    assert "meta protocol ip numgen random mod 10000 < 1250 counter drop" in ingress
+    assert "hook output" in netem.nft_local_ruleset(12.5)  # the old placement, for bench/loss.py
     assert netem.netem_args(netem.LinkConditions(10, 50, 100)) == [
         "delay", "50ms", "loss", "10%", "rate", "100mbit", "limit", "100000"]
     assert netem.tbf_args(10)[:2] == ["rate", "10mbit"]
@@ -169,7 +172,7 @@ def test_lossy_link_slows_only_its_server_and_is_torn_down(tmp_path):
     lossy, clean = config["finished"]["rounds_per_server"]
     assert lossy <= clean / 2
     network = [info["network"] for info in config["server_info"]]
-    assert network[0]["loss_pct"] == 20 and network[0]["mechanism"]["loss"] in ("netem", "nftables")
+    assert network[0]["loss_pct"] == 20 and network[0]["mechanism"]["loss"] in ("netem", "nftables netdev ingress (both ends)")
     assert network[1]["loss_pct"] == 0 and network[1]["netns"]
     assert config["weights_via"] == ["websocket"] * 2  # through the emulated links, never around them
     assert config["finished"]["errors"] == []
@@ -259,3 +262,168 @@ def test_the_server_ends_a_connection_whose_peer_vanished_without_a_word():
         for server in servers:
             server.shutdown()
         lab.close()
+
+
+# ---- the paper's loss: silent, two-way, on the paper's TCP ----------------------------------------
+
+def exchange_over(link: netem.Link, n_exchanges: int, size: int, cc: str = "cubic") -> tuple:
+    """A project server in the link's namespace answering each message with ``size`` bytes, and a client
+    in this namespace: (client's TCP_INFO, server's TCP_INFO) at the end, each read from the live socket."""
+    made, server_info = queue.Queue(), queue.Queue()
+    reply = bytes(size)
+
+    def echo(conn):
+        try:
+            for _ in range(n_exchanges):
+                conn.recv()
+                conn.send(reply)
+            conn.recv()  # the client's last word: its TCP_INFO has been read, now ours
+        except transport.ConnectionClosed:
+            pass
+        server_info.put((tcp.read_info(conn.sock), tcp.congestion(conn.sock)))
+
+    def listen():
+        netem.enter_netns(link.netns)  # (this thread only: its socket stays in the namespace)
+        made.put(wsserver.Server(link.ns_addr, 0, echo, lambda headers, peer: None, 4 * size, tcp_cc=cc))
+
+    threading.Thread(target=listen).start()
+    server = made.get(timeout=10)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = wsclient.connect(f"ws://{link.ns_addr}:{server.socket.getsockname()[1]}", {}, None, 4 * size, 30, cc)
+        conn.sock.settimeout(60)
+        for _ in range(n_exchanges):
+            conn.send(bytes(size))
+            assert len(conn.recv()) == size
+        client = tcp.read_info(conn.sock), tcp.congestion(conn.sock)
+        conn.send(b"done")
+        return client, server_info.get(timeout=60)
+    finally:
+        server.shutdown()
+
+
+@needs_root
+@pytest.mark.parametrize("drop_at", ["ingress", "local"])
+def test_loss_is_silent_and_two_way_at_ingress_and_not_at_the_senders_own_hooks(drop_at):
+    # Prepare: one link at 20% with a 20 ms minimum RTO (the paper regime's at K=10), so a few 1 MB
+    # exchanges take seconds.
+    lab = netem.NetworkLab(drop_at=drop_at)
+    try:
+        (link,) = lab.create([netem.LinkConditions(loss_pct=20)], rto_min_ms=20)
+        # Execute
+        (client, client_cc), (server, server_cc) = exchange_over(link, 4, 1_000_000)
+        dropped = lab.dropped()[0]
+    finally:
+        lab.close()
+    # Assert: both directions lose packets; what each end sees depends on where the drops are.
+    assert client_cc == server_cc == "cubic"
+    assert dropped["to_server"] > 0 and dropped["to_client"] > 0
+    assert client.total_retrans > 0
+    assert server.rcv_ooopack > 0  # the client's packets go missing on the way: holes at the server
+    if drop_at == "ingress":  # ... and the server's on the way to the client, as on a wire: it retransmits
+        assert client.rcv_ooopack > 0 and server.total_retrans > 0
+    else:  # the old placement: a reply packet dropped inside its sender is sent again, before the next one
+        assert client.rcv_ooopack == 0
+
+
+@needs_root
+def test_without_loss_nothing_is_dropped_and_no_hole_is_seen():
+    lab = netem.NetworkLab()
+    try:
+        (link,) = lab.create([netem.LinkConditions()], rto_min_ms=20)
+        (client, _), (server, _) = exchange_over(link, 3, 1_000_000)
+        assert lab.dropped() == [{"to_client": 0, "to_server": 0}]
+        tables = subprocess.run(["nft", "list", "tables", "netdev"], capture_output=True, text=True).stdout
+        assert f"asyncfl_{lab.owner_pid}_0" not in tables  # no rule at all
+    finally:
+        lab.close()
+    assert client.rcv_ooopack == 0 and server.rcv_ooopack == 0
+
+
+@needs_root
+def test_the_callers_side_tables_go_with_the_lab_or_with_its_dead_owner():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, live = netem.NetworkLab(owner_pid=dead.pid), netem.NetworkLab()
+
+    def netdev_tables() -> str:
+        return subprocess.run(["nft", "list", "tables", "netdev"], capture_output=True, text=True).stdout
+
+    try:
+        live.create([netem.LinkConditions(loss_pct=5)])
+        stale.create([netem.LinkConditions(loss_pct=5)])
+        assert f"asyncfl_{dead.pid}_0" in netdev_tables() and f"asyncfl_{live.owner_pid}_0" in netdev_tables()
+        assert f"asyncfl_{dead.pid}_0" in netem.cleanup_stale()
+        assert f"asyncfl_{dead.pid}_0" not in netdev_tables()
+        assert f"asyncfl_{live.owner_pid}_0" in netdev_tables()  # a live run's are left alone
+        live.close()
+        assert f"asyncfl_{live.owner_pid}_0" not in netdev_tables()
+    finally:
+        stale.close()
+        live.close()
+
+
+def live_congestion(netns: str | None, address: str) -> set[str]:
+    """Congestion controls of the established TCP sockets to or from ``address``, as ``ss -ti`` shows them."""
+    cmd = (["ip", "netns", "exec", netns] if netns else []) + ["ss", "-tinH", "state", "established"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    found, take = set(), False
+    for line in out.splitlines():
+        if not line.startswith((" ", "\t")):
+            take = address in line
+        elif take:
+            found |= {w for w in line.split() if w in tcp.available()}
+    return found
+
+
+@needs_root
+@pytest.mark.parametrize("cc", ["cubic", "bbr"])
+def test_tcp_cc_is_what_both_ends_live_sockets_use_and_what_config_records(tmp_path, cc):
+    if cc not in tcp.available():
+        pytest.skip(f"this kernel has no {cc}")
+    proc = subprocess.Popen(["./train.sh", "--n-servers", "1", "--netns", "always", "--no-shared-memory", "--tcp-cc", cc,
+                             "--base-port", "0", "--duration-s", "60", "--no-profile", "--out-dir", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_rows(tmp_path / "rounds.csv", 5, proc, timeout_s=90)
+        config = json.loads((tmp_path / "config.json").read_text())
+        network = config["server_info"][0]["network"]
+        # Execute: the live sockets, seen from outside the run
+        client_side = live_congestion(None, network["address"])
+        server_side = live_congestion(network["netns"], network["address"])
+    finally:
+        kill_session(proc)
+    # Assert
+    assert client_side == {cc} and server_side == {cc}
+    assert config["tcp"]["cc"] == cc and config["tcp"]["client_cc"] == [cc] and config["tcp"]["server_cc"] == [cc]
+    assert config["tcp"]["client_sysctl"]["tcp_sack"] and config["tcp"]["server_sysctl"][0]["tcp_frto"]
+
+
+def test_an_unknown_congestion_control_stops_before_anything_starts(tmp_path):
+    run = run_script(["./train.sh", "--tcp-cc", "nosuch", "--out-dir", str(tmp_path / "run")], 60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--tcp-cc" in run.stderr and "nosuch" in run.stderr
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
+@needs_root
+def test_a_lossy_run_records_its_stalls_and_the_analysis_reports_them(tmp_path):
+    run = run_script(["./train.sh", "--n-servers", "2", "--losses", "20 0", "--duration-s", "12", "--base-port", "0",
+                      "--round-timeout-s", "1", "--timeout-on", "silence", "--eval-interval-s", "4", "--no-profile",
+                      "--out-dir", str(tmp_path / "run")], 180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = read_csv(tmp_path / "run" / "rounds.csv")
+    lossy, clean = ([r for r in rows if r["server"] == s] for s in ("0", "1"))
+    assert lossy and clean
+    assert sum(int(r["retrans_segs"]) for r in lossy) > 0 and sum(int(r["rtos"]) for r in lossy) > 0
+    assert all(float(r["rto_ms"]) > 0 and float(r["srtt_ms"]) > 0 and float(r["stall_s"]) >= 0 for r in rows)
+    assert max(float(r["stall_s"]) for r in lossy) > max(float(r["stall_s"]) for r in clean)
+    events = read_csv(tmp_path / "run" / "events.csv")
+    timeouts = [e for e in events if e["event"] == "round_abandoned" and e["silence_s"]]
+    assert all(float(e["silence_s"]) == 1 and float(e["round_s"]) >= 1 for e in timeouts)
+    analysis = run_script([PYTHON, "-m", "asyncfl.analyze", str(tmp_path / "run")], 120)
+    assert analysis.returncode == 0, analysis.stderr
+    assert "stall_p99_s" in analysis.stdout
+    (runs,) = read_csv(tmp_path / "run" / "runs.csv")
+    assert float(runs["stall_max_s"]) == max(float(r["stall_s"]) for r in rows)
+    assert int(runs["timeouts"]) == len(timeouts)

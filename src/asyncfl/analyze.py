@@ -17,12 +17,17 @@ Per run:
   how unequal they are (Gini 0 = equal);
 - max_staleness: largest round gap seen (at most S + 1);
 - gate_wait_frac_mean / _max: share of each server thread's round loop spent waiting at the SSP gate;
-- abandoned_rounds: rounds cut by the round timeout or a lost connection, over all servers;
+- abandoned_rounds: rounds cut by the round timeout or a lost connection, over all servers; timeouts: of
+  those, the ones cut by the inactivity timeout (events.csv's silence_s);
+- stall_p50_s, stall_p99_s, stall_max_s: the distribution over rounds of rounds.csv's stall_s (the longest
+  wait without a byte apart from the server's work; NaN where rounds.csv is not kept);
+- longest_flat_s: the longest stretch of time-wise evaluations with one F1 (the model unchanged), and
+  longest_flat_paper_min the same on the paper's clock (times K, in minutes; paper regime only);
 - fingerprint: the split's fingerprint digest (one split per sweep: the same in every row);
 - cpu_frac_client / _evaluator / _server_max: CPU share of the wall clock; starved: processes that waited
   for a core 5% of the time or more.
-Configurations are keyed by regime ('fast' or 'paper K=10') and transport too, so runs that differ in
-them are never summarised together.
+Configurations are keyed by regime ('fast' or 'paper K=10'), transport, loss mechanism and TCP congestion
+control too, so runs that differ in them are never summarised together.
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ import pandas as pd
 import tyro
 
 THRESHOLDS = (0.80, 0.90, 0.95)
-CONFIG_KEYS = ["regime", "transport", "dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation",
+CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation",
                "speeds", "duration_s"]
 METRICS = ["final_f1", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
            "dips", "f1_flat_frac", "f1_mean_abs_step",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
-           "gate_wait_frac_mean", "gate_wait_frac_max"]
+           "gate_wait_frac_mean", "gate_wait_frac_max", "abandoned_rounds", "timeouts", "stall_p50_s", "stall_p99_s",
+           "stall_max_s", "longest_flat_s", "longest_flat_paper_min"]
 
 
 def gini(values) -> float:
@@ -93,6 +99,36 @@ def max_drop(f1_time: pd.DataFrame) -> float:
     return float(max(0.0, np.max(f[:-1] - f[1:]))) if len(f) > 1 else 0.0
 
 
+def longest_flat_s(f1_time: pd.DataFrame) -> float:
+    """The longest time over which consecutive time-wise evaluations gave one F1 (0: it always moved)."""
+    t, f = f1_time["time_s"].to_numpy(float), f1_time["f1"].to_numpy(float)
+    longest, start = 0.0, 0
+    for i in range(1, len(f) + 1):
+        if i == len(f) or f[i] != f[start]:
+            longest = max(longest, t[i - 1] - t[start])
+            start = i
+    return float(longest)
+
+
+def stall_stats(rounds: pd.DataFrame | None) -> dict[str, float]:
+    """Median, p99 and longest of rounds.csv's stall_s (NaN when there is none)."""
+    if rounds is None or "stall_s" not in rounds or rounds["stall_s"].dropna().empty:
+        return {"stall_p50_s": float("nan"), "stall_p99_s": float("nan"), "stall_max_s": float("nan")}
+    x = rounds["stall_s"].dropna().to_numpy(float)
+    return {"stall_p50_s": float(np.median(x)), "stall_p99_s": float(np.percentile(x, 99)), "stall_max_s": float(x.max())}
+
+
+def loss_mechanism_label(config: dict) -> str:
+    """How the links' loss was made ('none' without loss); the runs from before silent loss say 'nftables'."""
+    found = {info.get("network", {}).get("mechanism", {}).get("loss") for info in config.get("server_info", [])}
+    return "+".join(sorted(m for m in found if m)) or "none"
+
+
+def tcp_cc_label(config: dict) -> str:
+    """The congestion control asked for; runs from before --tcp-cc used the machine's default, unrecorded."""
+    return config.get("tcp", {}).get("cc") or "default (unrecorded)"
+
+
 def aggregation_label(rule: dict) -> str:
     """'ssp', 'fedavg', 'fedasync(alpha=0.6,polynomial,a=0.5)', 'fedbuff(K=4,lr=1)'."""
     name = rule.get("aggregation", "ssp")
@@ -140,6 +176,8 @@ def run_config(config: dict) -> dict:
     return {
         "regime": regime_label(config),
         "transport": transport_label(config),
+        "loss_mechanism": loss_mechanism_label(config),
+        "tcp_cc": tcp_cc_label(config),
         "dataset": split.get("dataset", config["args"].get("dataset")),
         "n_servers": config.get("n_servers", len(infos)),
         # One number when every link is the same (the paper's L), else the per-server list.
@@ -157,7 +195,7 @@ def analyze_run(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     f1_time = pd.read_csv(run_dir / "f1_time.csv")
     n_servers = config.get("n_servers", 1)
-    # Rounds per server and the largest staleness are in config.json too (results/ keeps no rounds.csv).
+    # Rounds per server and the largest staleness are in config.json (older results/ keep no rounds.csv).
     per_server = pd.Series(config["finished"]["rounds_per_server"], dtype=float).reindex(range(n_servers), fill_value=0)
     row = {"run": run_dir.name, "seed": config["args"].get("seed"), **run_config(config)}
     row["final_f1"] = float(f1_time["f1"].iloc[-1]) if len(f1_time) else float("nan")
@@ -175,6 +213,14 @@ def analyze_run(run_dir: Path) -> dict:
     row["max_staleness"] = int(max(config["finished"]["max_staleness_per_server"], default=0))
     finished = config["finished"]
     row["abandoned_rounds"] = int(sum(finished.get("retries_per_server", [])))
+    events = pd.read_csv(run_dir / "events.csv") if (run_dir / "events.csv").exists() else None
+    row["timeouts"] = int(events["silence_s"].notna().sum()) if events is not None and "silence_s" in events \
+        else float("nan")
+    row.update(stall_stats(pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None))
+    row["longest_flat_s"] = longest_flat_s(grid)
+    regime = config.get("regime", {})
+    row["longest_flat_paper_min"] = row["longest_flat_s"] * regime["time_scale"] / 60 \
+        if regime.get("name") == "paper" else float("nan")
     row["fingerprint"] = config.get("dataset", {}).get("fingerprint_digest", "")
     shares = finished.get("cpu", {})
     row["cpu_frac_client"] = shares.get("client", {}).get("cpu_frac", float("nan"))
@@ -252,6 +298,9 @@ def main(args: Args) -> int:
              "gate_wait_frac_mean_mean"]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
         print(summary[shown].round(3).to_string(index=False))
+        print("\nstalls per run (rounds.csv's stall_s: median, p99, longest) and the longest flat F1:")
+        print(runs[["run", "abandoned_rounds", "timeouts", "stall_p50_s", "stall_p99_s", "stall_max_s", "longest_flat_s",
+                    "longest_flat_paper_min"]].round(3).to_string(index=False))
     print(f"\n{len(runs)} runs, {len(summary)} configurations -> {out / 'summary.csv'}, {out / 'runs.csv'}")
     return 0
 

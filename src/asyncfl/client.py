@@ -30,14 +30,14 @@ from pathlib import Path
 import tyro
 from safetensors.torch import save_file
 
-from asyncfl import aggregation, auth, cpu, profiling, settings
+from asyncfl import aggregation, auth, cpu, profiling, settings, tcp
 from asyncfl.evaluator import run_evaluator
 from asyncfl.feed import EvalFeed, ScoreReport
 from asyncfl.lifecycle import die_with_parent, keep_freed_memory
 from asyncfl.live import LiveStatus
 from asyncfl.model import architecture_signature, flatten, initial_weights
 from asyncfl.protocol import TrainConfig
-from asyncfl.remote import RemoteError, WebsocketClientWorker
+from asyncfl.remote import BackoffSampler, RemoteError, WebsocketClientWorker
 from asyncfl.rounds import RunContext, eval_timer, server_loop
 from asyncfl.runfolder import (
     EVENTS_HEADER,
@@ -45,6 +45,7 @@ from asyncfl.runfolder import (
     default_out_dir,
     local_processes,
     redacted,
+    tcp_record,
     transport_record,
     versions,
     write_json,
@@ -93,6 +94,10 @@ def check_servers(args: Args, infos: list[dict]) -> None:
         if isinstance(info.get("n_samples"), int) and info["n_samples"] < args.batch_size:
             raise RemoteError(f"{info.get('server')} holds {info['n_samples']} samples, under one batch of "
                               f"{args.batch_size}: it could not train; change the split or --batch-size")
+        server_cc = (info.get("tcp") or {}).get("cc")
+        if server_cc and server_cc != args.tcp_cc:
+            raise RemoteError(f"{info.get('server')}'s sockets use TCP {server_cc} and this client --tcp-cc {args.tcp_cc}: "
+                              "start both with the same --tcp-cc")
         paced = bool(info.get("pace_s"))
         if paced != (args.regime == "paper"):
             raise RemoteError(f"{info.get('server')} was started {'with' if paced else 'without'} --regime paper and "
@@ -124,6 +129,11 @@ def run(args: Args) -> int:
         for line in bad:
             log.error("%s", line)
         return 2
+    try:
+        tcp.check_settable(args.tcp_cc)
+    except tcp.CcError as e:
+        log.error("%s", e)
+        return 2
     # The evaluator loads its test set while this process connects to the servers; it gets the run
     # folder once the servers have been accepted (until then nothing is written).
     # Forked, not spawned: this process has imported torch and has no threads yet, and a fresh interpreter
@@ -148,8 +158,8 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoc
     uris = resolve_servers(args)
     try:
         token = auth.resolve_token(args.token)
-        workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile, args.shared_memory, args.timeout_on)
-                   for i, uri in enumerate(uris)]
+        workers = [WebsocketClientWorker(uri, f"server-{i}", token, args.cafile, args.shared_memory, args.timeout_on,
+                                         args.tcp_cc) for i, uri in enumerate(uris)]
         rule, staleness_threshold = make_rule(args, len(workers))
         train_config.validate()
         infos = [w.connect(args.connect_timeout_s) for w in workers]
@@ -172,6 +182,7 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoc
         "server_info": infos,
         "regime": {"name": args.regime, **(regime.to_dict() if regime else {})},
         "transport": transport_record(infos, workers),
+        "tcp": tcp_record(args.tcp_cc, infos, workers),
         "weights_via": [w.weights_via for w in workers],  # per server: "websocket" or "shared memory"
         "dataset": infos[0].get("split", {}),
         "shard_fingerprints": [info.get("shard_fingerprint") for info in infos],  # what each owner says it holds
@@ -224,6 +235,7 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoc
     signal.signal(signal.SIGTERM, on_signal)
     if args.profile:
         profiling.start()
+    sampler = BackoffSampler(workers).start()
     timer = threading.Thread(target=eval_timer, args=(ctx, args.eval_interval_s, args.duration_s), name="eval-timer")
     timer.start()
     for t in threads:
@@ -261,6 +273,7 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoc
         w.interrupt()  # rounds still out would be discarded anyway; don't wait up to a round timeout for them
     for t in threads + [timer]:
         t.join()
+    sampler.stop()
     elapsed_s = time.monotonic() - t0
     cpu_shares = cpu.shares(cpu_before, cpu_after, cpu_wall_s)
     starved = cpu.starved(cpu_shares)

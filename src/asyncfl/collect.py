@@ -2,8 +2,8 @@
 
     python -m asyncfl.collect sweeps/20261128-143000 results/paper-regime
 
-For every finished run in the sweep: config.json, f1_time.csv, f1_epoch.csv, events.csv and yappi.csv go
-to DEST/runs/<run>/ (rounds.csv, the logs and the model stay in the sweep folder); then analyze.py writes
+For every finished run in the sweep: config.json, f1_time.csv, f1_epoch.csv, events.csv, rounds.csv (its
+stalls) and yappi.csv go to DEST/runs/<run>/ (the logs and the model stay in the sweep folder); then analyze.py writes
 DEST/summary.csv and DEST/runs.csv and plot.py DEST/fig3..fig6. Run it as often as runs finish: it
 copies only what is new or changed, so an interrupted sweep's committed results lose nothing.
 """
@@ -19,7 +19,7 @@ import tyro
 
 from asyncfl import analyze, plot
 
-SMALL_FILES = ("config.json", "f1_time.csv", "f1_epoch.csv", "events.csv", "yappi.csv")
+SMALL_FILES = ("config.json", "f1_time.csv", "f1_epoch.csv", "events.csv", "rounds.csv", "yappi.csv")
 
 
 @dataclass

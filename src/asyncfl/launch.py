@@ -23,7 +23,7 @@ from pathlib import Path
 
 import tyro
 
-from asyncfl import netem, rootless
+from asyncfl import netem, rootless, tcp
 from asyncfl.protocol import parse_conditions
 from asyncfl.settings import ClientArgs, LaunchArgs, ServerArgs, problems
 
@@ -126,9 +126,16 @@ def main(args: LaunchArgs) -> int:
         return 2
     if rootless.inside():
         rootless.prepare()
-    elif os.geteuid() != 0 and needs_namespaces(args):
+    elif os.geteuid() != 0 and (needs_namespaces(args) or args.tcp_cc not in tcp.allowed_unprivileged()):
+        # A congestion control a user may not set (cubic, on a machine that allows only reno and bbr) can be
+        # set in namespaces of its own; servers elsewhere cannot be reached from those.
+        what = "network namespaces" if needs_namespaces(args) else f"--tcp-cc {args.tcp_cc} (CAP_NET_ADMIN)"
+        if args.servers and not needs_namespaces(args):
+            print(f"train.sh: {what} needs root here (a user may set only {' '.join(tcp.allowed_unprivileged())}); "
+                  "run as root or pick one of those", file=sys.stderr)
+            return 2
         if why := rootless.unavailable():
-            print(f"train.sh: network namespaces need root or user namespaces, and {why}", file=sys.stderr)
+            print(f"train.sh: {what} need root or user namespaces, and {why}", file=sys.stderr)
             return 2
         rootless.reexec(sys.argv[1:])  # does not return: this launcher again, as root of its own namespaces
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)

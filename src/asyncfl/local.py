@@ -26,6 +26,7 @@ class LocalWorker:
         self.name = shard.name
         self.uri = f"local://{shard.name}"
         self.weights_via = "in process"
+        self.round_tcp = None  # no socket
         self.before_fit = before_fit or (lambda fit_number: None)
         self.fits_started = 0
         self.reconnects = 0

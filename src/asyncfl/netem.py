@@ -10,9 +10,12 @@ and nothing else on the machine is touched:
 
 Mechanisms, per link and in both directions:
 - ``tc netem`` (loss, delay, rate) on both veth ends where the kernel has it;
-- otherwise loss by an nftables ``numgen random`` drop rule inside the namespace (its own table, gone
-  with the namespace) and rate by a ``tbf`` qdisc on both ends; a delay cannot be emulated without netem,
-  and asking for one stops with a message instead of being ignored.
+- otherwise loss by an nftables ``numgen random`` drop rule on the ``netdev`` ingress hook of both veth
+  ends (a table in the namespace, gone with it, and one in the calling namespace, removed by ``close``):
+  a packet is dropped on arrival, after its sender's TCP has sent it, so like netem's loss on the paper's
+  loopback the sender learns of it only from a missing ACK (data, ACKs, SYN and FIN alike). Rate is a
+  ``tbf`` qdisc on both ends; a delay cannot be emulated without netem, and asking for one stops with a
+  message instead of being ignored.
 
 The veth ends get loopback's MTU (65535), so a 1.7 MB model is about as many packets as on the paper's
 loopback and the same loss rate hurts about as much. Needs root, ``ip`` and ``tc`` (and ``nft`` for loss
@@ -35,7 +38,9 @@ from pathlib import Path
 from asyncfl.protocol import LinkConditions, parse_conditions  # noqa: F401  (parse_conditions: re-exported)
 
 NETNS_PREFIX = "asyncfl-"
-NFT_TABLE = "asyncfl"
+NFT_TABLE = "asyncfl"  # inside a server's namespace
+HOST_TABLE = re.compile(r"asyncfl_(\d+)_\d+")  # a link's table in the calling namespace: asyncfl_<owner pid>_<index>
+DROP_AT = ("ingress", "local")  # where packets are dropped; "local" (the sender's own hooks) only for bench/loss.py
 LOCK_PATH = Path("/run/lock/asyncfl-netns.lock")
 # Link-local /30 subnets, skipping the first and last /24 that RFC 3927 reserves: k -> 169.254.k//64.(k%64)*4
 SUBNETS = range(64, 255 * 64)
@@ -100,10 +105,23 @@ def tbf_args(rate_mbit: float) -> list[str]:
     return ["rate", f"{rate_mbit:g}mbit", "burst", f"{2 * MTU}b", "latency", "1s"]
 
 
-def nft_loss_ruleset(loss_pct: float) -> str:
-    """Random drop of ``loss_pct`` percent (to 0.01 %) of the packets entering and leaving the namespace."""
-    threshold = int(round(loss_pct * 100))
-    rule = f"numgen random mod 10000 < {threshold} drop"
+def _drop_rule(loss_pct: float) -> str:
+    return f"numgen random mod 10000 < {int(round(loss_pct * 100))} counter drop"  # to 0.01 %
+
+
+def nft_ingress_ruleset(table: str, device: str, loss_pct: float) -> str:
+    """Random drop of ``loss_pct`` percent of the IP packets arriving on ``device``, before anything else
+    sees them: the sender cannot tell them from packets lost on a wire. ARP is spared, as the paper's
+    loopback had none to lose."""
+    return (f"table netdev {table} {{\n"
+            f"  chain ingress {{ type filter hook ingress device \"{device}\" priority 0; policy accept; "
+            f"meta protocol ip {_drop_rule(loss_pct)}; }}\n}}\n")
+
+
+def nft_local_ruleset(loss_pct: float) -> str:
+    """The old placement, kept for bench/loss.py only: drops on the namespace's own input and output
+    hooks, where an outgoing packet is dropped inside its sender, whose TCP sees the local drop at once."""
+    rule = _drop_rule(loss_pct)
     return (f"table inet {NFT_TABLE} {{\n"
             f"  chain input {{ type filter hook input priority 0; policy accept; {rule}; }}\n"
             f"  chain output {{ type filter hook output priority 0; policy accept; {rule}; }}\n"
@@ -139,10 +157,14 @@ def _used_addresses() -> set[str]:
 class NetworkLab:
     """The namespaces and links of one servers.py process; ``close()`` removes every one of them."""
 
-    def __init__(self, owner_pid: int | None = None):
+    def __init__(self, owner_pid: int | None = None, drop_at: str = "ingress"):
+        if drop_at not in DROP_AT:
+            raise ValueError(f"drop_at must be one of {DROP_AT}")
         self.owner_pid = owner_pid or os.getpid()
+        self.drop_at = drop_at
         self.links: list[Link] = []
         self._netem: bool | None = None
+        self._host_tables: dict[int, str] = {}  # link index -> its table in the calling namespace
 
     def create(self, conditions: list[LinkConditions], rto_min_ms: float = 0.0) -> list[Link]:
         """One namespace and link per server; ``rto_min_ms`` > 0 sets TCP's minimum retransmission timeout
@@ -210,19 +232,49 @@ class NetworkLab:
         if c.loss_pct:
             if shutil.which("nft") is None:
                 raise NetemError("loss without netem needs the 'nft' command (Debian package nftables)")
-            _must(["ip", "netns", "exec", link.netns, "nft", "-f", "-"], stdin=nft_loss_ruleset(c.loss_pct))
-            link.mechanism["loss"] = "nftables"
+            in_ns = ["ip", "netns", "exec", link.netns, "nft", "-f", "-"]
+            if self.drop_at == "local":
+                _must(in_ns, stdin=nft_local_ruleset(c.loss_pct))
+                link.mechanism["loss"] = "nftables local (sender's hooks)"
+            else:
+                host_table = f"asyncfl_{self.owner_pid}_{link.index}"
+                self._host_tables[link.index] = host_table  # first, so that a failure below still removes it
+                _must(["nft", "-f", "-"], stdin=nft_ingress_ruleset(host_table, link.host_if, c.loss_pct))
+                _must(in_ns, stdin=nft_ingress_ruleset(NFT_TABLE, link.ns_if, c.loss_pct))
+                link.mechanism["loss"] = "nftables netdev ingress (both ends)"
         if c.rate_mbit:
             for end in ends:
                 _must(end + ["tbf"] + tbf_args(c.rate_mbit))
             link.mechanism["rate"] = "tbf"
 
     def close(self) -> None:
-        """Delete the namespaces; their veth ends, qdiscs and nftables tables go with them."""
+        """Delete the namespaces (their veth ends, qdiscs and tables go with them) and this side's tables."""
         for link in self.links:
             _run(["ip", "netns", "del", link.netns])
             _run(["ip", "link", "del", link.host_if])  # normally gone with its peer already
-        self.links = []
+        for table in self._host_tables.values():
+            _run(["nft", "delete", "table", "netdev", table])
+        self.links, self._host_tables = [], {}
+
+    def dropped(self) -> list[dict[str, int]]:
+        """Packets dropped so far by the nftables rules, per link and direction: {'to_server': n, 'to_client': n}."""
+        out = []
+        for link in self.links:
+            ns = ["ip", "netns", "exec", link.netns]
+            table = self._host_tables.get(link.index)
+            if table is None:  # the local placement (input: to the server; output: to the client), or no loss
+                counts = [int(n) for n in re.findall(r"counter packets (\d+)", _run(
+                    ns + ["nft", "list", "table", "inet", NFT_TABLE]).stdout)] + [0, 0]
+                out.append({"to_server": counts[0], "to_client": counts[1]})
+                continue
+            out.append({"to_client": _counted(_run(["nft", "list", "table", "netdev", table]).stdout),
+                        "to_server": _counted(_run(ns + ["nft", "list", "table", "netdev", NFT_TABLE]).stdout)})
+        return out
+
+
+def _counted(listing: str) -> int:
+    m = re.search(r"counter packets (\d+)", listing)
+    return int(m.group(1)) if m else 0
 
 
 def _alive(pid: int) -> bool:
@@ -250,6 +302,12 @@ def cleanup_stale() -> list[str]:
         if not _alive(int(m.group(2))):
             _run(["ip", "link", "del", m.group(1)])
             removed.append(m.group(1))
+    if shutil.which("nft"):
+        for table in re.findall(r"^table netdev (\S+)", _run(["nft", "list", "tables", "netdev"]).stdout, re.M):
+            m = HOST_TABLE.fullmatch(table)
+            if m and not _alive(int(m.group(1))):
+                _run(["nft", "delete", "table", "netdev", table])
+                removed.append(table)
     return removed
 
 

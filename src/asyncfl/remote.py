@@ -14,14 +14,16 @@ each connection (see shm.py); ``weights_via`` says which way they travel.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import torch
 
-from asyncfl import auth, shm, transport, wire, wsclient
+from asyncfl import auth, shm, tcp, transport, wire, wsclient
 from asyncfl.model import check_weights, copy_into, weight_spec
 from asyncfl.protocol import FitResult, LinkConditions, TrainConfig, fit_stats
 
@@ -35,7 +37,33 @@ class RemoteError(RuntimeError):
 
 
 class ConnectionLost(RemoteError):
-    """The connection failed or a reply did not come in time: a new connection may well work."""
+    """The connection failed or a reply did not come in time: a new connection may well work.
+    ``silence_s``: the inactivity that ended it, for a timeout (else None); ``round_s``: how long the
+    request had been out."""
+
+    def __init__(self, message: str, silence_s: float | None = None, round_s: float | None = None):
+        super().__init__(message)
+        self.silence_s, self.round_s = silence_s, round_s
+
+
+@dataclass(frozen=True)
+class RoundTcp:
+    """What one request/reply did on the client socket's TCP (TCP_INFO before and after it, the largest
+    backoff sampled while it was out) and how long it waited for bytes."""
+
+    retrans_segs: int  # segments the client retransmitted
+    rtos: int | None  # retransmission timeouts of the client socket (None: a kernel before 6.7)
+    max_backoff: int  # largest exponential backoff of the client's RTO seen
+    rto_ms: float  # the RTO at the end
+    srtt_ms: float  # the smoothed RTT at the end
+    first_byte_s: float  # from the start of the request to the reply's first byte
+    longest_gap_s: float  # the longest wait for a byte within the reply
+
+    def stall_s(self, server_work_s: float) -> float:
+        """The longest the round waited without a byte, apart from the server's own work (its compute and
+        pace idle, which it reports): the wait for the reply's first byte less that work, or a gap inside
+        the reply, whichever is longer."""
+        return max(0.0, self.first_byte_s - server_work_s, self.longest_gap_s)
 
 
 class BadReply(ConnectionLost):
@@ -83,8 +111,12 @@ class _Watchdog:
 
 class WebsocketClientWorker:
     def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = "", shared_memory: bool = False,
-                 timeout_on: str = "round"):
+                 timeout_on: str = "round", tcp_cc: str | None = None):
         self.uri, self.name = uri, name
+        self.tcp_cc = tcp_cc  # set on every connection's socket before it connects (None: the system's default)
+        self.round_tcp: RoundTcp | None = None  # the last fit's, on a TCP connection
+        self._in_flight = False
+        self._max_backoff = 0
         # What a request's timeout bounds: "round", the whole request and reply (a watchdog cuts it off);
         # "silence", each wait for a byte to move (the socket's own timeout), as the original's websocket
         # client did with its 60 s: a slow transfer that keeps moving is never cut.
@@ -136,7 +168,8 @@ class WebsocketClientWorker:
         try:
             # No keepalive pings: the round timeout is the one liveness check. Data servers are reached
             # directly, never through an HTTP proxy.
-            self._ws = wsclient.connect(self.uri, self._headers, self._ssl, wire.MAX_FRAME_BYTES, open_timeout_s)
+            self._ws = wsclient.connect(self.uri, self._headers, self._ssl, wire.MAX_FRAME_BYTES, open_timeout_s,
+                                        self.tcp_cc)
         except wsclient.HandshakeRefused as e:
             if e.status == 401:
                 raise RemoteError(f"{self.uri} refused the connection: "
@@ -206,11 +239,38 @@ class WebsocketClientWorker:
             self._ws.close()
             self._ws = None
 
+    def live_congestion(self) -> str | None:
+        """The congestion control the open connection's socket uses (None: not TCP, or not open)."""
+        ws = self._ws
+        return tcp.congestion_or_none(ws.sock) if ws is not None else None
+
+    def sample_backoff(self) -> None:
+        """Called by a BackoffSampler: note the socket's RTO backoff while a request is out (it is reset
+        by the next valid RTT sample, so the end of a round no longer shows it)."""
+        ws = self._ws
+        if ws is None or not self._in_flight:
+            return
+        try:
+            backoff = ws.sock.getsockopt(socket.IPPROTO_TCP, tcp.TCP_INFO, 8)[4]
+        except (OSError, IndexError, ValueError):
+            return
+        if backoff > self._max_backoff:
+            self._max_backoff = backoff
+
     def interrupt(self) -> None:
         """Cut off a request in flight (the run is stopping): its ``fit`` raises ConnectionLost at once."""
         ws = self._ws
         if ws is not None:
             ws.shutdown()
+
+    @staticmethod
+    def _tcp_info(ws: transport.Connection) -> tcp.TcpInfo | None:
+        if ws.sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        try:
+            return tcp.read_info(ws.sock)
+        except OSError:
+            return None
 
     def _abort(self) -> None:
         """Watchdog: unblock a send or receive that has waited too long by shutting the socket down."""
@@ -223,24 +283,38 @@ class WebsocketClientWorker:
         if self._ws is None:
             raise ConnectionLost("not connected")
         self._timed_out = False
+        ws = self._ws
         if self._silence:
-            self._ws.sock.settimeout(timeout_s or None)
+            ws.sock.settimeout(timeout_s or None)
         elif timeout_s:
             if self._watchdog is None:
                 self._watchdog = _Watchdog(self._abort, name=f"{self.name}-watchdog")
             self._watchdog.arm(timeout_s)
+        before = self._tcp_info(ws)
+        self._max_backoff, self._in_flight = 0, True
+        ws.mark()
         try:
-            self._ws.send(frame or wire.encode_parts(header, weights))
-            reply = self._ws.recv()
+            ws.send(frame or wire.encode_parts(header, weights))
+            reply = ws.recv()
         except transport.Silence as e:
-            raise ConnectionLost(f"{header['type']}: {e} (websocket timeout)") from None
+            raise ConnectionLost(f"{header['type']}: {e} (websocket timeout)", ws.sock.gettimeout(),
+                                 time.monotonic() - ws.marked_at) from None
         except OSError as e:  # transport.ConnectionClosed included
             if self._timed_out:
-                raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s") from None
-            raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}") from None
+                raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s", None,
+                                     time.monotonic() - ws.marked_at) from None
+            raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}", None,
+                                 time.monotonic() - ws.marked_at) from None
         finally:
+            self._in_flight = False
             if timeout_s and not self._silence:
                 self._watchdog.disarm()
+        after = self._tcp_info(ws)
+        self.round_tcp = None if before is None or after is None else RoundTcp(
+            after.total_retrans - before.total_retrans,
+            None if after.total_rto is None else after.total_rto - before.total_rto,
+            max(self._max_backoff, after.backoff), after.rto_us / 1000, after.rtt_us / 1000,
+            ws.first_byte_at - ws.marked_at, ws.longest_gap_s)
         try:
             # The weights stay views of the connection's receive buffer, valid until its next request: the
             # caller combines them into the global model first (run_round), which copies what it keeps.
@@ -252,3 +326,27 @@ class WebsocketClientWorker:
         if reply_header["type"] != expect:
             raise RemoteError(f"expected {expect}, got {reply_header['type']}")
         return reply_header, reply_weights
+
+
+class BackoffSampler:
+    """One thread that samples the RTO backoff of every worker's request in flight every ``tick_s``
+    (10 ms: under a backoff of 1, which lasts at least one minimum RTO, 20 ms at K=10)."""
+
+    def __init__(self, workers: list, tick_s: float = 0.01):
+        self._workers = [w for w in workers if hasattr(w, "sample_backoff")]
+        self._tick_s = tick_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backoff-sampler", daemon=True)
+
+    def start(self) -> "BackoffSampler":
+        if self._workers:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            for w in self._workers:
+                w.sample_backoff()

@@ -39,9 +39,11 @@ class RunContext:
     t0: float  # time.monotonic() when training started
     retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
 
-    def event(self, server: int | str, event: str, detail: str = "", level: int = logging.INFO) -> None:
+    def event(self, server: int | str, event: str, detail: str = "", level: int = logging.INFO,
+              silence_s: float | None = None, round_s: float | None = None) -> None:
         """Something happened to a server (or the evaluator): into events.csv and the log."""
-        self.events_log.write(round(time.monotonic() - self.t0, 4), server, event, detail)
+        self.events_log.write(round(time.monotonic() - self.t0, 4), server, event, detail,
+                              "" if silence_s is None else round(silence_s, 4), "" if round_s is None else round(round_s, 4))
         who = f"server-{server}" if isinstance(server, int) else server
         log.log(level, "%s%s", event.replace("_", " "), f": {detail}" if detail else "", extra={"who": who})
 
@@ -62,8 +64,12 @@ def run_round(ctx: RunContext, server: int) -> bool:
     info = state.apply(server, prepared, snap)
     if info.rejoined is not None:
         ctx.event(server, "rejoined", f"answered again at round {info.round}; {info.rejoined} rounds skipped")
+    net = ctx.workers[server].round_tcp
     ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
-                         result.loss, round(round_s, 6), round(result.compute_s, 6))
+                         result.loss, round(round_s, 6), round(result.compute_s, 6), round(result.idle_s, 6),
+                         *(("",) * 6 if net is None else (
+                             net.retrans_segs, "" if net.rtos is None else net.rtos, net.max_backoff, round(net.rto_ms, 3),
+                             round(net.srtt_ms, 3), round(net.stall_s(result.compute_s + result.idle_s), 6))))
     # eval_every_rounds 0: every advance, the newest waiting replacing an older one (the feed's latest_only)
     if info.min_advanced and info.min_round % (ctx.eval_every_rounds or 1) == 0:
         ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)
@@ -84,7 +90,8 @@ def server_loop(ctx: RunContext, server: int, errors: list) -> None:
                 # is abandoned (nothing was applied) and retried on a new connection; the other threads go
                 # on, held back only by the SSP gate (and not even by that with --server-timeout-s).
                 ctx.retries[server] += 1
-                ctx.event(server, "round_abandoned", f"{e}; reconnecting to {worker.uri}", logging.WARNING)
+                ctx.event(server, "round_abandoned", f"{e}; reconnecting to {worker.uri}", logging.WARNING, e.silence_s,
+                          e.round_s)
                 if not worker.reconnect(ctx.state.stop_event, ctx.round_timeout_s, 0.5 / ctx.time_scale,
                                         8.0 / ctx.time_scale):
                     return

@@ -15,13 +15,13 @@ from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from asyncfl import cpu
+from asyncfl import cpu, tcp
 from asyncfl.remote import WebsocketClientWorker
 
-ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s"]
-
-
-EVENTS_HEADER = ["time_s", "server", "event", "detail"]
+ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s", "idle_s",
+                 # the client socket's TCP over the round (empty off TCP): see remote.RoundTcp
+                 "retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s"]
+EVENTS_HEADER = ["time_s", "server", "event", "detail", "silence_s", "round_s"]  # the last two: abandoned rounds
 
 
 def redacted(args) -> dict:
@@ -42,6 +42,14 @@ def transport_record(infos: list[dict], workers: list[WebsocketClientWorker]) ->
     via = sorted({w.weights_via for w in workers})
     return {"kind": "+".join(kinds) + " " + "+".join(via), "netns": [bool(n.get("netns")) for n in nets],
             "rto_min_ms": [n.get("rto_min_ms", 0.0) for n in nets]}
+
+
+def tcp_record(requested: str, infos: list[dict], workers: list[WebsocketClientWorker]) -> dict:
+    """The congestion control asked for and what each live socket uses, at both ends (the servers' from
+    their hello), with the loss-recovery sysctls of the client's namespace and of each server's."""
+    return {"cc": requested, "client_cc": [w.live_congestion() for w in workers],
+            "server_cc": [(info.get("tcp") or {}).get("cc") for info in infos],
+            "client_sysctl": tcp.sysctls(), "server_sysctl": [(info.get("tcp") or {}).get("sysctl") for info in infos]}
 
 
 def local_processes(infos: list[dict], evaluator_pid: int) -> dict[str, int]:

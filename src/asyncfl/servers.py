@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from asyncfl import auth, data, netem
+from asyncfl import auth, data, netem, tcp
 from asyncfl import regime as regime_mod
 from asyncfl.lifecycle import die_with_parent
 from asyncfl.runlog import setup_logging
@@ -82,6 +82,7 @@ def main(args: Args) -> int:
             raise ValueError(f"listening on {args.host!r} lets other machines in: set a token (--token or "
                              f"{auth.TOKEN_ENV}), or listen on 127.0.0.1")
         auth.server_ssl_context(args.certfile, args.keyfile)  # fail now, not in every server process
+        tcp.check_settable(args.tcp_cc)  # likewise: a kernel without it, or a user who may not set it
         if not -1 <= args.server_id < args.n_servers:
             raise ValueError(f"--server-id must be in 0..{args.n_servers - 1}")
         if args.shard and use_netns:
@@ -167,6 +168,7 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
             certfile=args.certfile,
             keyfile=args.keyfile,
             owner_pid=os.getpid(),
+            tcp_cc=args.tcp_cc,
         )
         specs.append(spec)
         procs.append(_start(ctx, spec, ready_queue))

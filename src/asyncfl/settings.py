@@ -14,6 +14,7 @@ from typing import Literal
 import tyro
 
 from asyncfl import regime as regime_mod
+from asyncfl import tcp
 from asyncfl.protocol import parse_conditions
 
 DatasetName = Literal["mnist-5k", "mnist", "fashion-mnist"]
@@ -50,6 +51,7 @@ class ServerArgs(SplitSettings):
     losses: str = ""  # per-server loss in percent, e.g. "0 0 10 20" (instead of --loss)
     delays_ms: str = ""  # per-server added one-way delay in milliseconds, e.g. "0 0 50 200" (needs netem)
     rates_mbit: str = ""  # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
+    tcp_cc: str = tcp.DEFAULT_CC  # TCP congestion control of every server socket (cubic: Linux's default, the paper's); any this kernel offers
     netns: Literal["auto", "always", "never"] = "auto"  # run each server in its own network namespace: auto = when any condition is set (needs root)
     host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address); beyond loopback a token is required
     token: str = ""  # shared secret every connection must present; prefer the ASYNCFL_TOKEN environment variable, which ps does not show
@@ -111,6 +113,7 @@ class ClientArgs:
     server_timeout_s: float = 0.0  # a server whose round has gone unanswered this many seconds is left out of the SSP minimum so the others go on; it rejoins when it answers (0 = wait for it forever, the paper's SSP)
     token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
     cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
+    tcp_cc: str = tcp.DEFAULT_CC  # TCP congestion control of every connection to a server (cubic: Linux's default, the paper's); any this kernel offers
     shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (never in the paper regime: one transport at every L); --no-shared-memory sends them in the frames
 
 
@@ -156,6 +159,8 @@ def problems(args) -> list[str]:
     }
     found = [f"{_flag(name)}: {allowed} (got {getattr(args, name)})" for name, (ok, allowed) in rules.items()
              if hasattr(args, name) and not ok(getattr(args, name))]
+    if hasattr(args, "tcp_cc") and (why := tcp.problem(args.tcp_cc)):
+        found.append(why)
     if hasattr(args, "loss") and not found:  # the data owners' per-server lists, as servers.py reads them
         for check in (lambda: parse_conditions(args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit),
                       lambda: parse_speeds(args.speeds, args.n_servers)):

@@ -23,7 +23,7 @@ from websockets.protocol import Side, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from asyncfl import bigframes
+from asyncfl import bigframes, tcp
 
 READ_BYTES = 1 << 16  # one recv of anything but a large payload (which goes straight into its buffer)
 # The library logs every connection's opening and closing at INFO: only its warnings reach our log.
@@ -54,7 +54,13 @@ class Connection:
         self.closed = False
         self._events = deque(events)  # frames parsed but not yet read (e.g. sent along with the handshake)
         self._send_lock = threading.Lock()
-        self.last_active = time.monotonic()  # when the peer last sent something
+        self.mark()  # last_active: when the peer last sent something (or a request began)
+
+    def mark(self) -> None:
+        """Start timing a request: when the reply's first byte came, the longest wait for one after it."""
+        self.marked_at = self.last_active = time.monotonic()
+        self.first_byte_at: float | None = None
+        self.longest_gap_s = 0.0
 
     @classmethod
     def open(cls, sock: socket.socket, is_client: bool, max_size: int) -> Connection:
@@ -114,7 +120,12 @@ class Connection:
             except OSError as e:
                 raise self._broken(e, "received") from None
             if n:
-                self.last_active = time.monotonic()
+                now = time.monotonic()
+                if self.first_byte_at is None:
+                    self.first_byte_at = now
+                elif now - self.last_active > self.longest_gap_s:
+                    self.longest_gap_s = now - self.last_active
+                self.last_active = now
             self._events.extend(self.protocol.events_received())
             with self._send_lock:
                 self._flush()  # pongs, the answer to a close, the close after a protocol error
@@ -174,6 +185,8 @@ def cut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def tune(sock: socket.socket) -> None:
+def tune(sock: socket.socket, tcp_cc: str | None = None) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a reply's last segment goes at once
+        if tcp_cc:
+            tcp.set_congestion(sock, tcp_cc)

@@ -187,7 +187,7 @@ class Args:
 
 def main(args: Args) -> int:
     runs = pd.read_csv(args.runs_csv)
-    for column in ("regime", "transport", "dataset"):
+    for column in ("regime", "transport", "tcp_cc", "dataset"):
         if column in runs and runs[column].nunique() > 1:
             print(f"verdicts: the runs differ in {column}; give one grid at a time", file=sys.stderr)
             return 2

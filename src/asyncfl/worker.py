@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asyncfl import auth, cpu, shm, transport, wire, wsserver
+from asyncfl import auth, cpu, shm, tcp, transport, wire, wsserver
 from asyncfl.data import to_tensor
 from asyncfl.lifecycle import die_with, keep_freed_memory
 from asyncfl.model import FlatWeights, architecture_signature, copy_into
@@ -134,6 +134,7 @@ class ServerSpec:
     keyfile: str = ""  # TLS private key (PEM)
     owner_pid: int = 0  # servers.py: this server stops when that process ends (0 = never)
     pace_s: float = 0.0  # each round lasts at least this long (idle after compute; see regime.py)
+    tcp_cc: str | None = None  # TCP congestion control of its sockets (None: the namespace's default)
 
 
 def shard_fingerprint(split: dict, index: int) -> dict:
@@ -171,18 +172,21 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
     worker.warm_up()
     fingerprint = shard_fingerprint(spec.split, spec.index)
     extra = {"split": spec.split, "index": spec.index, "network": spec.network, "shard_fingerprint": fingerprint}
+    sysctls = tcp.sysctls()  # this namespace's: a fresh one has the kernel's defaults, not the host's
 
     def handler(conn: transport.Connection) -> None:
         peer = conn.remote_address
         log.info("connection from %s", peer)
         served = refused = 0
         session = Session()
+        # What this connection's socket really uses, reported by hello (config.json records it).
+        conn_extra = {**extra, "tcp": {"cc": tcp.congestion_or_none(conn.sock), "sysctl": sysctls}}
         # Each connection has its own thread, whose first training call would be several times slower:
         # paid here, while the client is still connecting, instead of in its first round.
         worker.warm_up()
         try:
             while True:
-                reply, reason = handle_frame(worker, conn.recv(), extra, session)
+                reply, reason = handle_frame(worker, conn.recv(), conn_extra, session)
                 if reason is None:
                     served += 1
                 else:
@@ -205,7 +209,7 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         server = wsserver.Server(spec.host, spec.port, handler, auth.token_check(spec.token, spec.name),
                                   wire.MAX_FRAME_BYTES, auth.server_ssl_context(spec.certfile, spec.keyfile),
                                   name=spec.name, on_error=lambda e: log.info("dropped a connection: %s", e),
-                                  on_fatal=stop_for_restart)
+                                  on_fatal=stop_for_restart, tcp_cc=spec.tcp_cc)
     except (OSError, ValueError) as e:
         log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
         ready_queue.put((spec.index, -1))

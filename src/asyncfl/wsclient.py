@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from asyncfl import bigframes
+from asyncfl import bigframes, tcp
 from asyncfl.transport import QUIET, READ_BYTES, Connection, ConnectionClosed, tune
 
 
@@ -24,17 +24,37 @@ class HandshakeRefused(OSError):
         self.status = status
 
 
+def open_tcp(host: str, port: int, timeout_s: float, tcp_cc: str | None = None) -> socket.socket:
+    """``socket.create_connection``, with the congestion control set before the SYN (raises tcp.CcError)."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if tcp_cc:
+                tcp.set_congestion(sock, tcp_cc)
+            sock.settimeout(timeout_s)
+            sock.connect(address)
+            return sock
+        except BaseException as e:
+            sock.close()
+            if not isinstance(e, OSError):
+                raise
+            error = e
+    raise error or OSError(f"{host} has no address")
+
+
 def connect(uri: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None, max_size: int,
-            timeout_s: float) -> Connection:
+            timeout_s: float, tcp_cc: str | None = None) -> Connection:
     """Open a WebSocket connection to ws://host:port/path or wss://...; raises HandshakeRefused for a
-    non-101 answer and OSError for anything on the way."""
+    non-101 answer, tcp.CcError for a congestion control the socket cannot have, OSError for anything
+    on the way."""
     try:
         wsuri = parse_uri(uri)
     except InvalidURI:
         raise ValueError(f"not a ws:// or wss:// address: {uri!r}") from None
     if wsuri.secure and ssl_context is None:
         raise ValueError("wss:// needs a TLS context")
-    sock = socket.create_connection((wsuri.host, wsuri.port), timeout=timeout_s)
+    sock = open_tcp(wsuri.host, wsuri.port, timeout_s, tcp_cc)
     try:
         tune(sock)
         if wsuri.secure:

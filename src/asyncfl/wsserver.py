@@ -25,7 +25,7 @@ from typing import Callable
 
 from websockets.server import ServerProtocol
 
-from asyncfl import bigframes
+from asyncfl import bigframes, tcp
 from asyncfl.auth import Refusal
 from asyncfl.transport import QUIET, Connection, cut, tune
 
@@ -83,8 +83,16 @@ class Server:
                  check: Callable[[dict, tuple], Refusal | None], max_size: int,
                  ssl_context: ssl.SSLContext | None = None, open_timeout_s: float = 5.0, name: str = "server",
                  on_error: Callable[[str], None] | None = None, on_fatal: Callable[[str], None] | None = None,
-                 max_pending: int = 256, max_per_token: int = 16, keepalive: tuple[int, int, int] = KEEPALIVE):
+                 max_pending: int = 256, max_per_token: int = 16, keepalive: tuple[int, int, int] = KEEPALIVE,
+                 tcp_cc: str | None = None):
         self.socket = socket.create_server((host, port), backlog=1024, reuse_port=False)  # a burst waits, not refused
+        self.tcp_cc = tcp_cc  # set on the listener (which accepted sockets inherit) and on each accepted one
+        if tcp_cc:
+            try:
+                tcp.set_congestion(self.socket, tcp_cc)
+            except BaseException:
+                self.socket.close()
+                raise
         self.socket.setblocking(False)
         self.handler, self.check, self.max_size = handler, check, max_size
         self.ssl_context, self.open_timeout_s, self.name = ssl_context, open_timeout_s, name
@@ -156,7 +164,7 @@ class Server:
             peer = _Peer(sock, now + self.open_timeout_s, now, addr=addr)
             try:
                 sock.setblocking(False)
-                tune(sock)
+                tune(sock, self.tcp_cc)
                 keep_alive(sock, *self.keepalive)
                 if self.ssl_context is not None:
                     peer.sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)

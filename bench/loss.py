@@ -1,0 +1,244 @@
+"""Transfer benchmark: what a lossy link does to request/reply exchanges, without training.
+
+    .venv/bin/python bench/loss.py                                   # every cell, 3 repeats of 120 s
+    .venv/bin/python bench/loss.py --losses "20" --ccs cubic --repeats 1 --duration-s 30 --jobs 2
+
+Each run is one cell (where packets are dropped, congestion control, loss L, minimum RTO) for
+``--duration-s``: a client in the calling namespace sends a ``--size-bytes`` request (a model's weights,
+by default) over the project's own link (netem.NetworkLab: a veth into a namespace of its own, MTU 65535)
+and transport (transport.Connection) to a server in that namespace, which answers with as many bytes at
+once; the next request follows the reply. A request that waits ``--silence-s`` without a byte (the
+original's websocket timeout) is abandoned and the client reconnects at once, as the original did. Drop
+placements: ``ingress`` (what runs use: the netdev ingress hook of both veth ends, silent to the sender)
+and ``local`` (the old one, kept here for comparison only: the namespace's own input and output hooks,
+which drop an outgoing packet inside its sender). At L=0 no rule exists in either placement, so a cell
+of L=0 is run once and stands for both.
+
+Every run executes in a private network namespace of its own (``unshare``), so ``nstat`` there counts the
+client end's TCP and nothing else, and ``nstat`` in the server's namespace the server end's. Rows go to
+``--out`` (loss_runs.csv, one per run, flushed as each ends); the table printed at the end (mean and
+spread over repeats) is what docs/network.md holds. Needs root or user namespaces, ip, tc and nft.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from asyncfl import netem, rootless, tcp, transport, wsclient, wsserver
+from asyncfl.protocol import LinkConditions
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_BYTES = 1_725_000  # a LeNet's weights as a fit request carries them (wire.py), to the nearest kB
+NSTAT = ("TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPLossProbes", "TcpExtTCPOFOQueue", "TcpExtTCPSACKReorder",
+         "TcpExtTCPSpuriousRTOs", "TcpExtTCPLostRetransmit", "TcpExtTCPSynRetrans")
+COLUMNS = ["placement", "cc", "loss_pct", "rto_min_ms", "repeat", "duration_s", "exchanges", "exchanges_per_min",
+           "exchange_mean_s", "exchange_p50_s", "exchange_p99_s", "exchange_max_s", "stall_p50_s", "stall_p99_s",
+           "stall_max_s", "timeouts", "connections", "dropped_to_server", "dropped_to_client",
+           *[f"client_{k}" for k in NSTAT], *[f"server_{k}" for k in NSTAT]]
+
+
+@dataclass
+class Args:
+    out: str = "out/loss_runs.csv"  # one row per run (cell x repeat), flushed as each ends
+    duration_s: float = 120.0  # seconds per run
+    repeats: int = 3  # runs per cell
+    size_bytes: int = MODEL_BYTES  # bytes of each request and of each reply
+    placements: str = "ingress local"  # where packets are dropped: ingress (runs) and/or local (the old, for comparison)
+    ccs: str = "cubic bbr"  # congestion controls
+    losses: str = "0 10 20"  # L in percent, each direction
+    rto_mins_ms: str = "200 20"  # minimum RTO of both routes, ms (200: Linux's default; 20: the paper regime's at K=10)
+    silence_s: float = 60.0  # a request that waits this long without a byte is abandoned, then a reconnect at once
+    jobs: int = 1  # runs at once (each has its own namespaces; L=0 runs keep a core busy: run those alone)
+    cell: str = ""  # (internal) run this one cell, as JSON, in this process, and print its row
+
+
+def nstat(netns: str | None = None) -> dict[str, int]:
+    cmd = (["ip", "netns", "exec", netns] if netns else []) + ["nstat", "-asz", "--json"]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout)["kernel"]
+    return {k: int(out.get(k, 0)) for k in NSTAT}
+
+
+def serve(netns: str, address: str, cc: str, size: int, ports) -> None:
+    """The server process: in the link's namespace, answer every message with ``size`` bytes."""
+    netem.enter_netns(netns)
+    reply = bytes(size)
+
+    def handler(conn: transport.Connection) -> None:
+        try:
+            while True:
+                conn.recv()
+                conn.send(reply)
+        except transport.ConnectionClosed:
+            pass
+
+    server = wsserver.Server(address, 0, handler, lambda headers, peer: None, 2 * size + (1 << 20), tcp_cc=cc)
+    ports.put(server.socket.getsockname()[1])
+    server.serve_forever()
+
+
+def run_cell(cell: dict) -> dict:
+    """One run: a link, a server, exchanges for the cell's duration; its row."""
+    rootless.prepare()
+    loss, size, silence_s = float(cell["loss_pct"]), int(cell["size_bytes"]), float(cell["silence_s"])
+    lab = netem.NetworkLab(drop_at=cell["placement"])
+    ctx = mp.get_context("fork")
+    ports = ctx.Queue()
+    server = None
+    try:
+        (link,) = lab.create([LinkConditions(loss_pct=loss)], rto_min_ms=float(cell["rto_min_ms"]))
+        server = ctx.Process(target=serve, args=(link.netns, link.ns_addr, cell["cc"], size, ports), daemon=True)
+        server.start()
+        port = ports.get(timeout=30)
+        uri = f"ws://{link.ns_addr}:{port}"
+        client_before, server_before = nstat(), nstat(link.netns)
+        request = bytes(size)
+        times, stalls, timeouts, connections = [], [], 0, 0
+        t_end = time.monotonic() + float(cell["duration_s"])
+        conn = None
+        while time.monotonic() < t_end:
+            if conn is None:
+                try:
+                    conn = wsclient.connect(uri, {}, None, 2 * size + (1 << 20), silence_s, cell["cc"])
+                except OSError:
+                    continue  # a lost SYN or handshake: TCP itself waits 1 s, 2 s...; try again at once after
+                connections += 1
+                conn.sock.settimeout(silence_s)
+            conn.mark()
+            try:
+                conn.send(request)
+                conn.recv()
+            except transport.Silence:
+                timeouts += 1
+                conn.close_socket()
+                conn = None
+                continue
+            except transport.ConnectionClosed:
+                conn.close_socket()
+                conn = None
+                continue
+            now = time.monotonic()
+            times.append(now - conn.marked_at)
+            stalls.append(max(conn.first_byte_at - conn.marked_at, conn.longest_gap_s))
+        if conn is not None:
+            conn.close_socket()
+        client, server_end = nstat(), nstat(link.netns)
+        dropped = lab.dropped()[0]
+    finally:
+        if server is not None:
+            server.kill()
+            server.join(5)
+        lab.close()
+    t, st = np.array(times or [np.nan]), np.array(stalls or [np.nan])
+    row = {k: cell[k] for k in ("placement", "cc", "loss_pct", "rto_min_ms", "repeat", "duration_s")}
+    row.update(exchanges=len(times), exchanges_per_min=len(times) * 60 / float(cell["duration_s"]),
+               exchange_mean_s=np.nanmean(t), exchange_p50_s=np.nanmedian(t), exchange_p99_s=np.nanpercentile(t, 99),
+               exchange_max_s=np.nanmax(t), stall_p50_s=np.nanmedian(st), stall_p99_s=np.nanpercentile(st, 99),
+               stall_max_s=np.nanmax(st), timeouts=timeouts, connections=connections,
+               dropped_to_server=dropped["to_server"], dropped_to_client=dropped["to_client"])
+    row.update({f"client_{k}": client[k] - client_before[k] for k in NSTAT})
+    row.update({f"server_{k}": server_end[k] - server_before[k] for k in NSTAT})
+    return {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
+
+
+def cells(args: Args) -> list[dict]:
+    out = []
+    for rep in range(args.repeats):
+        for loss in args.losses.split():
+            for placement in args.placements.split() if float(loss) else ["any"]:
+                for cc in args.ccs.split():
+                    for rto in args.rto_mins_ms.split():
+                        out.append({"placement": placement, "cc": cc, "loss_pct": float(loss), "rto_min_ms": float(rto),
+                                    "repeat": rep, "duration_s": args.duration_s, "size_bytes": args.size_bytes,
+                                    "silence_s": args.silence_s})
+    return out
+
+
+def launch(cell: dict) -> dict:
+    """Run one cell in a private network namespace; its row (or an error row)."""
+    env = {**os.environ, rootless.ENV: "1", "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
+           "PYTHONPATH": str(ROOT / "src")}
+    cell = {**cell, "placement": "ingress" if cell["placement"] == "any" else cell["placement"],
+            "shown_as": cell["placement"]}
+    r = subprocess.run([*rootless.UNSHARE, "--", sys.executable, __file__, "--cell", json.dumps(cell)],
+                       capture_output=True, text=True, timeout=float(cell["duration_s"]) + 300, env=env)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"cell {cell} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
+    row = json.loads(lines[-1])
+    row["placement"] = cell["shown_as"]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per cell, each figure the mean over repeats (min-max where it matters)."""
+    keys = ("placement", "cc", "loss_pct", "rto_min_ms")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    lines = ["| drops | cc | L % | rto_min ms | runs | exchanges/min (min-max) | mean s | p99 s | longest stall s "
+             "| timeouts | client retrans / RTOs / out-of-order | server retrans / RTOs / out-of-order |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key in sorted(groups, key=lambda k: (k[2], k[0], k[1], -k[3])):
+        g = groups[key]
+        m = {c: float(np.nanmean([r[c] for r in g])) for c in g[0] if isinstance(g[0][c], (int, float))}
+        per_min = [r["exchanges_per_min"] for r in g]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]:g} | {len(g)} | {m['exchanges_per_min']:.1f} "
+            f"({min(per_min):.1f}-{max(per_min):.1f}) | {m['exchange_mean_s']:.2f} | {m['exchange_p99_s']:.2f} "
+            f"| {max(r['stall_max_s'] for r in g):.1f} | {sum(r['timeouts'] for r in g)} "
+            f"| {m['client_TcpRetransSegs']:.0f} / {m['client_TcpExtTCPTimeouts']:.0f} / {m['client_TcpExtTCPOFOQueue']:.0f} "
+            f"| {m['server_TcpRetransSegs']:.0f} / {m['server_TcpExtTCPTimeouts']:.0f} / {m['server_TcpExtTCPOFOQueue']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(args: Args) -> int:
+    if args.cell:
+        print(json.dumps(run_cell(json.loads(args.cell))), flush=True)
+        return 0
+    for cc in args.ccs.split():
+        if why := tcp.problem(cc):
+            print(f"bench/loss.py: {why}", file=sys.stderr)
+            return 2
+    if why := rootless.unavailable():
+        print(f"bench/loss.py: each run needs a network namespace of its own, and {why}", file=sys.stderr)
+        return 2
+    todo = cells(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = list(csv.DictReader(out.open())) if out.exists() else []
+    finished = {(r["placement"], r["cc"], float(r["loss_pct"]), float(r["rto_min_ms"]), int(r["repeat"])) for r in done}
+    todo = [c for c in todo if (c["placement"], c["cc"], c["loss_pct"], c["rto_min_ms"], c["repeat"]) not in finished]
+    print(f"bench/loss.py: {len(todo)} runs of {args.duration_s:g} s to go ({len(finished)} already in {out}), "
+          f"{args.jobs} at a time", flush=True)
+    new = not out.exists() or out.stat().st_size == 0
+    rows = []
+    with out.open("a", newline="") as f, ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        writer = csv.DictWriter(f, COLUMNS)
+        if new:
+            writer.writeheader()
+        for future in as_completed([pool.submit(launch, c) for c in todo]):
+            row = future.result()
+            writer.writerow({k: row[k] for k in COLUMNS})
+            f.flush()
+            rows.append(row)
+            print(f"  {row['placement']} {row['cc']} L={row['loss_pct']:g}% rto_min {row['rto_min_ms']:g} ms "
+                  f"r{row['repeat']}: {row['exchanges']} exchanges, {row['timeouts']} timeouts", flush=True)
+    every = [{k: (v if k in ("placement", "cc") else float(v)) for k, v in r.items()} for r in csv.DictReader(out.open())]
+    print(table(every))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args, description=__doc__)))
