@@ -71,6 +71,8 @@ def test_as_nobody_a_lossy_link_runs_in_namespaces_of_its_own_and_leaves_nothing
     clean, lossy = config["finished"]["rounds_per_server"]
     assert config["transport"]["netns"] == [True, True]
     assert lossy <= clean / 2, (clean, lossy)
+    # cubic, which the user may not set on the host, on every socket of both ends inside
+    assert config["tcp"]["client_cc"] == config["tcp"]["server_cc"] == ["cubic", "cubic"]
     assert netns_list() == before
     assert rootless.ENV not in os.environ  # the test itself never ran inside
 
@@ -90,3 +92,28 @@ def test_a_forbidden_user_namespace_stops_the_run_before_it_starts_naming_the_se
     err = capsys.readouterr().err
     assert "user.max_user_namespaces" in err and "sysctl -w" in err
     assert not (tmp_path / "run" / "servers.log").exists()  # nothing started
+
+
+@pytest.mark.parametrize("servers", ["", "ws://192.0.2.1:8777"])
+def test_a_congestion_control_users_may_not_set_needs_namespaces_or_stops_naming_it(tmp_path, monkeypatch, capsys,
+                                                                                     servers):
+    import tyro
+
+    from asyncfl import launch, tcp
+    from asyncfl.settings import LaunchArgs
+    # Prepare: a user without root, on a kernel that lets users set only reno and bbr, and no user namespaces
+    forbidden = tmp_path / "max_user_namespaces"
+    forbidden.write_text("0\n")
+    monkeypatch.setattr(rootless, "SYSCTLS", [(str(forbidden), "0", "sysctl -w user.max_user_namespaces=15000")])
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(tcp, "allowed_unprivileged", lambda: ["reno", "bbr"])
+    monkeypatch.setattr(rootless, "reexec", lambda argv: pytest.fail("re-executed without user namespaces"))
+    flags = ["--n-servers", "1", "--out-dir", str(tmp_path / "run")] + (["--servers", servers] if servers else [])
+    # Execute: the default, cubic (no loss: only the congestion control needs the namespaces)
+    args = tyro.cli(LaunchArgs, args=flags)
+    assert launch.main(args) == 2
+    # Assert: it says why (the setting, and what to do) and starts nothing
+    err = capsys.readouterr().err
+    assert "--tcp-cc cubic" in err
+    assert ("reno bbr" in err) if servers else ("user.max_user_namespaces" in err)
+    assert not (tmp_path / "run" / "servers.log").exists()

@@ -8,7 +8,8 @@ Reads only the files a run writes (config.json, f1_time.csv and, if present, yap
 ``runs.csv`` (one row per run) into the first folder given (or ``--out``), and prints the table.
 
 Per run:
-- final_f1: F1 of the final model; f1_auc_frac: area under the F1-over-time curve divided by its
+- final_f1: F1 of the final model; f1_last5: the mean of the last five time-wise scores (less noisy than
+  one score of a 2,000-sample subset); f1_auc_frac: area under the F1-over-time curve divided by its
   duration (the mean F1 over the run); time_to_f1_{80,90,95}_s: first evaluation at or above it (NaN: never);
 - max_f1_drop: largest fall of F1 between consecutive time-wise evaluations (the paper's "dips");
   dips: how many such falls were 0.1 or more; f1_flat_frac: share of consecutive evaluations with the
@@ -44,7 +45,7 @@ import tyro
 THRESHOLDS = (0.80, 0.90, 0.95)
 CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation",
                "speeds", "duration_s"]
-METRICS = ["final_f1", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
+METRICS = ["final_f1", "f1_last5", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
            "dips", "f1_flat_frac", "f1_mean_abs_step",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
            "gate_wait_frac_mean", "gate_wait_frac_max", "abandoned_rounds", "timeouts", "stall_p50_s", "stall_p99_s",
@@ -206,6 +207,7 @@ def analyze_run(run_dir: Path) -> dict:
     # The final model's score comes at the end of training, off the interval grid: left out of these.
     grid = f1_time.iloc[:-1] if len(f1_time) > 2 else f1_time
     row["dips"], row["f1_flat_frac"], row["f1_mean_abs_step"] = dips(grid), flat_frac(grid), mean_abs_step(grid)
+    row["f1_last5"] = float(grid["f1"].iloc[-5:].mean()) if len(grid) else float("nan")
     row["rounds_mean"] = float(per_server.mean())
     row["rounds_min"], row["rounds_max"] = int(per_server.min()), int(per_server.max())
     row["rounds_max_min_ratio"] = float(per_server.max() / per_server.min()) if per_server.min() > 0 else float("inf")

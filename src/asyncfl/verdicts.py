@@ -1,6 +1,6 @@
 """A verdict per claim of the paper from a grid's runs.csv (analyze.py's), with the numbers behind it.
 
-    python -m asyncfl.verdicts results/paper-regime/runs.csv      # prints a markdown table
+    python -m asyncfl.verdicts results/old-loss/paper-regime/runs.csv      # prints a markdown table
 
 The claims (Figs. 3-6 and the conclusion) and what is measured for each, fixed before the grid ran:
 
