@@ -235,7 +235,9 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoc
     signal.signal(signal.SIGTERM, on_signal)
     if args.profile:
         profiling.start()
-    sampler = BackoffSampler(workers).start()
+    # Every lossy link's backoff state lasts at least two minimum RTOs: sampling once a minimum RTO sees each.
+    rto_min_s = min((info.get("network", {}).get("rto_min_ms") or 200.0) for info in infos) / 1000
+    sampler = BackoffSampler(workers, tick_s=max(0.005, rto_min_s)).start()
     timer = threading.Thread(target=eval_timer, args=(ctx, args.eval_interval_s, args.duration_s), name="eval-timer")
     timer.start()
     for t in threads:
@@ -266,6 +268,9 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoc
         live.stop()
     # Sampled before the connections close: a server's connection thread, where its work was, ends with them.
     cpu_after, cpu_wall_s = {name: cpu.sample(pid) for name, pid in processes.items()}, time.monotonic() - t0
+    if cpu_after.get("client") and sampler.native_id in cpu_after["client"]:  # its own entry: see cpu.starved
+        cpu_after["client-sampler"] = {sampler.native_id: cpu_after["client"].pop(sampler.native_id)}
+        cpu_before["client-sampler"] = {}
     # The stop event is set only by a signal or by a server thread that failed; the deadline leaves it clear.
     stop_reason = "interrupted" if interrupted.is_set() else "error" if state.stop_event.is_set() else "duration"
     state.stop()

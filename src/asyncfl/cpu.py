@@ -66,8 +66,10 @@ def shares(before: dict[str, dict | None], after: dict[str, dict | None], wall_s
 
 
 def starved(process_shares: dict[str, dict], limit: float = STARVED_WAIT_FRAC,
-            ignore: tuple[str, ...] = ("evaluator",)) -> list[str]:
+            ignore: tuple[str, ...] = ("evaluator", "client-sampler")) -> list[str]:
     """Names of the processes that waited for a core at least ``limit`` of the wall clock. The evaluator
-    is ignored by default: a snapshot carries the time it was taken, so a slow evaluator shifts no curve."""
+    is ignored by default: a snapshot carries the time it was taken, so a slow evaluator shifts no curve;
+    so is the client's backoff sampler (a thread, counted apart: it wakes every few milliseconds and waits
+    a little at each wake-up, which says nothing about the rounds)."""
     return sorted(name for name, s in process_shares.items()
                   if name not in ignore and (s["wait_frac"] or 0) >= limit)

@@ -329,14 +329,16 @@ class WebsocketClientWorker:
 
 
 class BackoffSampler:
-    """One thread that samples the RTO backoff of every worker's request in flight every ``tick_s``
-    (10 ms: under a backoff of 1, which lasts at least one minimum RTO, 20 ms at K=10). Workers whose
+    """One thread that samples the RTO backoff of every worker's request in flight every ``tick_s`` (the
+    client passes the links' minimum RTO: a backoff that lasts, because the retransmission was lost too,
+    lasts at least twice that). Workers whose
     weights go through shared memory (loopback, no emulated link) are left out: their rounds' few bytes
     of TCP cannot stall, and the thread's wake-ups would cost the fastest path."""
 
-    def __init__(self, workers: list, tick_s: float = 0.01):
+    def __init__(self, workers: list, tick_s: float):
         self._workers = [w for w in workers if getattr(w, "weights_via", None) == WEBSOCKET]
         self._tick_s = tick_s
+        self.native_id: int | None = None  # the thread's, once started (its CPU time is counted apart)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="backoff-sampler", daemon=True)
 
@@ -349,6 +351,7 @@ class BackoffSampler:
         self._stop.set()
 
     def _run(self) -> None:
+        self.native_id = threading.get_native_id()
         while not self._stop.wait(self._tick_s):
             for w in self._workers:
                 w.sample_backoff()
