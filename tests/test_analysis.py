@@ -162,3 +162,40 @@ def test_verdicts_follow_the_stated_rules():
     noisy = synthetic_grid(lambda loss, d, s, seed: 0.5 + (0.2 if seed == 0 and s == 9999 else 0.0))
     assert verdicts.claim3(noisy)[0] == "not supported"
     assert "missing" in verdicts.claim1(runs[runs["stdev"] != 10000.0])[0]
+
+
+def test_stalls_flat_stretches_and_the_last_scores_have_known_answers(tmp_path):
+    # Prepare: a paper-regime run at K=10 whose F1 stays at 0.4 from 2 s to 8 s, then moves; rounds
+    # with known stalls; two rounds abandoned, one of them on the inactivity timeout.
+    f1 = [(0, 0.1), (2, 0.4), (4, 0.4), (6, 0.4), (8, 0.4), (10, 0.5), (12, 0.6), (14, 0.7), (16, 0.8), (18, 0.85)]
+    run = make_run(tmp_path / "r", 0, 0, f1, [2, 2])
+    config = json.loads((run / "config.json").read_text())
+    config["regime"] = {"name": "paper", "time_scale": 10}
+    config["finished"]["retries_per_server"] = [2, 0]
+    (run / "config.json").write_text(json.dumps(config))
+    pd.DataFrame({"time_s": [1, 2, 3, 4], "server": [0, 0, 1, 1], "stall_s": [0.1, 0.2, 0.3, 5.0]}).to_csv(
+        run / "rounds.csv", index=False)
+    pd.DataFrame({"time_s": [1, 2], "server": [0, 0], "event": ["round_abandoned"] * 2, "detail": ["", ""],
+                  "silence_s": [6.0, None], "round_s": [6.5, 1.0]}).to_csv(run / "events.csv", index=False)
+    # Execute
+    row = analyze.analyze_run(run)
+    # Assert: the final score (18 s) is off the interval grid and left out of the grid's measures
+    assert row["longest_flat_s"] == 6 and row["longest_flat_paper_min"] == pytest.approx(1.0)
+    assert row["f1_last5"] == pytest.approx((0.4 + 0.5 + 0.6 + 0.7 + 0.8) / 5)
+    assert (row["stall_p50_s"], row["stall_max_s"]) == (pytest.approx(0.25), 5.0)
+    assert row["abandoned_rounds"] == 2 and row["timeouts"] == 1
+    assert row["tcp_cc"] == "default (unrecorded)" and row["loss_mechanism"] == "none"
+
+
+def test_compare_puts_each_loss_against_its_own_clean_cell(tmp_path, capsys):
+    from asyncfl import compare
+    clean = [(t, 0.8) for t in range(0, 12, 2)]
+    lossy = [(t, 0.4) for t in range(0, 12, 2)]
+    make_run(tmp_path / "grid" / "L0", 0, 0, clean + [(11, 0.8)], [10, 10])
+    make_run(tmp_path / "grid" / "L20", 0, 0, lossy + [(11, 0.4)], [4, 8], loss=20)
+    assert analyze.main(analyze.Args((tmp_path / "grid",))) == 0
+    capsys.readouterr()
+    assert compare.main(compare.Args((tmp_path / "grid",))) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| 20% |" in line]
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert cells[6] == "2.00 (2.00-2.00)" and cells[8] == "0.50"  # largest/smallest rounds; F1 over L=0
