@@ -199,3 +199,15 @@ def test_compare_puts_each_loss_against_its_own_clean_cell(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "| 20% |" in line]
     cells = [c.strip() for c in lines[0].strip("|").split("|")]
     assert cells[6] == "2.00 (2.00-2.00)" and cells[8] == "0.50"  # largest/smallest rounds; F1 over L=0
+
+
+def test_runs_that_differ_only_in_delay_or_rate_are_other_configurations(tmp_path):
+    for name, delays in (("plain", [0, 0]), ("delayed", [0, 200])):
+        run = make_run(tmp_path / name, 0, 0, [(0, 0.5), (5, 0.9)], [5, 5])
+        config = json.loads((run / "config.json").read_text())
+        for info, delay in zip(config["server_info"], delays):
+            info["network"]["delay_ms"] = delay
+        (run / "config.json").write_text(json.dumps(config))
+    runs = pd.DataFrame([analyze.analyze_run(tmp_path / name) for name in ("plain", "delayed")])
+    assert list(runs["link"]) == ["", "delay 0 200 ms"]
+    assert len(analyze.summarize(runs)) == 2

@@ -43,7 +43,7 @@ import pandas as pd
 import tyro
 
 THRESHOLDS = (0.80, 0.90, 0.95)
-CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "stdev", "staleness", "aggregation",
+CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
                "speeds", "duration_s"]
 METRICS = ["final_f1", "f1_last5", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
            "dips", "f1_flat_frac", "f1_mean_abs_step",
@@ -119,6 +119,16 @@ def stall_stats(rounds: pd.DataFrame | None) -> dict[str, float]:
     return {"stall_p50_s": float(np.median(x)), "stall_p99_s": float(np.percentile(x, 99)), "stall_max_s": float(x.max())}
 
 
+def link_label(infos: list[dict]) -> str:
+    """The links' delay and rate per server ('delay 0 0 50 200 ms; rate 0 0 100 10 Mbit/s'), '' when none
+    has either: runs that differ in them are other configurations even at the same loss."""
+    nets = [info.get("network", {}) for info in infos]
+    parts = [f"{name} {' '.join(f'{n.get(key, 0):g}' for n in nets)} {unit}"
+             for name, key, unit in (("delay", "delay_ms", "ms"), ("rate", "rate_mbit", "Mbit/s"))
+             if any(n.get(key, 0) for n in nets)]
+    return "; ".join(parts)
+
+
 def loss_mechanism_label(config: dict) -> str:
     """How the links' loss was made ('none' without loss); the runs from before silent loss say 'nftables'."""
     found = {info.get("network", {}).get("mechanism", {}).get("loss") for info in config.get("server_info", [])}
@@ -183,6 +193,7 @@ def run_config(config: dict) -> dict:
         "n_servers": config.get("n_servers", len(infos)),
         # One number when every link is the same (the paper's L), else the per-server list.
         "loss": f"{losses[0]:g}%" if len(set(losses)) <= 1 and losses else " ".join(f"{v:g}" for v in losses),
+        "link": link_label(infos),
         "partition": partition_label(split),
         "stdev": split.get("stdev"),
         "staleness": config.get("staleness_threshold", config["args"]["staleness_threshold"]),
