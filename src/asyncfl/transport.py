@@ -172,6 +172,10 @@ class Connection:
         self.closed = True
         with contextlib.suppress(OSError):
             self.sock.close()
+        # The library's parser is a generator holding its protocol (a cycle), and a payload cut short
+        # holds its whole buffer: closed here, both go with the last reference, not at the next full gc.
+        with contextlib.suppress(ValueError, RuntimeError):  # (running in another thread: left to the gc)
+            self.protocol.parser.close()
 
     @property
     def remote_address(self):
