@@ -105,3 +105,11 @@ def test_batch_grid_with_rules_and_partitions(tmp_path):
     assert "fedavg-L0-D0-S0-speeds_1_1_1_1-r0" in names and "fedbuff_buffer-size-4-L0-D10000-S9999-speeds_1_1_1_1-r0" in names
     assert "shards_shards-per-server-2-L0-D0-S0-speeds_1_1_1_1-r0" in names
     assert not any(n.startswith("shards") and "D10000" in n for n in names)
+
+
+def test_an_unwritable_run_folder_stops_with_a_message_not_a_traceback(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    run = run_script(["./train.sh", "--duration-s", "1", "--out-dir", str(blocker / "run")], 60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--out-dir" in run.stderr and "Traceback" not in run.stderr + run.stdout

@@ -169,7 +169,11 @@ def train(args: Args, regime, evaluator, queue, scores, ready, hurry, free, epoc
         return 2
 
     out_dir = Path(args.out_dir or default_out_dir(infos, args.staleness_threshold))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.error("--out-dir %s: %s", out_dir, e.strerror or e)
+        return 2
     setup_logging(out_dir / "client.log")
     config = {
         "args": redacted(args),

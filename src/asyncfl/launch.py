@@ -139,7 +139,13 @@ def main(args: LaunchArgs) -> int:
             return 2
         rootless.reexec(sys.argv[1:])  # does not return: this launcher again, as root of its own namespaces
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK | os.X_OK):  # nothing is started for a run that cannot write
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        print(f"train.sh: --out-dir {out_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     if not env.get("ASYNCFL_TOKEN") and not args.token:
         # A fresh secret per run: only this run's client may use its servers. It travels in the
