@@ -197,7 +197,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]:g} | {len(g)} | {m['exchanges_per_min']:.1f} "
             f"({min(per_min):.1f}-{max(per_min):.1f}) | {m['exchange_mean_s']:.2f} | {m['exchange_p99_s']:.2f} "
-            f"| {max(r['stall_max_s'] for r in g):.1f} | {sum(r['timeouts'] for r in g)} "
+            f"| {max(r['stall_max_s'] for r in g):.1f} | {sum(int(r['timeouts']) for r in g)} "
             f"| {m['client_TcpRetransSegs']:.0f} / {m['client_TcpExtTCPTimeouts']:.0f} / {m['client_TcpExtTCPOFOQueue']:.0f} "
             f"| {m['server_TcpRetransSegs']:.0f} / {m['server_TcpExtTCPTimeouts']:.0f} / {m['server_TcpExtTCPOFOQueue']:.0f} |")
     return "\n".join(lines)
