@@ -42,6 +42,11 @@ def mapped_semaphores(pids: list[int]) -> set[Path]:
     return found
 
 
+def netdev_tables() -> set[str]:
+    out = subprocess.run(["nft", "list", "tables", "netdev"], capture_output=True, text=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.startswith("table netdev ")}
+
+
 def project_namespaces() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(netem.NETNS_PREFIX)]
@@ -183,7 +188,7 @@ def test_lossy_link_slows_only_its_server_and_is_torn_down(tmp_path):
 def test_next_run_cleans_up_after_a_killed_one(tmp_path):
     # Prepare: a lossy run, killed outright with everything it started. Other runs' namespaces may come
     # and go meanwhile: only this run's (named after its servers.py) are checked.
-    semaphores, ours = set(), set()
+    semaphores, ours, our_tables = set(), set(), set()
     proc = subprocess.Popen(["./train.sh", "--n-servers", "2", "--loss", "10%", "--base-port", "0",
                              "--duration-s", "120", "--out-dir", str(tmp_path / "killed")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
@@ -195,7 +200,9 @@ def test_next_run_cleans_up_after_a_killed_one(tmp_path):
         proc.wait(10)
         assert wait_session_gone(proc.pid) == []
         ours = {n for n in project_namespaces() if int(n.split("-")[1]) in pids}
-        assert len(ours) == 2  # left behind by the kill
+        assert len(ours) == 2  # left behind by the kill, with their tables on this side
+        our_tables = {t for t in netdev_tables() if (m := netem.HOST_TABLE.fullmatch(t)) and int(m.group(1)) in pids}
+        assert len(our_tables) == 2
     finally:
         kill_session(proc)
         # The kill took multiprocessing's resource tracker with it, which would have removed the named
@@ -208,8 +215,7 @@ def test_next_run_cleans_up_after_a_killed_one(tmp_path):
     # Assert
     assert run.returncode == 0, run.stdout + run.stderr
     assert not ours & set(project_namespaces())
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    assert netem.NFT_TABLE not in tables
+    assert not our_tables & netdev_tables()  # (other runs' tables may be there meanwhile)
     assert read_csv(tmp_path / "next" / "rounds.csv")
 
 
@@ -345,9 +351,6 @@ def test_the_callers_side_tables_go_with_the_lab_or_with_its_dead_owner():
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale, live = netem.NetworkLab(owner_pid=dead.pid), netem.NetworkLab()
-
-    def netdev_tables() -> str:
-        return subprocess.run(["nft", "list", "tables", "netdev"], capture_output=True, text=True).stdout
 
     try:
         live.create([netem.LinkConditions(loss_pct=5)])
