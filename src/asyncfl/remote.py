@@ -14,7 +14,6 @@ each connection (see shm.py); ``weights_via`` says which way they travel.
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -251,8 +250,8 @@ class WebsocketClientWorker:
         if ws is None or not self._in_flight:
             return
         try:
-            backoff = ws.sock.getsockopt(socket.IPPROTO_TCP, tcp.TCP_INFO, 8)[4]
-        except (OSError, IndexError, ValueError):
+            backoff = tcp.backoff(ws.sock)
+        except (OSError, IndexError):
             return
         if backoff > self._max_backoff:
             self._max_backoff = backoff
@@ -262,15 +261,6 @@ class WebsocketClientWorker:
         ws = self._ws
         if ws is not None:
             ws.shutdown()
-
-    @staticmethod
-    def _tcp_info(ws: transport.Connection) -> tcp.TcpInfo | None:
-        if ws.sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return None
-        try:
-            return tcp.read_info(ws.sock)
-        except OSError:
-            return None
 
     def _abort(self) -> None:
         """Watchdog: unblock a send or receive that has waited too long by shutting the socket down."""
@@ -290,26 +280,24 @@ class WebsocketClientWorker:
             if self._watchdog is None:
                 self._watchdog = _Watchdog(self._abort, name=f"{self.name}-watchdog")
             self._watchdog.arm(timeout_s)
-        before = self._tcp_info(ws)
+        before = tcp.info_or_none(ws.sock)
         self._max_backoff, self._in_flight = 0, True
         ws.mark()
         try:
             ws.send(frame or wire.encode_parts(header, weights))
             reply = ws.recv()
-        except transport.Silence as e:
-            raise ConnectionLost(f"{header['type']}: {e} (websocket timeout)", ws.sock.gettimeout(),
-                                 time.monotonic() - ws.marked_at) from None
-        except OSError as e:  # transport.ConnectionClosed included
+        except OSError as e:  # transport.ConnectionClosed and Silence included
+            out_s = time.monotonic() - ws.marked_at
+            if isinstance(e, transport.Silence):
+                raise ConnectionLost(f"{header['type']}: {e} (websocket timeout)", ws.sock.gettimeout(), out_s) from None
             if self._timed_out:
-                raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s", None,
-                                     time.monotonic() - ws.marked_at) from None
-            raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}", None,
-                                 time.monotonic() - ws.marked_at) from None
+                raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s", None, out_s) from None
+            raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}", None, out_s) from None
         finally:
             self._in_flight = False
             if timeout_s and not self._silence:
                 self._watchdog.disarm()
-        after = self._tcp_info(ws)
+        after = tcp.info_or_none(ws.sock)
         self.round_tcp = None if before is None or after is None else RoundTcp(
             after.total_retrans - before.total_retrans,
             None if after.total_rto is None else after.total_rto - before.total_rto,

@@ -35,6 +35,9 @@ _FIELDS = (
 )
 
 
+_BACKOFF = next(offset for name, _, offset in _FIELDS if name == "backoff")
+
+
 class CcError(ValueError):
     """A congestion control this kernel does not offer, or that this process may not set."""
 
@@ -71,6 +74,21 @@ def parse_info(raw: bytes) -> TcpInfo:
 
 def read_info(sock: socket.socket) -> TcpInfo:
     return parse_info(sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, INFO_BYTES))
+
+
+def info_or_none(sock: socket.socket) -> TcpInfo | None:
+    """``read_info``, or None for a socket that is not TCP or no longer open."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        return read_info(sock)
+    except OSError:
+        return None
+
+
+def backoff(sock: socket.socket) -> int:
+    """The RTO backoff now: the one field of TCP_INFO read, for sampling it often (raises OSError)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, _BACKOFF + 1)[_BACKOFF]
 
 
 def congestion(sock: socket.socket) -> str:
