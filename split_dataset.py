@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
-from asyncfl import data
-from asyncfl.split_dataset import SplitRefused, SplitSettings, describe_split, format_table, make_split
+from asyncfl.core import data, datasets
+from asyncfl.core.split import SplitRefused, SplitSettings, describe_split, format_table, make_split
 
 
 @dataclass
 class Args(SplitSettings):
-    dataset: data.DatasetName = data.DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
+    dataset: datasets.Name = datasets.DEFAULT  # a registered dataset (src/asyncfl/core/datasets.py)
     data_dir: str = "data"  # where downloaded datasets are stored
     json: bool = False  # print one JSON object (class counts, index fingerprints, settings) instead of the table
 

@@ -69,7 +69,7 @@ if [[ $LAUNCHER == slurm && $dry_run == 0 ]] && ! command -v sbatch > /dev/null;
 fi
 PY=.venv/bin/python
 if [[ $EUID != 0 && $TRANSPORT == netns && $dry_run == 0 ]]; then
-  # Without root every run puts itself in user and network namespaces of its own (rootless.py).
+  # Without root every run puts itself in user and network namespaces of its own (netem/rootless.py).
   if ! why=$("$PY" -c 'from asyncfl import rootless; print(rootless.unavailable() or "")') || [[ -n $why ]]; then
     echo "train_batch.sh: TRANSPORT=netns puts every server in a network namespace: that needs root or user" \
       "namespaces, and $why; or TRANSPORT=loopback LOSSES=0% for a grid without loss" >&2

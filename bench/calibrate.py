@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import tyro
 
-from asyncfl import regime
+from asyncfl.core import regime
 
 
 @dataclass

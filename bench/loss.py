@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from asyncfl import netem, rootless, tcp, transport, wsclient, wsserver
-from asyncfl.protocol import LinkConditions
+from asyncfl.core.protocol import LinkConditions
+from asyncfl.net import tcp, transport, wsclient, wsserver
+from asyncfl.netem import lab as netem
+from asyncfl.netem import rootless
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_BYTES = 1_725_000  # a LeNet's weights as a fit request carries them (wire.py), to the nearest kB
+MODEL_BYTES = 1_725_000  # a LeNet's weights as a fit request carries them (net/wire.py), to the nearest kB
 NSTAT = ("TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPLossProbes", "TcpExtTCPOFOQueue", "TcpExtTCPSACKReorder",
          "TcpExtTCPSpuriousRTOs", "TcpExtTCPLostRetransmit", "TcpExtTCPSynRetrans")
 COLUMNS = ["placement", "cc", "loss_pct", "rto_min_ms", "repeat", "duration_s", "exchanges", "exchanges_per_min",

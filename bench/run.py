@@ -21,7 +21,7 @@ write, prints a table and writes ``bench/results.json``:
   round-wise evaluation), that figure over the compute bound ``cores / median step time`` (the step time
   measured right before and right after each run, their mean used, since the machine's speed drifts),
   resident memory per server process (RSS, and PSS which splits shared pages among the processes sharing
-  them), and ``startup_s``: seconds from starting servers.py to all servers listening.
+  them), and ``startup_s``: seconds from starting server/main.py to all servers listening.
 - ``split_s``: median time to split 60,000 labels over 32 servers (D=600).
 """
 
@@ -45,12 +45,12 @@ import numpy as np
 import torch
 import tyro
 
-from asyncfl import data
-from asyncfl.model import Net, flatten, initial_weights, loss_fn
-from asyncfl.protocol import TrainConfig
-from asyncfl.runlog import read_rows
-from asyncfl.split_dataset import original_gaussian_split
-from asyncfl.task import Scorer, ShardWorker, sgd_step
+from asyncfl.core import data
+from asyncfl.core.model import Net, flatten, initial_weights, loss_fn
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.split import original_gaussian_split
+from asyncfl.core.task import Scorer, ShardTrainer, sgd_step
+from asyncfl.process.runlog import read_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,18 +73,18 @@ class Args:
 
 @contextlib.contextmanager
 def servers(n: int, workdir: Path, *flags: str):
-    """servers.py with n servers on free loopback ports; yields (addresses, process, seconds to start)."""
+    """server/main.py with n servers on free loopback ports; yields (addresses, process, seconds to start)."""
     ready = workdir / f"servers-{n}.ready"
     ready.unlink(missing_ok=True)  # left by an earlier start with as many servers
     log = open(workdir / f"servers-{n}.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--n-servers", str(n), "--base-port", "0",
+    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.server", "--n-servers", str(n), "--base-port", "0",
                              "--ready-file", str(ready), "--die-with-parent", *flags], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "ASYNCFL_TOKEN": TOKEN})
     t0 = time.perf_counter()
     try:
         while not ready.exists():  # the readiness signal
             if proc.poll() is not None:
-                raise RuntimeError(f"servers.py exited: {(workdir / f'servers-{n}.log').read_text()[-2000:]}")
+                raise RuntimeError(f"server/main.py exited: {(workdir / f'servers-{n}.log').read_text()[-2000:]}")
             time.sleep(0.05)
         yield ready.read_text().strip(), proc, time.perf_counter() - t0
     finally:
@@ -115,11 +115,11 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def step_time_s(n_steps: int = 200) -> float:
-    """Median compute time of a round as a server runs and reports it (``ShardWorker.fit``'s ``compute_s``:
+    """Median compute time of a round as a server runs and reports it (``ShardTrainer.fit``'s ``compute_s``:
     load the weights, forward, backward, SGD; one batch of 32, weights flat as from shared memory), in this
     process on one thread: the unit of the compute bound."""
     ds = data.load("mnist-5k", str(ROOT / "data"))
-    worker = ShardWorker("bench", ds.name, data.to_tensor(ds.train_images, ds.name), torch.from_numpy(ds.train_labels))
+    worker = ShardTrainer("bench", ds.name, data.to_tensor(ds.train_images, ds.name), torch.from_numpy(ds.train_labels))
     weights, config = flatten(initial_weights(0)), TrainConfig()
     times = [worker.fit(ds.name, config, weights).compute_s for _ in range(n_steps + 10)]
     return statistics.median(times[10:])

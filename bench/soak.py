@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from asyncfl.cpu import rss_kib
+from asyncfl.process.cpu import rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def process_tree(root: int) -> list[int]:
 
 
 def label(pid: int, parents: dict[int, int], cmdlines: dict[int, str]) -> str:
-    """client, evaluator, servers (servers.py), server (a data owner it forked), launcher or other."""
+    """client, evaluator, servers (server/main.py), server (a data owner it forked), launcher or other."""
     cmd, parent_cmd = cmdlines.get(pid, ""), cmdlines.get(parents.get(pid, -1), "")
     for module in ("client", "servers"):
         if f"asyncfl.{module}" in cmd:

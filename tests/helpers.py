@@ -84,11 +84,11 @@ def kill_session(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 
 def start_servers(tmp_path: Path, *flags: str, env: dict | None = None, timeout_s: float = 60.0):
-    """Start servers.py (output to tmp_path/servers.log) and wait for its ready file; returns the process
+    """Start server/main.py (output to tmp_path/servers.log) and wait for its ready file; returns the process
     and the server addresses. Stop it with kill_session."""
     ready = tmp_path / "servers.ready"
     log_file = open(tmp_path / "servers.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.servers", "--base-port", "0", "--ready-file", str(ready), *flags],
+    proc = subprocess.Popen([PYTHON, "-m", "asyncfl.server", "--base-port", "0", "--ready-file", str(ready), *flags],
                             cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, **(env or {})})
     log_file.close()
@@ -96,7 +96,7 @@ def start_servers(tmp_path: Path, *flags: str, env: dict | None = None, timeout_
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             kill_session(proc)
-            raise AssertionError("servers.py did not get ready:\n" + (tmp_path / "servers.log").read_text())
+            raise AssertionError("server/main.py did not get ready:\n" + (tmp_path / "servers.log").read_text())
         time.sleep(0.05)
     return proc, ready.read_text().strip().split(",")
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from asyncfl import aggregation
-from asyncfl.model import FlatWeights, flatten, initial_weights
+from asyncfl.core import rules as aggregation
+from asyncfl.core.model import FlatWeights, flatten, initial_weights
 
 
 def sd(a, b):

@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asyncfl import analyze, plot
+from asyncfl.analysis import analyze, plot
 
 
 def make_run(folder: Path, staleness: int, seed: int, f1: list[tuple[float, float]], rounds: list[int],
              loss: float = 0, stdev: float = 0, gate_frac=(0.1, 0.3), finished: bool = True) -> Path:
-    """A run folder as client.py writes it, with the given F1 curve and final rounds per server."""
+    """A run folder as client/main.py writes it, with the given F1 curve and final rounds per server."""
     folder.mkdir(parents=True)
     n = len(rounds)
     config = {
@@ -142,7 +142,7 @@ def synthetic_grid(auc) -> pd.DataFrame:
 
 
 def test_verdicts_follow_the_stated_rules():
-    from asyncfl import verdicts
+    from asyncfl.analysis import verdicts
     # Large S clearly better at L=20% for D=0 and 600 in every repeat; alike elsewhere; at D=10000 one
     # repeat of three favours large S.
     def auc(loss, d, s, seed):
@@ -188,7 +188,7 @@ def test_stalls_flat_stretches_and_the_last_scores_have_known_answers(tmp_path):
 
 
 def test_compare_puts_each_loss_against_its_own_clean_cell(tmp_path, capsys):
-    from asyncfl import compare
+    from asyncfl.analysis import compare
     clean = [(t, 0.8) for t in range(0, 12, 2)]
     lossy = [(t, 0.4) for t in range(0, 12, 2)]
     make_run(tmp_path / "grid" / "L0", 0, 0, clean + [(11, 0.8)], [10, 10])

@@ -6,10 +6,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from asyncfl import auth
-from asyncfl.model import initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.remote import RemoteError, WebsocketClientWorker
+from asyncfl.client.remote import RemoteError, RemoteServer
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.net import auth
 from tests.helpers import PYTHON, ROOT, kill_session, start_servers
 
 TOKEN = "test-token-0123456789abcdef"
@@ -26,12 +26,12 @@ def test_a_connection_without_the_token_gets_no_training(tmp_path):
                 connect(uris[0], additional_headers=headers, proxy=None, open_timeout=10)
             statuses.append(refused.value.response.status_code)
         with pytest.raises(RemoteError, match="no token"):
-            WebsocketClientWorker(uris[0], "stranger").connect(timeout_s=10)
+            RemoteServer(uris[0], "stranger").connect(timeout_s=10)
         with pytest.raises(RemoteError, match="wrong token"):
-            WebsocketClientWorker(uris[0], "stranger", token="x" * 20).connect(timeout_s=10)
+            RemoteServer(uris[0], "stranger", token="x" * 20).connect(timeout_s=10)
         # Assert: all refused at the handshake; the server trained nothing, and still serves its owner.
         assert statuses == [401, 401, 401]
-        owner = WebsocketClientWorker(uris[0], "owner", token=TOKEN)
+        owner = RemoteServer(uris[0], "owner", token=TOKEN)
         assert owner.connect(timeout_s=10)["fits"] == 0
         assert owner.fit("mnist-5k", TrainConfig(), initial_weights(0)).n_samples == 32
         owner.close()
@@ -42,7 +42,7 @@ def test_a_connection_without_the_token_gets_no_training(tmp_path):
 
 
 def test_listening_beyond_loopback_needs_a_token():
-    run = subprocess.run([PYTHON, "-m", "asyncfl.servers", "--n-servers", "1", "--host", "0.0.0.0"], cwd=ROOT,
+    run = subprocess.run([PYTHON, "-m", "asyncfl.server", "--n-servers", "1", "--host", "0.0.0.0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert run.returncode == 2 and "set a token" in run.stdout + run.stderr
 
@@ -80,13 +80,13 @@ def test_tls_with_a_self_signed_certificate(tmp_path):
     try:
         assert uris[0].startswith("wss://127.0.0.1:")
         # Execute / Assert: trusted through --cafile, a round trains; unverified, the client refuses.
-        owner = WebsocketClientWorker(uris[0], "owner", token=TOKEN, cafile=str(cert))
+        owner = RemoteServer(uris[0], "owner", token=TOKEN, cafile=str(cert))
         owner.connect(timeout_s=10)
         assert owner.fit("mnist-5k", TrainConfig(), initial_weights(0)).n_samples == 32
         owner.close()
         with pytest.raises(RemoteError, match="not trusted"):
-            WebsocketClientWorker(uris[0], "no-ca", token=TOKEN).connect(timeout_s=10)
+            RemoteServer(uris[0], "no-ca", token=TOKEN).connect(timeout_s=10)
         with pytest.raises(RemoteError):  # plain ws:// to a TLS server never gets a hello
-            WebsocketClientWorker(uris[0].replace("wss://", "ws://"), "plain", token=TOKEN).connect(timeout_s=3)
+            RemoteServer(uris[0].replace("wss://", "ws://"), "plain", token=TOKEN).connect(timeout_s=3)
     finally:
         kill_session(proc)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from asyncfl import data
+from asyncfl.core import data
 
 
 def test_mnist_5k_is_a_fixed_stratified_4000_1000_split():

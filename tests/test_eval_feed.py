@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from asyncfl.evaluator import EvalRequest, run_evaluator
-from asyncfl.feed import EvalFeed
-from asyncfl.model import Net
+from asyncfl.client.evaluator import EvalRequest, run_evaluator
+from asyncfl.client.feed import EvalFeed
+from asyncfl.core.model import Net
 
 
 def blocked_feed(max_epoch_backlog: int, on_first_skip=None) -> tuple[EvalFeed, queue.Queue]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from asyncfl.task import micro_f1
+from asyncfl.core.task import micro_f1
 
 
 @pytest.mark.parametrize("seed", range(5))

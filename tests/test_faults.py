@@ -63,12 +63,12 @@ def test_a_hung_then_killed_server_is_left_out_restarted_and_rejoins(tmp_path):
         wait_for_rows(tmp_path / "rounds.csv", 60, proc, timeout_s=90)
         pid = json.loads((tmp_path / "config.json").read_text())["server_info"][1]["pid"]
         # Execute: server 1 hangs (its round goes unanswered) until it is left out, then dies. A server that
-        # only died would be back within the timeout: servers.py restarts it in a fraction of a second.
+        # only died would be back within the timeout: server/main.py restarts it in a fraction of a second.
         os.kill(pid, signal.SIGSTOP)
         wait_for_rows(tmp_path / "events.csv", 1, proc, timeout_s=30)
         os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)
-        # Assert: left out, restarted by servers.py, the round in flight abandoned, reconnected, rejoined.
+        # Assert: left out, restarted by server/main.py, the round in flight abandoned, reconnected, rejoined.
         assert proc.returncode == 0, out
         assert "server-1 exited with code -9; restarting it on port" in (tmp_path / "servers.log").read_text()
         events = read_csv(tmp_path / "events.csv")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncfl.model import initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.remote import WebsocketClientWorker
+from asyncfl.client.remote import RemoteServer
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
 from tests.helpers import kill_session, start_servers
 
 N_IDLE = 3000
@@ -22,7 +22,7 @@ def threads_of(pid: int) -> int:
 
 
 def owner_pid(servers_pid: int) -> int:
-    """The one server process servers.py forked."""
+    """The one server process server/main.py forked."""
     children = Path(f"/proc/{servers_pid}/task/{servers_pid}/children").read_text().split()
     assert len(children) == 1, children
     return int(children[0])
@@ -45,7 +45,7 @@ def test_three_thousand_idle_connections_do_not_lock_a_client_out(tmp_path):
         peak_threads = threads_of(pid)
         # Execute: a real client connects and trains one round
         t = time.monotonic()
-        worker = WebsocketClientWorker(uris[0], "server-0", TOKEN, shared_memory=False)
+        worker = RemoteServer(uris[0], "server-0", TOKEN, shared_memory=False)
         worker.connect(timeout_s=10)
         result = worker.fit(dataset_key="mnist-5k", train_config=TrainConfig(batch_size=32),
                             weights=initial_weights(0), timeout_s=10)

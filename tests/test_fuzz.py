@@ -17,11 +17,11 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from asyncfl import wire
-from asyncfl.cpu import rss_kib
-from asyncfl.model import initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.remote import WebsocketClientWorker
+from asyncfl.client.remote import RemoteServer
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.net import wire
+from asyncfl.process.cpu import rss_kib
 from tests.helpers import kill_session, start_servers
 
 TOKEN = "fuzz-token-0123456789abcdef"
@@ -95,7 +95,7 @@ def frames(rng: random.Random, variants: list[bytes], valid_fit: bytes):
             yield kind, struct.pack("<I", len(head)) + head + hostile_safetensors(rng)
         elif kind == "text":
             yield kind, rng.choice(["hello", json.dumps({"type": "hello"}), "\x00" * 100])
-        elif kind == "shared":  # shared memory (shm.py): descriptors that are not an asyncfl memory file
+        elif kind == "shared":  # shared memory (net/shm.py): descriptors that are not an asyncfl memory file
             nonce = rng.randbytes(16).hex()
             pid = rng.choice([1, os.getpid(), 2**22 - 1, -5, 0, "1", True, None, 2**40])
             fd = rng.choice([0, 1, 2, 3, 4, 2**20 - 1, -1, "0", None, 1.5])
@@ -114,7 +114,7 @@ def test_ten_thousand_malformed_frames_do_not_break_a_server(tmp_path):
     # Prepare: one server with a token; a well-behaved client trains on it throughout.
     proc, uris = start_servers(tmp_path, "--n-servers", "1", env={"ASYNCFL_TOKEN": TOKEN})
     try:
-        good = WebsocketClientWorker(uris[0], "good", token=TOKEN)
+        good = RemoteServer(uris[0], "good", token=TOKEN)
         info = good.connect(timeout_s=30)
         good.fit("mnist-5k", TrainConfig(), initial_weights(0))
         rss_before = rss_kib(info["pid"])
@@ -155,7 +155,7 @@ def test_ten_thousand_malformed_frames_do_not_break_a_server(tmp_path):
         after = good.fit("mnist-5k", TrainConfig(), initial_weights(0))
         assert after.n_samples == 32 and len(good_rounds) > 20
         good.close()
-        again = WebsocketClientWorker(uris[0], "again", token=TOKEN)
+        again = RemoteServer(uris[0], "again", token=TOKEN)
         hello = again.connect(timeout_s=10)
         again.close()
         assert hello["pid"] == info["pid"]  # not a restarted process

@@ -1,4 +1,4 @@
-"""The round loop (rounds.py) with data owners in this process (local.py): every rule, the SSP gate, a
+"""The round loop (client/rounds.py) with data owners in this process (tests/doubles.py): every rule, the SSP gate, a
 lost round, leaving a silent server out and taking it back, and the evaluation feed; no sockets, no
 timing thresholds."""
 
@@ -10,30 +10,30 @@ import numpy as np
 import pytest
 import torch
 
-from asyncfl import aggregation
-from asyncfl.feed import EvalFeed
-from asyncfl.local import LocalWorker
-from asyncfl.model import flatten, initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.remote import ConnectionLost
-from asyncfl.rounds import RunContext, server_loop
-from asyncfl.runfolder import EVENTS_HEADER, ROUNDS_HEADER
-from asyncfl.runlog import CsvLog
-from asyncfl.state import TrainingState
-from asyncfl.task import ShardWorker
+from asyncfl.client.feed import EvalFeed
+from asyncfl.client.remote import ConnectionLost
+from asyncfl.client.rounds import RunContext, server_loop
+from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER
+from asyncfl.core import rules as aggregation
+from asyncfl.core.model import flatten, initial_weights
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.state import TrainingState
+from asyncfl.core.task import ShardTrainer
+from asyncfl.process.runlog import CsvLog
+from tests.doubles import LocalServer
 from tests.helpers import read_csv
 
 DEADLINE_S = 30.0
 
 
-def shard(i: int) -> ShardWorker:
+def shard(i: int) -> ShardTrainer:
     rng = np.random.default_rng(i)
     images = torch.from_numpy(rng.standard_normal((64, 1, 28, 28)).astype(np.float32))
-    return ShardWorker(f"server-{i}", "toy", images, torch.from_numpy(rng.integers(0, 10, 64)), seed=i)
+    return ShardTrainer(f"server-{i}", "toy", images, torch.from_numpy(rng.integers(0, 10, 64)), seed=i)
 
 
 class Harness:
-    """Servers' threads running the real round loop against local workers, until every server has
+    """Servers' threads running the real round loop against local remotes, until every server has
     completed ``target`` rounds (a worker's next fit then stops the run)."""
 
     def __init__(self, tmp_path, n: int, rule, staleness: int, target: int, hooks: dict | None = None):
@@ -41,10 +41,10 @@ class Harness:
         self.state = TrainingState(flatten(initial_weights(0)), n, staleness, rule)
         self.initial = self.state.snapshot().weights
         hooks = hooks or {}
-        self.workers = [LocalWorker(shard(i), self._hook(hooks.get(i))) for i in range(n)]
+        self.remotes = [LocalServer(shard(i), self._hook(hooks.get(i))) for i in range(n)]
         self.queue = queue.Queue(maxsize=1)
         self.feed = EvalFeed(self.queue, time.monotonic())
-        self.ctx = RunContext(self.state, self.workers, TrainConfig(batch_size=8), "toy",
+        self.ctx = RunContext(self.state, self.remotes, TrainConfig(batch_size=8), "toy",
                               CsvLog(tmp_path / "rounds.csv", ROUNDS_HEADER), CsvLog(tmp_path / "events.csv", EVENTS_HEADER),
                               self.feed, 1, 60.0, 1.0, time.monotonic(), retries=[0] * n)
         self.tmp_path = tmp_path
@@ -127,7 +127,7 @@ def test_the_gate_holds_the_others_at_s_plus_one_rounds_ahead(tmp_path):
     # Execute: the others run until the gate stops them.
     wait_until(lambda: h.state.rounds()[:2] == [4, 4], "servers 0 and 1 to reach round 4")
     # Assert: they stopped at completed - min = S + 1 = 3 ahead and started no fifth round.
-    held = (h.state.rounds(), h.workers[0].fits_started, h.workers[1].fits_started)
+    held = (h.state.rounds(), h.remotes[0].fits_started, h.remotes[1].fits_started)
     release.set()
     rows, _ = h.finish()
     assert held == ([4, 4, 1], 4, 4)
@@ -141,7 +141,7 @@ def test_a_lost_round_is_abandoned_and_retried(tmp_path):
 
     h = Harness(tmp_path, 2, aggregation.SSPRule(2), 9999, 6, hooks={0: lose_third}).start()
     rows, events = h.finish()
-    assert h.errors == [] and h.ctx.retries == [1, 0] and h.workers[0].reconnects == 1
+    assert h.errors == [] and h.ctx.retries == [1, 0] and h.remotes[0].reconnects == 1
     assert [e["event"] for e in events] == ["round_abandoned", "reconnected"]
     assert "simulated loss" in events[0]["detail"] and min(h.state.rounds()) >= 6
 
@@ -151,7 +151,7 @@ def test_a_silent_server_is_left_out_and_rejoins_at_the_others_round(tmp_path):
     release = threading.Event()
     h = Harness(tmp_path, 3, aggregation.SSPRule(3), 0, 6,
                 hooks={2: lambda number: number == 2 and release.wait(DEADLINE_S)}).start()
-    wait_until(lambda: h.workers[2].fits_started == 2 and h.state.rounds() == [2, 2, 1],
+    wait_until(lambda: h.remotes[2].fits_started == 2 and h.state.rounds() == [2, 2, 1],
                "server 2 to go silent and the others to wait for it at the gate")
     # Execute: a clock 100 s later says it has been silent too long; the others go on without it.
     assert h.state.leave_out_silent(1.0, now=time.monotonic() + 100) == [2]

@@ -1,21 +1,37 @@
-"""The package's shape: client-side modules never reach server-side ones, modules stay readable, and no
-file edits sys.path."""
+"""The package's shape, as a rule on folders: each folder is a role and may import only the roles listed
+for it (the client side never reaches the server side; ``core/`` reaches nothing but itself, not even
+the CLI settings), every module stands in a folder, none is over 400 lines, and no file edits sys.path."""
 
 import ast
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "asyncfl"
-SERVER_SIDE = {"servers", "worker", "netem", "wsserver"}
-CLIENT_SIDE = {"client", "rounds", "feed", "runfolder", "remote", "state", "aggregation", "live", "evaluator"}
+TOP_LEVEL = {"__init__", "settings"}  # the package's docstring; every entry point's flags
+MAY_IMPORT = {  # role -> the roles its modules may import (its own always)
+    "core": set(),
+    "process": set(),
+    "net": {"core"},
+    "netem": {"core", "net"},
+    "settings": {"core", "net"},
+    "server": {"core", "net", "netem", "process", "settings"},
+    "client": {"core", "net", "process", "settings"},
+    "analysis": {"core", "process"},
+    "launch": {"core", "net", "netem", "process", "settings"},
+}
 
 
-def asyncfl_imports(module: str) -> set[str]:
-    """The asyncfl modules ``module`` imports (first level), by name."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+def role_of(package: Path, path: Path) -> str:
+    rel = path.relative_to(package)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def imported_roles(path: Path) -> set[str]:
+    """The roles (first component under asyncfl) that the module at ``path`` imports."""
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "asyncfl":
                 out |= {a.name for a in node.names}
             elif node.module.startswith("asyncfl."):
@@ -25,31 +41,38 @@ def asyncfl_imports(module: str) -> set[str]:
     return out
 
 
-def reachable(module: str) -> set[str]:
-    seen, todo = set(), [module]
-    while todo:
-        for dep in asyncfl_imports(todo.pop()) - seen:
-            seen.add(dep)
-            todo.append(dep)
-    return seen
+def violations(package: Path) -> list[str]:
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        role = role_of(package, path)
+        if role not in MAY_IMPORT and role != "__init__":
+            found.append(f"{path.relative_to(package)}: in no role's folder ({sorted(MAY_IMPORT)})")
+            continue
+        allowed = MAY_IMPORT.get(role, set()) | {role}
+        for bad in sorted(imported_roles(path) - allowed):
+            found.append(f"{path.relative_to(package)}: {role} imports {bad}")
+    return found
 
 
-def test_every_module_is_classified_or_shared():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert SERVER_SIDE | CLIENT_SIDE <= modules
+def test_every_folder_imports_only_the_roles_it_may():
+    assert violations(PACKAGE) == []
 
 
-def test_client_side_modules_never_import_server_side_ones():
-    for module in sorted(CLIENT_SIDE):
-        assert not reachable(module) & SERVER_SIDE, f"{module} reaches {reachable(module) & SERVER_SIDE}"
+def test_the_rule_catches_a_client_module_importing_the_server_side(tmp_path):
+    copy = tmp_path / "asyncfl"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    rounds = copy / "client" / "rounds.py"
+    rounds.write_text(rounds.read_text() + "\nfrom asyncfl.server.owner import handle_frame  # noqa\n")
+    (copy / "helpers.py").write_text("")
+    assert violations(copy) == ["client/rounds.py: client imports server", "helpers.py: in no role's folder "
+                                f"({sorted(MAY_IMPORT)})"]
 
 
-def test_shared_modules_import_no_role():
-    # The launcher runs both roles' processes; the analysis reads run folders: neither is a role.
-    tools = {"__init__", "launch", "analyze", "plot", "collect", "verdicts"}
-    shared = {p.stem for p in PACKAGE.glob("*.py")} - SERVER_SIDE - CLIENT_SIDE - tools
-    for module in sorted(shared):
-        assert not reachable(module) & (SERVER_SIDE | CLIENT_SIDE), module
+def test_every_module_stands_in_a_role_folder_and_stays_readable():
+    flat = {p.stem for p in PACKAGE.glob("*.py")}
+    assert flat == TOP_LEVEL
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
 
 
 def test_no_file_edits_sys_path():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from asyncfl.model import (
+from asyncfl.core.model import (
     FlatWeights,
     Net,
     check_weights,
@@ -14,7 +14,7 @@ from asyncfl.model import (
     loss_fn,
     weight_spec,
 )
-from asyncfl.task import sgd_step
+from asyncfl.core.task import sgd_step
 
 SPEC = weight_spec()
 

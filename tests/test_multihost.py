@@ -12,10 +12,12 @@ import time
 import pytest
 from websockets.sync.server import serve
 
-from asyncfl import data, netem, wire
-from asyncfl.model import architecture_signature
-from asyncfl.remote import RemoteError, WebsocketClientWorker
-from asyncfl.split_dataset import SplitSettings, make_split
+from asyncfl.client.remote import RemoteError, RemoteServer
+from asyncfl.core import data
+from asyncfl.core.model import architecture_signature
+from asyncfl.core.split import SplitSettings, make_split
+from asyncfl.net import wire
+from asyncfl.netem import lab as netem
 from tests.helpers import PYTHON, ROOT, kill_session, read_csv, run_script
 
 TOKEN = "multi-host-token-0123456789"
@@ -34,7 +36,7 @@ def test_a_run_against_data_owners_on_other_hosts(tmp_path):
             ready = tmp_path / f"owner-{i}.ready"
             log = open(tmp_path / f"owner-{i}.log", "w")
             owners.append(subprocess.Popen(
-                ["ip", "netns", "exec", link.netns, PYTHON, "-m", "asyncfl.servers", "--server-id", str(i), "--n-servers", "2",
+                ["ip", "netns", "exec", link.netns, PYTHON, "-m", "asyncfl.server", "--server-id", str(i), "--n-servers", "2",
                  "--stdev", "10000", "--host", link.ns_addr, "--port", "8777", "--ready-file", str(ready)],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "ASYNCFL_TOKEN": TOKEN}))
@@ -92,7 +94,7 @@ def test_a_server_speaking_another_protocol_version_is_refused():
     server, uri = fake_server({"type": "hello_ok", "protocol": wire.PROTOCOL_VERSION + 1})
     try:
         with pytest.raises(RemoteError, match=f"protocol {wire.PROTOCOL_VERSION + 1} at .* speaks {wire.PROTOCOL_VERSION}"):
-            WebsocketClientWorker(uri, "server-0").connect(timeout_s=5)
+            RemoteServer(uri, "server-0").connect(timeout_s=5)
         run = run_script([PYTHON, "-m", "asyncfl.client", "--servers", uri, "--duration-s", "5", "--no-live"], 60)
         assert run.returncode == 2 and "this client speaks" in run.stdout + run.stderr
     finally:

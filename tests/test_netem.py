@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncfl import netem, tcp, transport, wsclient, wsserver
+from asyncfl.net import tcp, transport, wsclient, wsserver
+from asyncfl.netem import lab as netem
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -187,7 +188,7 @@ def test_lossy_link_slows_only_its_server_and_is_torn_down(tmp_path):
 @needs_root
 def test_next_run_cleans_up_after_a_killed_one(tmp_path):
     # Prepare: a lossy run, killed outright with everything it started. Other runs' namespaces may come
-    # and go meanwhile: only this run's (named after its servers.py) are checked.
+    # and go meanwhile: only this run's (named after its server/main.py) are checked.
     semaphores, ours, our_tables = set(), set(), set()
     proc = subprocess.Popen(["./train.sh", "--n-servers", "2", "--loss", "10%", "--base-port", "0",
                              "--duration-s", "120", "--out-dir", str(tmp_path / "killed")],
@@ -221,7 +222,7 @@ def test_next_run_cleans_up_after_a_killed_one(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody")
 def test_without_root_conditions_stop_before_anything_starts():
-    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-m", "asyncfl.servers",
+    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-m", "asyncfl.server",
                           "--n-servers", "2", "--loss", "10%", "--base-port", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stdout + run.stderr
@@ -424,7 +425,7 @@ def test_a_lossy_run_records_its_stalls_and_the_analysis_reports_them(tmp_path):
     events = read_csv(tmp_path / "run" / "events.csv")
     timeouts = [e for e in events if e["event"] == "round_abandoned" and e["silence_s"]]
     assert all(float(e["silence_s"]) == 1 and float(e["round_s"]) >= 1 for e in timeouts)
-    analysis = run_script([PYTHON, "-m", "asyncfl.analyze", str(tmp_path / "run")], 120)
+    analysis = run_script([PYTHON, "-m", "asyncfl.analysis.analyze", str(tmp_path / "run")], 120)
     assert analysis.returncode == 0, analysis.stderr
     assert "stall_p99_s" in analysis.stdout
     (runs,) = read_csv(tmp_path / "run" / "runs.csv")

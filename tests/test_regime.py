@@ -13,11 +13,13 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from asyncfl import cpu, regime, transport
-from asyncfl.model import initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.split_dataset import SplitSettings, make_split
-from asyncfl.task import ShardWorker
+from asyncfl.core import regime
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.split import SplitSettings, make_split
+from asyncfl.core.task import ShardTrainer
+from asyncfl.net import transport
+from asyncfl.process import cpu
 from tests.helpers import PYTHON, ROOT, read_csv, run_script
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
@@ -65,7 +67,7 @@ def test_a_paced_round_lasts_at_least_its_pace():
     rng = np.random.default_rng(0)
     import torch
     images = torch.from_numpy(rng.standard_normal((64, 1, 28, 28)).astype(np.float32))
-    worker = ShardWorker("s", "d", images, torch.from_numpy(rng.integers(0, 10, 64)), pace_s=0.3)
+    worker = ShardTrainer("s", "d", images, torch.from_numpy(rng.integers(0, 10, 64)), pace_s=0.3)
     # Execute
     t = time.perf_counter()
     result = worker.fit("d", TrainConfig(), initial_weights(0))
@@ -128,7 +130,7 @@ def test_split_cli_prints_the_fingerprints_servers_use():
     run = run_script([PYTHON, "split_dataset.py", "--n-servers", "4", "--stdev", "600", "--json"], timeout_s=60)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    from asyncfl import data
+    from asyncfl.core import data
     ds = data.load("mnist-5k")
     _, split = make_split(SplitSettings(n_servers=4, stdev=600), ds.train_labels, 10, ds.name, ds.source)
     assert out["class_counts"] == split["fingerprints"]["class_counts"]
@@ -153,7 +155,7 @@ def test_a_split_with_a_server_under_one_batch_stops_before_anything_starts(tmp_
 # ---- paced runs side by side (root: every server in a namespace) -------------------------------------
 
 def run_start(run_dir) -> float:
-    """When a run's servers.py logged its first line (the log's time of day, on its config's date)."""
+    """When a run's server/main.py logged its first line (the log's time of day, on its config's date)."""
     config = json.loads((run_dir / "config.json").read_text())
     day = datetime.fromisoformat(config["started_at"]).date().isoformat()
     first = (run_dir / "servers.log").read_text().split(maxsplit=1)[0]

@@ -6,10 +6,10 @@ import time
 import pytest
 from websockets.sync.server import serve
 
-from asyncfl import wire
-from asyncfl.model import initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.remote import ConnectionLost, RemoteError, WebsocketClientWorker
+from asyncfl.client.remote import ConnectionLost, RemoteError, RemoteServer
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.net import wire
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def silent_server():
 
 def test_round_without_reply_times_out_then_reconnects(silent_server):
     # Prepare
-    worker = WebsocketClientWorker(silent_server, "server-0")
+    worker = RemoteServer(silent_server, "server-0")
     assert worker.connect(timeout_s=10)["server"] == "silent"
     # Execute
     t0 = time.monotonic()
@@ -49,7 +49,7 @@ def test_round_without_reply_times_out_then_reconnects(silent_server):
 
 
 def test_reconnect_gives_up_when_the_run_stops():
-    worker = WebsocketClientWorker("ws://127.0.0.1:1", "server-0")  # nothing listens on port 1
+    worker = RemoteServer("ws://127.0.0.1:1", "server-0")  # nothing listens on port 1
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     assert worker.reconnect(stop, open_timeout_s=1) is False
@@ -57,4 +57,4 @@ def test_reconnect_gives_up_when_the_run_stops():
 
 def test_connect_fails_with_a_clear_error():
     with pytest.raises(RemoteError, match="cannot connect"):
-        WebsocketClientWorker("ws://127.0.0.1:1", "server-0").connect(timeout_s=0.3)
+        RemoteServer("ws://127.0.0.1:1", "server-0").connect(timeout_s=0.3)

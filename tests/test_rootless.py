@@ -1,5 +1,5 @@
 """Network conditions without root: as the unprivileged user nobody, a run with a lossy link puts itself in
-user and network namespaces of its own (rootless.py), the loss acts, and nothing is left behind."""
+user and network namespaces of its own (netem/rootless.py), the loss acts, and nothing is left behind."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncfl import rootless
+from asyncfl.netem import rootless
 from tests.helpers import ROOT
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -80,7 +80,7 @@ def test_as_nobody_a_lossy_link_runs_in_namespaces_of_its_own_and_leaves_nothing
 def test_a_forbidden_user_namespace_stops_the_run_before_it_starts_naming_the_setting(tmp_path, monkeypatch, capsys):
     import tyro
 
-    from asyncfl import launch
+    from asyncfl.launch import main as launch
     from asyncfl.settings import LaunchArgs
     forbidden = tmp_path / "max_user_namespaces"
     forbidden.write_text("0\n")
@@ -99,7 +99,8 @@ def test_a_congestion_control_users_may_not_set_needs_namespaces_or_stops_naming
                                                                                      servers):
     import tyro
 
-    from asyncfl import launch, tcp
+    from asyncfl.launch import main as launch
+    from asyncfl.net import tcp
     from asyncfl.settings import LaunchArgs
     # Prepare: a user without root, on a kernel that lets users set only reno and bbr, and no user namespaces
     forbidden = tmp_path / "max_user_namespaces"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from asyncfl.runlog import CsvLog, read_rows
+from asyncfl.process.runlog import CsvLog, read_rows
 
 
 def test_rows_are_flushed_whole_with_floats_to_six_digits_and_text_quoted(tmp_path):

@@ -1,13 +1,13 @@
-"""A real servers.py process: readiness line, hello, a remote fit, clean stop on SIGTERM."""
+"""A real server/main.py process: readiness line, hello, a remote fit, clean stop on SIGTERM."""
 
 import signal
 
 import pytest
 import torch
 
-from asyncfl.model import initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.remote import RemoteError, WebsocketClientWorker
+from asyncfl.client.remote import RemoteError, RemoteServer
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
 from tests.helpers import kill_session, start_servers, wait_session_gone
 
 
@@ -21,7 +21,7 @@ def servers(tmp_path):
 def test_hello_fit_and_clean_stop(servers):
     proc, uris = servers
     # Prepare
-    workers = [WebsocketClientWorker(uri, f"server-{i}") for i, uri in enumerate(uris)]
+    workers = [RemoteServer(uri, f"server-{i}") for i, uri in enumerate(uris)]
     infos = [w.connect(timeout_s=10) for w in workers]
     weights = initial_weights(0)
     # Execute
@@ -39,4 +39,4 @@ def test_hello_fit_and_clean_stop(servers):
         w.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
-    assert wait_session_gone(proc.pid) == []  # no server process outlives servers.py
+    assert wait_session_gone(proc.pid) == []  # no server process outlives server/main.py

@@ -2,8 +2,8 @@
 
 import torch
 
-from asyncfl.model import Net, loss_fn
-from asyncfl.task import sgd_step
+from asyncfl.core.model import Net, loss_fn
+from asyncfl.core.task import sgd_step
 
 
 def test_sgd_step_matches_torch_optim_sgd():

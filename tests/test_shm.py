@@ -7,12 +7,12 @@ import os
 import pytest
 import torch
 
-from asyncfl import shm, wire
-from asyncfl.model import FlatWeights, check_weights, copy_into, initial_weights, weight_spec
-from asyncfl.protocol import TrainConfig
-from asyncfl.remote import SHARED_MEMORY, WEBSOCKET, WebsocketClientWorker
-from asyncfl.task import ShardWorker
-from asyncfl.worker import Session, handle_frame
+from asyncfl.client.remote import SHARED_MEMORY, WEBSOCKET, RemoteServer
+from asyncfl.core.model import FlatWeights, check_weights, copy_into, initial_weights, weight_spec
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.task import ShardTrainer
+from asyncfl.net import shm, wire
+from asyncfl.server.owner import Session, handle_frame
 from tests.helpers import kill_session, start_servers
 
 SPEC = weight_spec()
@@ -73,7 +73,7 @@ def test_the_memory_is_allocated_when_the_segment_is_made(segment):
 
 
 def test_a_model_of_mixed_dtypes_is_refused_before_any_memory_file_is_made():
-    # Each region is one flat tensor; the client then sends the weights in the frames (remote.py)
+    # Each region is one flat tensor; the client then sends the weights in the frames (client/remote.py)
     before = memory_fds()
     with pytest.raises(ValueError, match="one dtype"):
         shm.Segment.create({"w": ((2, 2), torch.float32), "steps": ((1,), torch.int64)})
@@ -111,7 +111,7 @@ def test_attach_refuses_other_descriptors_unsealed_files_wrong_sizes_and_nonces(
 
 def make_worker():
     gen = torch.Generator().manual_seed(0)
-    return ShardWorker("server-0", "toy", torch.randn(64, 1, 28, 28, generator=gen),
+    return ShardTrainer("server-0", "toy", torch.randn(64, 1, 28, 28, generator=gen),
                        torch.randint(0, 10, (64,), generator=gen), seed=3)
 
 
@@ -171,8 +171,8 @@ def one_server(tmp_path):
 def test_a_client_on_loopback_moves_weights_through_shared_memory_and_keeps_no_descriptor(one_server):
     before = memory_fds()
     # Prepare
-    shared = WebsocketClientWorker(one_server, "server-0", shared_memory=True)
-    framed = WebsocketClientWorker(one_server, "server-0", shared_memory=False)
+    shared = RemoteServer(one_server, "server-0", shared_memory=True)
+    framed = RemoteServer(one_server, "server-0", shared_memory=False)
     # Execute
     shared.connect(timeout_s=30)
     framed.connect(timeout_s=30)
@@ -195,6 +195,6 @@ def test_a_client_on_loopback_moves_weights_through_shared_memory_and_keeps_no_d
 @pytest.mark.parametrize("network", [{"loss_pct": 10}, {"delay_ms": 5.0}, {"rate_mbit": 100}, {"loss_pct": "x"}])
 def test_a_server_behind_emulated_conditions_is_not_offered_shared_memory(network):
     # Its weights must cross the emulated link, even on loopback.
-    worker = WebsocketClientWorker("ws://127.0.0.1:1", "server-0", shared_memory=True)
+    worker = RemoteServer("ws://127.0.0.1:1", "server-0", shared_memory=True)
     worker.info = {"network": {"netns": None, **network}}
     assert worker._attach(timeout_s=1) is None  # decided before anything is sent (there is no connection)

@@ -140,7 +140,7 @@ def test_a_grid_runs_as_a_slurm_array_resubmission_fills_gaps_and_analyze_reads_
     assert "every run has finished already" in sweep(cluster, sweep_dir).stdout
     # Execute: the analysis reads the sweep folder as it reads a local one
     out = tmp_path / "analysis"
-    analyzed = subprocess.run([PYTHON, "-m", "asyncfl.analyze", str(sweep_dir), "--out", str(out)], cwd=ROOT,
+    analyzed = subprocess.run([PYTHON, "-m", "asyncfl.analysis.analyze", str(sweep_dir), "--out", str(out)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
     assert analyzed.returncode == 0, analyzed.stderr
     rows = list(csv.DictReader(open(out / "runs.csv")))

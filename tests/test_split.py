@@ -5,8 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from asyncfl import split_dataset
-from asyncfl.split_dataset import (
+from asyncfl.core import split as split_dataset
+from asyncfl.core.split import (
     SplitRefused,
     SplitSettings,
     class_count_table,

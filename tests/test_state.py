@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from asyncfl.state import TrainingState, gate_min, may_start
+from asyncfl.core.state import TrainingState, gate_min, may_start
 
 
 def zero_model():

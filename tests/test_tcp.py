@@ -5,8 +5,9 @@ import struct
 
 import pytest
 
-from asyncfl import settings, tcp
-from asyncfl.remote import RoundTcp
+from asyncfl import settings
+from asyncfl.client.remote import RoundTcp
+from asyncfl.net import tcp
 
 
 def test_tcp_info_fields_come_from_their_offsets_and_newer_ones_are_none_on_older_kernels():

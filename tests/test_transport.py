@@ -15,10 +15,10 @@ from http import HTTPStatus
 import pytest
 from websockets.server import ServerProtocol
 
-from asyncfl import bigframes, transport, wsserver
-from asyncfl.auth import Refusal
-from asyncfl.transport import Connection, ConnectionClosed
-from asyncfl.wsclient import HandshakeRefused, connect
+from asyncfl.net import bigframes, transport, wsserver
+from asyncfl.net.auth import Refusal
+from asyncfl.net.transport import Connection, ConnectionClosed
+from asyncfl.net.wsclient import HandshakeRefused, connect
 
 BINARY, TEXT, CONT, CLOSE, PING, PONG = 0x2, 0x1, 0x0, 0x8, 0x9, 0xA
 DEADLINE_S = 10.0

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from asyncfl import wire
-from asyncfl.model import initial_weights
+from asyncfl.core.model import initial_weights
+from asyncfl.net import wire
 
 
 def test_round_trip_with_weights():

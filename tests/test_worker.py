@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from asyncfl import wire
-from asyncfl.model import initial_weights
-from asyncfl.protocol import TrainConfig
-from asyncfl.task import BatchStream, ShardWorker
-from asyncfl.worker import handle_frame
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.task import BatchStream, ShardTrainer
+from asyncfl.net import wire
+from asyncfl.server.owner import handle_frame
 
 
 def make_worker(n=64, speed_ratio=1.0):
     gen = torch.Generator().manual_seed(0)
-    return ShardWorker("server-0", "toy", torch.randn(n, 1, 28, 28, generator=gen),
+    return ShardTrainer("server-0", "toy", torch.randn(n, 1, 28, 28, generator=gen),
                        torch.randint(0, 10, (n,), generator=gen), speed_ratio=speed_ratio)
 
 
@@ -66,7 +66,7 @@ def test_speed_ratio_makes_a_round_last_that_multiple_of_its_compute():
 
 
 def test_empty_shard_returns_the_weights_unchanged():
-    worker = ShardWorker("server-0", "toy", torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.int64))
+    worker = ShardTrainer("server-0", "toy", torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.int64))
     weights = initial_weights(0)
     result = worker.fit("toy", TrainConfig(), weights)
     assert result.n_samples == 0 and np.isnan(result.loss)

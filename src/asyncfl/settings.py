@@ -1,7 +1,7 @@
 """Every setting of the entry points, declared once: the split, the data owners, the model owner.
 
-``servers.py`` takes ``ServerArgs``, ``client.py`` ``ClientArgs``, ``split_dataset.py`` the split part
-(``SplitSettings``), and the launcher behind ``train.sh`` (launch.py) ``LaunchArgs``, which is both.
+``server/main.py`` takes ``ServerArgs``, ``client/main.py`` ``ClientArgs``, ``split_dataset.py`` the split part
+(``SplitSettings``), and the launcher behind ``train.sh`` (launch/main.py) ``LaunchArgs``, which is both.
 Each field's comment is its ``--help`` text, with its unit. Nothing here imports PyTorch, so ``--help``
 and a bad flag answer at once.
 """
@@ -13,37 +13,19 @@ from typing import Literal
 
 import tyro
 
-from asyncfl import regime as regime_mod
-from asyncfl import tcp
-from asyncfl.protocol import parse_conditions
-
-DatasetName = Literal["mnist-5k", "mnist", "fashion-mnist"]
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
-DEFAULT_DATASET = "mnist-5k"
-DEFAULT_SPLIT_SEED = 42  # the original's: split_dataset.py called random.seed(42) when imported
-StdevUnits = Literal["samples", "paper"]
-
-
-@dataclass
-class SplitSettings:
-    """How the training set is split over the data servers (flags shared by servers.py and split_dataset.py)."""
-
-    n_servers: int = 4  # number of data servers
-    partition: Literal["gaussian", "dirichlet", "shards"] = "gaussian"  # the study's Gaussian D, Dirichlet proportions, or label-sorted shards
-    stdev: float = 0.0  # D: standard deviation of each server's per-class share (--partition gaussian), in --stdev-units
-    stdev_units: StdevUnits = "samples"  # samples: D as given; paper: D in samples of an MNIST class (6,000), scaled to this dataset's class size (600 -> 40 on mnist-5k)
-    split_seed: int = DEFAULT_SPLIT_SEED  # seed of the split alone (the original's 42); --seed leaves it alone
-    alpha_dirichlet: float = 0.5  # --partition dirichlet: concentration (small = each class on few servers)
-    shards_per_server: int = 2  # --partition shards: label-sorted shards per server (2 = about two classes each)
-    min_shard_samples: int = 32  # refuse a split that leaves a server fewer samples than this (one batch of the default 32)
+from asyncfl.core import datasets
+from asyncfl.core import regime as regime_mod
+from asyncfl.core.protocol import parse_conditions
+from asyncfl.core.split import SplitSettings
+from asyncfl.net import tcp
 
 
 @dataclass
 class ServerArgs(SplitSettings):
-    """servers.py: the data owners of one split, each on a websocket."""
+    """server/main.py: the data owners of one split, each on a websocket."""
 
 
-    dataset: DatasetName = DEFAULT_DATASET  # mnist-5k (offline), mnist (download) or fashion-mnist
+    dataset: datasets.Name = datasets.DEFAULT  # a registered dataset (core/datasets.py): mnist-5k (offline), mnist (download), fashion-mnist
     data_dir: str = "data"  # where downloaded datasets are stored
     seed: int = 0  # seed of each server's batch order (the split has --split-seed)
     speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
@@ -58,7 +40,7 @@ class ServerArgs(SplitSettings):
     certfile: str = ""  # TLS certificate (PEM): with --keyfile the servers speak wss://
     keyfile: str = ""  # TLS private key (PEM)
     server_id: int = -1  # start only this one data owner (0..n_servers-1) of the same split, as on its own host; -1 = all of them
-    shard: str = ""  # start one data owner on your own data: an .npz with images (uint8 [n, 28, 28]) and labels (integers 0-9 [n]); --dataset names what it is
+    shard: str = ""  # start one data owner on your own data: an .npz with images (uint8 [n, H, W]) and labels (integers [n]) shaped as --dataset's
     port: int = 0  # the port of a single data owner (--server-id or --shard); 0 = base_port + server id
     max_restarts: int = 5  # a server process that dies is restarted on the same port up to this many times (0 = a dead server stops all)
     base_port: int = 8777  # server i listens on base_port + i (0 = pick free ports)
@@ -71,7 +53,7 @@ class ServerArgs(SplitSettings):
 
 @dataclass
 class ClientArgs:
-    """client.py: the model owner; the fields marked [regime] default to the regime's values."""
+    """client/main.py: the model owner; the fields marked [regime] default to the regime's values."""
 
 
     servers: str = ""  # comma-separated server addresses (ws://host:port,...); empty = ws://HOST:BASE_PORT+i for each of N_SERVERS
@@ -92,7 +74,7 @@ class ClientArgs:
     eval_interval_s: float | None = None  # [regime] seconds between time-wise evaluations (fast 15, paper 15/K; fractions allowed)
     eval_every_rounds: int | None = None  # [regime] round-wise evaluation at every k-th advance of the smallest completed round; 0 = the newest advance whenever the evaluator is free (fast 0, paper 1 = every advance, as the paper)
     eval_samples: int | None = None  # [regime] score on a fixed stratified subset of this many test samples (fast 0 = the whole test set, paper 2000)
-    dataset: DatasetName = DEFAULT_DATASET  # must match the servers' dataset; its test set scores the model
+    dataset: datasets.Name = datasets.DEFAULT  # must match the servers' dataset; its test set scores the model
     data_dir: str = "data"  # where downloaded datasets are stored
     batch_size: int = 32  # samples per batch on the server
     batches_per_round: int = 1  # batches each server trains per round
@@ -119,7 +101,7 @@ class ClientArgs:
 
 @dataclass
 class LaunchArgs(ClientArgs, ServerArgs):
-    """train.sh (launch.py): the data owners and the model owner of one run, with one set of flags."""
+    """train.sh (launch/main.py): the data owners and the model owner of one run, with one set of flags."""
 
     # Set by the launcher itself, not by its user.
     ready_file: tyro.conf.Suppress[str] = ""
@@ -161,7 +143,7 @@ def problems(args) -> list[str]:
              if hasattr(args, name) and not ok(getattr(args, name))]
     if hasattr(args, "tcp_cc") and (why := tcp.problem(args.tcp_cc)):
         found.append(why)
-    if hasattr(args, "loss") and not found:  # the data owners' per-server lists, as servers.py reads them
+    if hasattr(args, "loss") and not found:  # the data owners' per-server lists, as server/main.py reads them
         for check in (lambda: parse_conditions(args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit),
                       lambda: parse_speeds(args.speeds, args.n_servers)):
             try:
@@ -184,7 +166,7 @@ def parse_speeds(text: str, n_servers: int) -> list[float]:
     return speeds
 
 
-REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from regime.py
+REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from core/regime.py
     "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
              "round_timeout_s": 60.0, "timeout_on": "round", "evaluator_nice": 0, "eval_cpu_frac": 0.05},
 }

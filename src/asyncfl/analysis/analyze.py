@@ -1,0 +1,322 @@
+"""Summarise run folders into one row per configuration: how fast, how far and how evenly each trained.
+
+    python -m asyncfl.analysis.analyze sweeps/20261128-001500            # a sweep folder (train_batch.sh)
+    python -m asyncfl.analysis.analyze out/L0-D0-S9999-20261127-231630   # or one run folder, or several
+
+Reads only the files a run writes (config.json, f1_time.csv and, if present, yappi.csv). Writes
+``summary.csv`` (one row per configuration, repeats aggregated as mean, std, min and max) and
+``runs.csv`` (one row per run) into the first folder given (or ``--out``), and prints the table.
+
+Per run:
+- final_f1: F1 of the final model; f1_last5: the mean of the last five time-wise scores (less noisy than
+  one score of a 2,000-sample subset); f1_auc_frac: area under the F1-over-time curve divided by its
+  duration (the mean F1 over the run); time_to_f1_{80,90,95}_s: first evaluation at or above it (NaN: never);
+- max_f1_drop: largest fall of F1 between consecutive time-wise evaluations (the paper's "dips");
+  dips: how many such falls were 0.1 or more; f1_flat_frac: share of consecutive evaluations with the
+  same F1 (the model unchanged: the paper's staircase); f1_mean_abs_step: mean |change| between them;
+- rounds_mean, rounds_min, rounds_max, rounds_max_min_ratio, rounds_gini: update counts per server and
+  how unequal they are (Gini 0 = equal);
+- max_staleness: largest round gap seen (at most S + 1);
+- gate_wait_frac_mean / _max: share of each server thread's round loop spent waiting at the SSP gate;
+- abandoned_rounds: rounds cut by the round timeout or a lost connection, over all servers; timeouts: of
+  those, the ones cut by the inactivity timeout (events.csv's silence_s);
+- stall_p50_s, stall_p99_s, stall_max_s: the distribution over rounds of rounds.csv's stall_s (the longest
+  wait without a byte apart from the server's work; NaN where rounds.csv is not kept);
+- longest_flat_s: the longest stretch of time-wise evaluations with one F1 (the model unchanged), and
+  longest_flat_paper_min the same on the paper's clock (times K, in minutes; paper regime only);
+- fingerprint: the split's fingerprint digest (one split per sweep: the same in every row);
+- cpu_frac_client / _evaluator / _server_max: CPU share of the wall clock; starved: processes that waited
+  for a core 5% of the time or more.
+Configurations are keyed by regime ('fast' or 'paper K=10'), transport, loss mechanism and TCP congestion
+control too, so runs that differ in them are never summarised together.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tyro
+
+THRESHOLDS = (0.80, 0.90, 0.95)
+CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
+               "speeds", "duration_s"]
+METRICS = ["final_f1", "f1_last5", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
+           "dips", "f1_flat_frac", "f1_mean_abs_step",
+           "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
+           "gate_wait_frac_mean", "gate_wait_frac_max", "abandoned_rounds", "timeouts", "stall_p50_s", "stall_p99_s",
+           "stall_max_s", "longest_flat_s", "longest_flat_paper_min"]
+
+
+def gini(values) -> float:
+    """Gini coefficient of non-negative values: 0 when all are equal, (n-1)/n when one has everything."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n, total = len(x), x.sum()
+    if n == 0 or total == 0:
+        return 0.0
+    return float((2 * np.arange(1, n + 1) - n - 1).dot(x) / (n * total))
+
+
+def time_to_threshold(f1_time: pd.DataFrame, threshold: float) -> float:
+    hit = f1_time.loc[f1_time["f1"] >= threshold, "time_s"]
+    return float(hit.iloc[0]) if len(hit) else float("nan")
+
+
+def f1_auc_frac(f1_time: pd.DataFrame) -> float:
+    t, f = f1_time["time_s"].to_numpy(float), f1_time["f1"].to_numpy(float)
+    if len(t) < 2 or t[-1] <= t[0]:
+        return float("nan")
+    return float(np.sum((t[1:] - t[:-1]) * (f[1:] + f[:-1]) / 2) / (t[-1] - t[0]))
+
+
+DIP = 0.1  # a fall of F1 at least this large between consecutive time-wise evaluations is a dip
+
+
+def dips(f1_time: pd.DataFrame, depth: float = DIP) -> int:
+    """How many times F1 fell by ``depth`` or more from one time-wise evaluation to the next."""
+    f = f1_time["f1"].to_numpy(float)
+    return int(np.sum(f[:-1] - f[1:] >= depth))
+
+
+def flat_frac(f1_time: pd.DataFrame) -> float:
+    """Share of consecutive time-wise evaluations with the same F1: the model did not change in between
+    (the paper's staircase lines; a fixed test set scores an unchanged model the same)."""
+    f = f1_time["f1"].to_numpy(float)
+    return float(np.mean(f[1:] == f[:-1])) if len(f) > 1 else float("nan")
+
+
+def mean_abs_step(f1_time: pd.DataFrame) -> float:
+    """Mean |change of F1| between consecutive time-wise evaluations: how 'scribbled' a curve is."""
+    f = f1_time["f1"].to_numpy(float)
+    return float(np.mean(np.abs(np.diff(f)))) if len(f) > 1 else float("nan")
+
+
+def max_drop(f1_time: pd.DataFrame) -> float:
+    f = f1_time["f1"].to_numpy(float)
+    return float(max(0.0, np.max(f[:-1] - f[1:]))) if len(f) > 1 else 0.0
+
+
+def longest_flat_s(f1_time: pd.DataFrame) -> float:
+    """The longest time over which consecutive time-wise evaluations gave one F1 (0: it always moved)."""
+    t, f = f1_time["time_s"].to_numpy(float), f1_time["f1"].to_numpy(float)
+    longest, start = 0.0, 0
+    for i in range(1, len(f) + 1):
+        if i == len(f) or f[i] != f[start]:
+            longest = max(longest, t[i - 1] - t[start])
+            start = i
+    return float(longest)
+
+
+def stall_stats(rounds: pd.DataFrame | None) -> dict[str, float]:
+    """Median, p99 and longest of rounds.csv's stall_s (NaN when there is none)."""
+    if rounds is None or "stall_s" not in rounds or rounds["stall_s"].dropna().empty:
+        return {"stall_p50_s": float("nan"), "stall_p99_s": float("nan"), "stall_max_s": float("nan")}
+    x = rounds["stall_s"].dropna().to_numpy(float)
+    return {"stall_p50_s": float(np.median(x)), "stall_p99_s": float(np.percentile(x, 99)), "stall_max_s": float(x.max())}
+
+
+def link_label(infos: list[dict]) -> str:
+    """The links' delay and rate per server ('delay 0 0 50 200 ms; rate 0 0 100 10 Mbit/s'), '' when none
+    has either: runs that differ in them are other configurations even at the same loss."""
+    nets = [info.get("network", {}) for info in infos]
+    parts = [f"{name} {' '.join(f'{n.get(key, 0):g}' for n in nets)} {unit}"
+             for name, key, unit in (("delay", "delay_ms", "ms"), ("rate", "rate_mbit", "Mbit/s"))
+             if any(n.get(key, 0) for n in nets)]
+    return "; ".join(parts)
+
+
+def loss_mechanism_label(config: dict) -> str:
+    """How the links' loss was made ('none' without loss); the runs from before silent loss say 'nftables'."""
+    found = {info.get("network", {}).get("mechanism", {}).get("loss") for info in config.get("server_info", [])}
+    return "+".join(sorted(m for m in found if m)) or "none"
+
+
+def tcp_cc_label(config: dict) -> str:
+    """The congestion control asked for; runs from before --tcp-cc used the machine's default, unrecorded."""
+    return config.get("tcp", {}).get("cc") or "default (unrecorded)"
+
+
+def aggregation_label(rule: dict) -> str:
+    """'ssp', 'fedavg', 'fedasync(alpha=0.6,polynomial,a=0.5)', 'fedbuff(K=4,lr=1)'."""
+    name = rule.get("aggregation", "ssp")
+    if name == "fedasync":
+        fn = rule["staleness_fn"]
+        params = {"constant": "", "polynomial": f",a={rule['staleness_a']:g}",
+                  "hinge": f",a={rule['staleness_a']:g},b={rule['staleness_b']:g}"}[fn]
+        return f"fedasync(alpha={rule['alpha']:g},{fn}{params})"
+    if name == "fedbuff":
+        return f"fedbuff(K={rule['buffer_size']},lr={rule['server_lr']:g})"
+    return name
+
+
+def partition_label(split: dict) -> str:
+    """'gaussian' (the study's, whose D is its own column), 'dirichlet(0.5)', 'shards(2)'."""
+    name = split.get("partition", "gaussian")
+    if name == "dirichlet":
+        return f"dirichlet({split['alpha_dirichlet']:g})"
+    if name == "shards":
+        return f"shards({split['shards_per_server']})"
+    return name
+
+
+def regime_label(config: dict) -> str:
+    """'fast', or 'paper K=10' (runs from before the regimes existed are fast)."""
+    r = config.get("regime", {"name": "fast"})
+    return f"paper K={r['time_scale']:g}" if r.get("name") == "paper" else "fast"
+
+
+def transport_label(config: dict) -> str:
+    """How the weights travelled: 'netns websocket', 'loopback shared memory', ... (older runs: from
+    weights_via and the servers' namespaces)."""
+    if "transport" in config:
+        return config["transport"]["kind"]
+    nets = {"netns" if info.get("network", {}).get("netns") else "loopback" for info in config.get("server_info", [])}
+    return "+".join(sorted(nets)) + " " + "+".join(sorted(set(config.get("weights_via", ["websocket"]))))
+
+
+def run_config(config: dict) -> dict:
+    """The configuration a run belongs to (what its repeats share), from its config.json."""
+    infos = config.get("server_info", [])
+    losses = [info.get("network", {}).get("loss_pct", 0) for info in infos]
+    speeds = [info.get("speed_ratio", 1) for info in infos]
+    split = config.get("dataset", {})
+    return {
+        "regime": regime_label(config),
+        "transport": transport_label(config),
+        "loss_mechanism": loss_mechanism_label(config),
+        "tcp_cc": tcp_cc_label(config),
+        "dataset": split.get("dataset", config["args"].get("dataset")),
+        "n_servers": config.get("n_servers", len(infos)),
+        # One number when every link is the same (the paper's L), else the per-server list.
+        "loss": f"{losses[0]:g}%" if len(set(losses)) <= 1 and losses else " ".join(f"{v:g}" for v in losses),
+        "link": link_label(infos),
+        "partition": partition_label(split),
+        "stdev": split.get("stdev"),
+        "staleness": config.get("staleness_threshold", config["args"]["staleness_threshold"]),
+        "aggregation": aggregation_label(config.get("aggregation", {"aggregation": "ssp"})),
+        "speeds": " ".join(f"{v:g}" for v in speeds),
+        "duration_s": config["args"]["duration_s"],
+    }
+
+
+def analyze_run(run_dir: Path) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    f1_time = pd.read_csv(run_dir / "f1_time.csv")
+    n_servers = config.get("n_servers", 1)
+    # Rounds per server and the largest staleness are in config.json (older results/ keep no rounds.csv).
+    per_server = pd.Series(config["finished"]["rounds_per_server"], dtype=float).reindex(range(n_servers), fill_value=0)
+    row = {"run": run_dir.name, "seed": config["args"].get("seed"), **run_config(config)}
+    row["final_f1"] = float(f1_time["f1"].iloc[-1]) if len(f1_time) else float("nan")
+    row["f1_auc_frac"] = f1_auc_frac(f1_time)
+    for t in THRESHOLDS:
+        row[f"time_to_f1_{int(t * 100)}_s"] = time_to_threshold(f1_time, t)
+    row["max_f1_drop"] = max_drop(f1_time)
+    # The final model's score comes at the end of training, off the interval grid: left out of these.
+    grid = f1_time.iloc[:-1] if len(f1_time) > 2 else f1_time
+    row["dips"], row["f1_flat_frac"], row["f1_mean_abs_step"] = dips(grid), flat_frac(grid), mean_abs_step(grid)
+    row["f1_last5"] = float(grid["f1"].iloc[-5:].mean()) if len(grid) else float("nan")
+    row["rounds_mean"] = float(per_server.mean())
+    row["rounds_min"], row["rounds_max"] = int(per_server.min()), int(per_server.max())
+    row["rounds_max_min_ratio"] = float(per_server.max() / per_server.min()) if per_server.min() > 0 else float("inf")
+    row["rounds_gini"] = gini(per_server)
+    row["max_staleness"] = int(max(config["finished"]["max_staleness_per_server"], default=0))
+    finished = config["finished"]
+    row["abandoned_rounds"] = int(sum(finished.get("retries_per_server", [])))
+    events = pd.read_csv(run_dir / "events.csv") if (run_dir / "events.csv").exists() else None
+    row["timeouts"] = int(events["silence_s"].notna().sum()) if events is not None and "silence_s" in events \
+        else float("nan")
+    row.update(stall_stats(pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None))
+    row["longest_flat_s"] = longest_flat_s(grid)
+    regime = config.get("regime", {})
+    row["longest_flat_paper_min"] = row["longest_flat_s"] * regime["time_scale"] / 60 \
+        if regime.get("name") == "paper" else float("nan")
+    row["fingerprint"] = config.get("dataset", {}).get("fingerprint_digest", "")
+    shares = finished.get("cpu", {})
+    row["cpu_frac_client"] = shares.get("client", {}).get("cpu_frac", float("nan"))
+    row["cpu_frac_evaluator"] = shares.get("evaluator", {}).get("cpu_frac", float("nan"))
+    server_fracs = [v["cpu_frac"] for k, v in shares.items() if k.startswith("server-")]
+    row["cpu_frac_server_max"] = max(server_fracs) if server_fracs else float("nan")
+    row["starved"] = " ".join(finished.get("starved", []))
+    yappi_path = run_dir / "yappi.csv"
+    if yappi_path.exists():
+        gate = pd.read_csv(yappi_path)["gate_frac"]
+        row["gate_wait_frac_mean"], row["gate_wait_frac_max"] = float(gate.mean()), float(gate.max())
+    else:
+        row["gate_wait_frac_mean"] = row["gate_wait_frac_max"] = float("nan")
+    return row
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run that wrote its final results (not one still running, or killed before the end)."""
+    try:
+        return "finished" in json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Finished run folders among ``paths``: each one itself, or the run folders directly inside a sweep
+    folder. Unfinished ones are left out, and said so."""
+    candidates = []
+    for p in paths:
+        if (p / "config.json").exists():
+            candidates.append(p)
+        else:
+            candidates.extend(sorted(d for d in p.iterdir() if (d / "config.json").exists()))
+    runs = [d for d in candidates if is_finished(d)]
+    for d in sorted(set(candidates) - set(runs)):
+        print(f"left out {d}: not finished (still running, or killed)", file=sys.stderr)
+    return runs
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: repeats counted, each metric as mean, std, min and max."""
+    grouped = runs.groupby(CONFIG_KEYS, dropna=False, sort=True)
+    summary = grouped[METRICS].agg(["mean", "std", "min", "max"])
+    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
+    summary.insert(0, "repeats", grouped.size())
+    return summary.reset_index()
+
+
+@dataclass
+class Args:
+    folders: tyro.conf.Positional[tuple[Path, ...]]  # run folders and/or sweep folders
+    out: Path | None = None  # where to write summary.csv and runs.csv (default: the first folder)
+
+
+def main(args: Args) -> int:
+    run_dirs = find_runs(args.folders)
+    if not run_dirs:
+        print("analysis/analyze.py: no run folders (with config.json and f1_time.csv) found", file=sys.stderr)
+        return 2
+    runs = pd.DataFrame([analyze_run(d) for d in run_dirs])
+    summary = summarize(runs)
+    out = args.out or args.folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "runs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    # Runs of different regimes or transports are never one configuration: say so when both are present.
+    for column in ("regime", "transport"):
+        if runs[column].nunique() > 1:
+            print(f"note: these runs differ in {column} ({', '.join(sorted(runs[column].unique()))}); each summary "
+                  f"row holds one {column}: compare rows of the same {column} only", file=sys.stderr)
+    # The rule and split columns only when the runs differ in them (the study's sweeps keep their table).
+    varying = [c for c in ("regime", "transport", "partition", "aggregation") if summary[c].nunique() > 1]
+    shown = ["loss", "stdev", *varying, "staleness", "speeds", "repeats", "final_f1_mean", "final_f1_std", "f1_auc_frac_mean",
+             "time_to_f1_90_s_mean", "max_f1_drop_mean", "rounds_mean_mean", "rounds_gini_mean", "max_staleness_max",
+             "gate_wait_frac_mean_mean"]
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
+        print(summary[shown].round(3).to_string(index=False))
+        print("\nstalls per run (rounds.csv's stall_s: median, p99, longest) and the longest flat F1:")
+        print(runs[["run", "abandoned_rounds", "timeouts", "stall_p50_s", "stall_p99_s", "stall_max_s", "longest_flat_s",
+                    "longest_flat_paper_min"]].round(3).to_string(index=False))
+    print(f"\n{len(runs)} runs, {len(summary)} configurations -> {out / 'summary.csv'}, {out / 'runs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args, description=__doc__)))

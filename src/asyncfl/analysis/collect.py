@@ -1,0 +1,53 @@
+"""Copy the small files of a sweep's finished runs into a results folder, then summarise and draw it.
+
+    python -m asyncfl.analysis.collect sweeps/20261128-143000 results/paper-regime
+
+For every finished run in the sweep: config.json, f1_time.csv, f1_epoch.csv, events.csv, rounds.csv (its
+stalls) and yappi.csv go to DEST/runs/<run>/ (the logs and the model stay in the sweep folder); then analysis/analyze.py writes
+DEST/summary.csv and DEST/runs.csv and analysis/plot.py DEST/fig3..fig6. Run it as often as runs finish: it
+copies only what is new or changed, so an interrupted sweep's committed results lose nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from asyncfl.analysis import analyze, plot
+
+SMALL_FILES = ("config.json", "f1_time.csv", "f1_epoch.csv", "events.csv", "rounds.csv", "yappi.csv")
+
+
+@dataclass
+class Args:
+    sweep: tyro.conf.Positional[Path]  # the sweep folder (train_batch.sh's SWEEP_DIR)
+    dest: tyro.conf.Positional[Path]  # the results folder, e.g. results/paper-regime
+    figures: bool = True  # draw Figs. 3-6 too (--no-figures: copy and summarise only, light while a sweep runs)
+
+
+def main(args: Args) -> int:
+    finished = analyze.find_runs([args.sweep])
+    copied = 0
+    for run in finished:
+        target = args.dest / "runs" / run.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SMALL_FILES:
+            src, dst = run / name, target / name
+            if src.exists() and (not dst.exists() or dst.read_bytes() != src.read_bytes()):
+                shutil.copyfile(src, dst)
+                copied += 1
+    print(f"collect: {len(finished)} finished runs, {copied} files copied into {args.dest / 'runs'}")
+    if not finished:
+        return 0
+    status = analyze.main(analyze.Args((args.dest / "runs",), out=args.dest))
+    if status or not args.figures:
+        return status
+    return plot.main(plot.Args((args.dest / "runs",), out=args.dest))
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args, description=__doc__)))

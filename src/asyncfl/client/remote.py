@@ -1,0 +1,346 @@
+"""The model owner's handle on one data server (PySyft 0.2's ``RemoteServer``).
+
+``connect`` retries until the server answers (or a deadline passes) and asks it ``hello``;
+``fit(dataset_key=..., train_config=..., weights=...)`` runs one remote round and returns a ``FitResult``.
+A round that gets no reply within its timeout (a lossy link can stall TCP for minutes) is cut off by
+closing the socket, raising ``ConnectionLost``; ``reconnect`` then opens a new connection with back-off.
+Every reply is checked before use (exact tensors, finite values, plausible numbers); a bad one raises
+``BadReply`` and is never applied. With a token, each connection presents it (see net/auth.py); ``wss://``
+addresses are verified against ``cafile`` or the system's CAs. With ``shared_memory``, a server reached
+on loopback without emulated network conditions gets the weights through a shared memory segment of
+each connection (see net/shm.py); ``weights_via`` says which way they travel.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import torch
+
+from asyncfl.core import datasets
+from asyncfl.core.model import check_weights, copy_into, weight_spec
+from asyncfl.core.protocol import FitResult, LinkConditions, TrainConfig, fit_stats
+from asyncfl.net import auth, shm, tcp, transport, wire, wsclient
+
+log = logging.getLogger("asyncfl.client")
+
+WEBSOCKET, SHARED_MEMORY = "websocket", "shared memory"  # how a connection moves the weights
+
+
+class RemoteError(RuntimeError):
+    """The server refused a request or broke the protocol: retrying would not help."""
+
+
+class ConnectionLost(RemoteError):
+    """The connection failed or a reply did not come in time: a new connection may well work.
+    ``silence_s``: the inactivity that ended it, for a timeout (else None); ``round_s``: how long the
+    request had been out."""
+
+    def __init__(self, message: str, silence_s: float | None = None, round_s: float | None = None):
+        super().__init__(message)
+        self.silence_s, self.round_s = silence_s, round_s
+
+
+@dataclass(frozen=True)
+class RoundTcp:
+    """What one request/reply did on the client socket's TCP (TCP_INFO before and after it, the largest
+    backoff sampled while it was out) and how long it waited for bytes."""
+
+    retrans_segs: int  # segments the client retransmitted
+    rtos: int | None  # retransmission timeouts of the client socket (None: a kernel before 6.7)
+    max_backoff: int  # largest exponential backoff of the client's RTO seen
+    rto_ms: float  # the RTO at the end
+    srtt_ms: float  # the smoothed RTT at the end
+    first_byte_s: float  # from the start of the request to the reply's first byte
+    longest_gap_s: float  # the longest wait for a byte within the reply
+
+    def stall_s(self, server_work_s: float) -> float:
+        """The longest the round waited without a byte, apart from the server's own work (its compute and
+        pace idle, which it reports): the wait for the reply's first byte less that work, or a gap inside
+        the reply, whichever is longer."""
+        return max(0.0, self.first_byte_s - server_work_s, self.longest_gap_s)
+
+
+class BadReply(ConnectionLost):
+    """A reply that breaks the protocol (malformed, wrong tensors, non-finite values): it is dropped, never
+    applied, and the round retried on a new connection."""
+
+
+class _Watchdog:
+    """One long-lived thread that calls ``on_expire`` when an armed deadline passes. Arming and disarming
+    cost a lock each; a ``threading.Timer`` per round would start an OS thread per round.
+    The thread is woken only when a deadline comes earlier than the one it sleeps until: with a fixed
+    timeout every new deadline is later, so it sleeps through round after round (waking it each round
+    cost two thread switches and a GIL hand-over per round)."""
+
+    def __init__(self, on_expire, name: str):
+        self._on_expire = on_expire
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._sleeping_until: float | None = None  # None: until notified
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def arm(self, timeout_s: float) -> None:
+        with self._cond:
+            self._deadline = time.monotonic() + timeout_s
+            if self._sleeping_until is None or self._deadline < self._sleeping_until:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None  # the thread wakes at the old deadline, finds none (or a later one), sleeps again
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._sleeping_until = None
+                    self._cond.wait()
+                elif time.monotonic() >= self._deadline:
+                    self._deadline = None
+                    self._on_expire()
+                else:
+                    self._sleeping_until = self._deadline
+                    self._cond.wait(self._deadline - time.monotonic())
+
+
+class RemoteServer:
+    def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = "", shared_memory: bool = False,
+                 timeout_on: str = "round", tcp_cc: str | None = None, dataset: str = datasets.DEFAULT):
+        self.uri, self.name = uri, name
+        self.tcp_cc = tcp_cc  # set on every connection's socket before it connects (None: the system's default)
+        self.round_tcp: RoundTcp | None = None  # the last fit's, on a TCP connection
+        self._in_flight = False
+        self._max_backoff = 0
+        # What a request's timeout bounds: "round", the whole request and reply (a watchdog cuts it off);
+        # "silence", each wait for a byte to move (the socket's own timeout), as the original's websocket
+        # client did with its 60 s: a slow transfer that keeps moving is never cut.
+        if timeout_on not in ("round", "silence"):
+            raise ValueError(f"timeout_on must be 'round' or 'silence', not {timeout_on!r}")
+        self._silence = timeout_on == "silence"
+        self._headers = auth.auth_headers(token)
+        self._ssl = auth.client_ssl_context(uri, cafile)
+        self._spec = weight_spec(dataset)  # the model of the run's dataset
+        self._shared_memory = shared_memory
+        self.info: dict = {}
+        self.weights_via = WEBSOCKET  # how this connection moves the weights: WEBSOCKET or SHARED_MEMORY
+        self._segment: shm.Segment | None = None
+        self._fit_requests: dict[tuple, tuple[dict, list | None]] = {}  # (type, dataset, config) -> header, frame
+        self._ws: transport.Connection | None = None
+        self._timed_out = False
+        self._watchdog: _Watchdog | None = None  # started on the first request with a timeout
+
+    def connect(self, timeout_s: float = 30.0) -> dict:
+        """Open the connection, retrying while the server is not up yet; return its hello info."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return self._open(max(1.0, deadline - time.monotonic()))
+            except ConnectionLost as e:
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionLost(f"cannot connect to {self.uri}: {e}") from None
+                time.sleep(delay)  # back off between attempts to a server that is still starting
+                delay = min(delay * 2, 1.0)
+
+    def reconnect(self, stop: threading.Event, open_timeout_s: float, first_delay_s: float = 0.5,
+                  max_delay_s: float = 8.0) -> bool:
+        """Replace a lost connection, backing off between attempts (from ``first_delay_s``, doubling up to
+        ``max_delay_s``); False if ``stop`` is set first."""
+        self.close()
+        delay = first_delay_s
+        while not stop.is_set():
+            try:
+                self._open(open_timeout_s)
+                return True
+            except ConnectionLost:
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, max_delay_s)
+        return False
+
+    def _open(self, open_timeout_s: float) -> dict:
+        try:
+            # No keepalive pings: the round timeout is the one liveness check. Data servers are reached
+            # directly, never through an HTTP proxy.
+            self._ws = wsclient.connect(self.uri, self._headers, self._ssl, wire.MAX_FRAME_BYTES, open_timeout_s,
+                                        self.tcp_cc)
+        except wsclient.HandshakeRefused as e:
+            if e.status == 401:
+                raise RemoteError(f"{self.uri} refused the connection: "
+                                  f"{'wrong' if self._headers else 'no'} token (set {auth.TOKEN_ENV})") from None
+            raise ConnectionLost(f"{self.uri}: {e}") from None
+        except ssl.SSLCertVerificationError as e:
+            raise RemoteError(f"{self.uri}: TLS certificate not trusted ({e.verify_message}); "
+                              "pass --cafile with the server's certificate") from None
+        except (OSError, TimeoutError) as e:
+            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+        header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)
+        if header.get("protocol") != wire.PROTOCOL_VERSION:
+            self.close()
+            raise RemoteError(f"protocol {header.get('protocol')} at {self.uri}, this client speaks {wire.PROTOCOL_VERSION}")
+        self.info = header
+        self._segment = self._attach(open_timeout_s)
+        self.weights_via = SHARED_MEMORY if self._segment is not None else WEBSOCKET
+        return header
+
+    def _attach(self, timeout_s: float) -> shm.Segment | None:
+        """Offer the server a shared memory segment if it can be on this machine and its link is not
+        emulated; None if not offered or refused (the weights then travel in the frames)."""
+        link = LinkConditions.from_hello(self.info.get("network"))
+        if not (self._shared_memory and auth.is_loopback(urlsplit(self.uri).hostname or "") and link.is_clean()
+                and shm.available()):
+            return None
+        try:
+            segment, offer = shm.Segment.create(self._spec)
+        except (OSError, ValueError) as e:
+            log.info("%s: no shared memory (%s); weights go in the websocket frames", self.name, e)
+            return None
+        try:
+            self._request({"type": "attach", **offer}, None, "attach_ok", timeout_s)
+        except ConnectionLost:
+            raise
+        except RemoteError as e:  # refused: another machine, container or user, or a server without shared memory
+            log.info("%s: shared memory refused (%s); weights go in the websocket frames", self.name, e)
+            return None
+        finally:
+            segment.close_fd()  # mapped by the server or refused: the descriptor is no longer needed
+        return segment
+
+    def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
+            timeout_s: float | None = None) -> FitResult:
+        segment = self._segment
+        key = ("fit_shared" if segment is not None else "fit", dataset_key, train_config)
+        if key not in self._fit_requests:  # a run sends the same request header every round: built once
+            request = {"type": key[0], "dataset_key": dataset_key, "train_config": train_config.to_dict()}
+            self._fit_requests[key] = request, wire.encode_parts(request) if segment is not None else None
+        request, frame = self._fit_requests[key]
+        if segment is not None:
+            copy_into(segment.request, weights)
+        header, new_weights = self._request(request, None if segment else weights, "fit_ok", timeout_s, frame)
+        if segment is not None and new_weights is None:
+            # The reply region: valid, like a frame's views, until this connection's next request.
+            new_weights = segment.reply
+        try:
+            check_weights(new_weights, self._spec)
+            loss, n_samples, compute_s, idle_s = fit_stats(header)
+        except (KeyError, ValueError) as e:
+            raise BadReply(f"fit reply rejected: {e}") from None
+        return FitResult(new_weights, loss, n_samples, compute_s, idle_s)
+
+    def close(self) -> None:
+        self._segment = None  # unmapped once the last view of it is gone
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
+
+    def live_congestion(self) -> str | None:
+        """The congestion control the open connection's socket uses (None: not TCP, or not open)."""
+        ws = self._ws
+        return tcp.congestion_or_none(ws.sock) if ws is not None else None
+
+    def sample_backoff(self) -> None:
+        """Called by a BackoffSampler: note the socket's RTO backoff while a request is out (it is reset
+        by the next valid RTT sample, so the end of a round no longer shows it)."""
+        ws = self._ws
+        if ws is None or not self._in_flight:
+            return
+        try:
+            backoff = tcp.backoff(ws.sock)
+        except (OSError, IndexError):
+            return
+        if backoff > self._max_backoff:
+            self._max_backoff = backoff
+
+    def interrupt(self) -> None:
+        """Cut off a request in flight (the run is stopping): its ``fit`` raises ConnectionLost at once."""
+        ws = self._ws
+        if ws is not None:
+            ws.shutdown()
+
+    def _abort(self) -> None:
+        """Watchdog: unblock a send or receive that has waited too long by shutting the socket down."""
+        self._timed_out = True
+        self.interrupt()
+
+    def _request(self, header: dict, weights, expect: str, timeout_s: float | None, frame: list | None = None):
+        """Send ``header`` (+ ``weights``), or ``frame`` if given (the same, already encoded); return the
+        reply's header and weights."""
+        if self._ws is None:
+            raise ConnectionLost("not connected")
+        self._timed_out = False
+        ws = self._ws
+        if self._silence:
+            ws.sock.settimeout(timeout_s or None)
+        elif timeout_s:
+            if self._watchdog is None:
+                self._watchdog = _Watchdog(self._abort, name=f"{self.name}-watchdog")
+            self._watchdog.arm(timeout_s)
+        before = tcp.info_or_none(ws.sock)
+        self._max_backoff, self._in_flight = 0, True
+        ws.mark()
+        try:
+            ws.send(frame or wire.encode_parts(header, weights))
+            reply = ws.recv()
+        except OSError as e:  # transport.ConnectionClosed and Silence included
+            out_s = time.monotonic() - ws.marked_at
+            if isinstance(e, transport.Silence):
+                raise ConnectionLost(f"{header['type']}: {e} (websocket timeout)", ws.sock.gettimeout(), out_s) from None
+            if self._timed_out:
+                raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s", None, out_s) from None
+            raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}", None, out_s) from None
+        finally:
+            self._in_flight = False
+            if timeout_s and not self._silence:
+                self._watchdog.disarm()
+        after = tcp.info_or_none(ws.sock)
+        self.round_tcp = None if before is None or after is None else RoundTcp(
+            after.total_retrans - before.total_retrans,
+            None if after.total_rto is None else after.total_rto - before.total_rto,
+            max(self._max_backoff, after.backoff), after.rto_us / 1000, after.rtt_us / 1000,
+            ws.first_byte_at - ws.marked_at, ws.longest_gap_s)
+        try:
+            # The weights stay views of the connection's receive buffer, valid until its next request: the
+            # caller combines them into the global model first (run_round), which copies what it keeps.
+            reply_header, reply_weights = wire.decode(reply, copy=False)
+        except wire.WireError as e:
+            raise BadReply(f"{header['type']}: malformed reply: {e}") from None
+        if reply_header["type"] == "error":
+            raise RemoteError(f"server refused {header['type']}: {reply_header.get('message')}")
+        if reply_header["type"] != expect:
+            raise RemoteError(f"expected {expect}, got {reply_header['type']}")
+        return reply_header, reply_weights
+
+
+class BackoffSampler:
+    """One thread that samples the RTO backoff of every remote's request in flight every ``tick_s`` (the
+    client passes the links' minimum RTO: a backoff that lasts, because the retransmission was lost too,
+    lasts at least twice that). Workers whose
+    weights go through shared memory (loopback, no emulated link) are left out: their rounds' few bytes
+    of TCP cannot stall, and the thread's wake-ups would cost the fastest path."""
+
+    def __init__(self, remotes: list, tick_s: float):
+        self._workers = [w for w in remotes if getattr(w, "weights_via", None) == WEBSOCKET]
+        self._tick_s = tick_s
+        self.native_id: int | None = None  # the thread's, once started (its CPU time is counted apart)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backoff-sampler", daemon=True)
+
+    def start(self) -> "BackoffSampler":
+        if self._workers:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        self.native_id = threading.get_native_id()
+        while not self._stop.wait(self._tick_s):
+            for w in self._workers:
+                w.sample_backoff()

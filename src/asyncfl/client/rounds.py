@@ -1,0 +1,119 @@
+"""The study's algorithm on one screen: each data server's thread loops over rounds.
+
+A round: wait at the SSP gate, take a snapshot of the global model, have the server train it (``fit``),
+combine the result into the global model under the state's lock (the rule's ``prepare``/``combine``; the
+study's is ``global += (new - snapshot) / n_servers``). A lost round is abandoned and retried on a new
+connection. ``eval_timer`` hands the evaluator a snapshot every interval. client/main.py starts the threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from asyncfl.client.feed import EvalFeed
+from asyncfl.client.remote import ConnectionLost, RemoteError, RemoteServer
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.state import TrainingState
+from asyncfl.process.runlog import CsvLog
+
+log = logging.getLogger("asyncfl.client")
+
+
+@dataclass
+class RunContext:
+    """What every server thread shares; the mutable part is ``state`` (one lock) and the two logs."""
+
+    state: TrainingState
+    remotes: list[RemoteServer]
+    train_config: TrainConfig
+    dataset_key: str
+    rounds_log: CsvLog
+    events_log: CsvLog
+    feed: "EvalFeed"
+    eval_every_rounds: int
+    round_timeout_s: float
+    time_scale: float  # the paper regime's K (1 otherwise): reconnection back-off is divided by it
+    t0: float  # time.monotonic() when training started
+    retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
+
+    def event(self, server: int | str, event: str, detail: str = "", level: int = logging.INFO,
+              silence_s: float | None = None, round_s: float | None = None) -> None:
+        """Something happened to a server (or the evaluator): into events.csv and the log."""
+        self.events_log.write(round(time.monotonic() - self.t0, 4), server, event, detail,
+                              "" if silence_s is None else round(silence_s, 4), "" if round_s is None else round(round_s, 4))
+        who = f"server-{server}" if isinstance(server, int) else server
+        log.log(level, "%s%s", event.replace("_", " "), f": {detail}" if detail else "", extra={"who": who})
+
+
+def run_round(ctx: RunContext, server: int) -> bool:
+    """One round of one server: gate, snapshot, remote fit, aggregate. False once the run stops."""
+    state = ctx.state
+    if not state.wait_turn(server):
+        return False
+    snap = state.snapshot()
+    t = time.perf_counter()
+    result = ctx.remotes[server].fit(dataset_key=ctx.dataset_key, train_config=ctx.train_config, weights=snap.weights,
+                                     timeout_s=ctx.round_timeout_s)
+    round_s = time.perf_counter() - t
+    if state.stop_event.is_set():
+        return False  # the run ended while this round was out: it does not count
+    prepared = state.rule.prepare(snap.weights, result.weights, result.n_samples)  # outside the lock
+    info = state.apply(server, prepared, snap)
+    if info.rejoined is not None:
+        ctx.event(server, "rejoined", f"answered again at round {info.round}; {info.rejoined} rounds skipped")
+    net = ctx.remotes[server].round_tcp
+    ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
+                         result.loss, round(round_s, 6), round(result.compute_s, 6), round(result.idle_s, 6),
+                         *(("",) * 6 if net is None else (
+                             net.retrans_segs, "" if net.rtos is None else net.rtos, net.max_backoff, round(net.rto_ms, 3),
+                             round(net.srtt_ms, 3), round(net.stall_s(result.compute_s + result.idle_s), 6))))
+    # eval_every_rounds 0: every advance, the newest waiting replacing an older one (the feed's latest_only)
+    if info.min_advanced and info.min_round % (ctx.eval_every_rounds or 1) == 0:
+        ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)
+    return True
+
+
+def server_loop(ctx: RunContext, server: int, errors: list) -> None:
+    remote = ctx.remotes[server]
+    try:
+        while True:
+            try:
+                if not run_round(ctx, server):
+                    return
+            except ConnectionLost as e:
+                if ctx.state.stop_event.is_set():
+                    return  # cut off because the run is stopping
+                # A lossy or broken link, a server that died, or a reply that broke the protocol: the round
+                # is abandoned (nothing was applied) and retried on a new connection; the other threads go
+                # on, held back only by the SSP gate (and not even by that with --server-timeout-s).
+                ctx.retries[server] += 1
+                ctx.event(server, "round_abandoned", f"{e}; reconnecting to {remote.uri}", logging.WARNING, e.silence_s,
+                          e.round_s)
+                if not remote.reconnect(ctx.state.stop_event, ctx.round_timeout_s, 0.5 / ctx.time_scale,
+                                        8.0 / ctx.time_scale):
+                    return
+                ctx.event(server, "reconnected", remote.uri)
+                skipped = ctx.state.rejoin(server)
+                if skipped is not None:
+                    ctx.event(server, "rejoined", f"{skipped} rounds skipped")
+    except Exception as e:  # anything else ends the run: this server's data would silently be missing
+        log.error("%s", e if isinstance(e, RemoteError) else repr(e), exc_info=not isinstance(e, RemoteError))
+        errors.append(f"{threading.current_thread().name}: {e}")
+        ctx.state.stop()
+
+
+def eval_timer(ctx: RunContext, interval_s: float, duration_s: float) -> None:
+    """Time-wise snapshots at t = k * interval_s for every k * interval_s < duration_s, unless the run stops
+    first. The model at the end is always scored as well (by the main thread), so a multiple of the
+    interval that coincides with the end is not raced for."""
+    k = 0
+    while k * interval_s < duration_s:
+        due = ctx.t0 + k * interval_s
+        if ctx.state.stop_event.wait(max(0.0, due - time.monotonic())):
+            return
+        snap = ctx.state.snapshot()
+        ctx.feed.submit("time", snap.weights, snap.min_round, snap.max_round, time_s=k * interval_s)
+        k += 1

@@ -1,0 +1,82 @@
+"""What a run writes about itself: the run folder's name, config.json's records, and how it is written.
+
+The CSVs are written row by row by runlog.CsvLog (rounds.csv and events.csv here, with their headers);
+config.json is written whole at the start and again at the end (``write_json`` replaces it atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from asyncfl.client.remote import RemoteServer
+from asyncfl.net import tcp
+from asyncfl.process import cpu
+
+ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s", "idle_s",
+                 # the client socket's TCP over the round (empty off TCP): see remote.RoundTcp
+                 "retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s"]
+EVENTS_HEADER = ["time_s", "server", "event", "detail", "silence_s", "round_s"]  # the last two: abandoned rounds
+
+
+def redacted(args) -> dict:
+    """The arguments as config.json records them: the token never leaves the process."""
+    return {**asdict(args), "token": "<set>" if args.token else ""}
+
+
+def default_out_dir(infos: list[dict], staleness_threshold: int) -> str:
+    loss = infos[0].get("network", {}).get("loss_pct", 0)
+    stdev = infos[0].get("split", {}).get("stdev")  # none for owners serving their own data
+    return f"out/L{loss:g}-D{'own' if stdev is None else f'{stdev:g}'}-S{staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def transport_record(infos: list[dict], remotes: list[RemoteServer]) -> dict:
+    """How the weights travel to each server: one transport for every run of a comparison."""
+    nets = [info.get("network", {}) for info in infos]
+    kinds = sorted({"netns" if n.get("netns") else "loopback" for n in nets})
+    via = sorted({w.weights_via for w in remotes})
+    return {"kind": "+".join(kinds) + " " + "+".join(via), "netns": [bool(n.get("netns")) for n in nets],
+            "rto_min_ms": [n.get("rto_min_ms", 0.0) for n in nets]}
+
+
+def tcp_record(requested: str, infos: list[dict], remotes: list[RemoteServer]) -> dict:
+    """The congestion control asked for and what each live socket uses, at both ends (the servers' from
+    their hello), with the loss-recovery sysctls of the client's namespace and of each server's."""
+    return {"cc": requested, "client_cc": [w.live_congestion() for w in remotes],
+            "server_cc": [(info.get("tcp") or {}).get("cc") for info in infos],
+            "client_sysctl": tcp.sysctls(), "server_sysctl": [(info.get("tcp") or {}).get("sysctl") for info in infos]}
+
+
+def local_processes(infos: list[dict], evaluator_pid: int) -> dict[str, int]:
+    """The run's processes on this machine whose CPU time can be read: this one, the evaluator and the
+    servers that report this machine's boot id."""
+    procs = {"client": os.getpid(), "evaluator": evaluator_pid}
+    me = cpu.boot_id()
+    for info in infos:
+        if me is not None and info.get("boot_id") == me and isinstance(info.get("pid"), int):
+            procs[str(info.get("server"))] = info["pid"]
+    return procs
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "numpy", "safetensors", "scikit-learn", "yappi"):
+        out[pkg] = version(pkg)
+    try:
+        out["asyncfl_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except OSError:
+        out["asyncfl_git"] = None
+    return out
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)  # readers never see a half-written config
