@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from asyncfl.core.protocol import LinkConditions
+from asyncfl.core.conditions import LinkConditions
 from asyncfl.net import tcp, transport, wsclient, wsserver
 from asyncfl.netem import lab as netem
 from asyncfl.netem import rootless

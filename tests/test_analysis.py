@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from asyncfl.analysis import analyze, plot
+from asyncfl.core import rules
 
 
 def make_run(folder: Path, staleness: int, seed: int, f1: list[tuple[float, float]], rounds: list[int],
@@ -124,7 +125,7 @@ def test_rules_and_partitions_are_configurations_of_their_own(tmp_path):
     ({"aggregation": "fedavg"}, "fedavg"),
 ])
 def test_aggregation_labels(rule, label):
-    assert analyze.aggregation_label(rule) == label
+    assert rules.label(rule) == label
 
 
 def synthetic_grid(auc) -> pd.DataFrame:

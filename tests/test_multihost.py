@@ -14,6 +14,7 @@ from websockets.sync.server import serve
 
 from asyncfl.client.remote import RemoteError, RemoteServer
 from asyncfl.core import data
+from asyncfl.core.conditions import Links
 from asyncfl.core.model import architecture_signature
 from asyncfl.core.split import SplitSettings, make_split
 from asyncfl.net import wire
@@ -31,7 +32,7 @@ def test_a_run_against_data_owners_on_other_hosts(tmp_path):
     lab = netem.NetworkLab()
     owners = []
     try:
-        links = lab.create(netem.parse_conditions(2))
+        links = lab.create(Links.parse(2).per_server)
         for i, link in enumerate(links):
             ready = tmp_path / f"owner-{i}.ready"
             log = open(tmp_path / f"owner-{i}.log", "w")

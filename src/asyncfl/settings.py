@@ -13,15 +13,15 @@ from typing import Literal
 
 import tyro
 
-from asyncfl.core import datasets
+from asyncfl.core import datasets, rules
 from asyncfl.core import regime as regime_mod
-from asyncfl.core.protocol import parse_conditions
+from asyncfl.core.conditions import Links, LinkSettings
 from asyncfl.core.split import SplitSettings
 from asyncfl.net import tcp
 
 
 @dataclass
-class ServerArgs(SplitSettings):
+class ServerArgs(SplitSettings, LinkSettings):
     """server/main.py: the data owners of one split, each on a websocket."""
 
 
@@ -29,12 +29,7 @@ class ServerArgs(SplitSettings):
     data_dir: str = "data"  # where downloaded datasets are stored
     seed: int = 0  # seed of each server's batch order (the split has --split-seed)
     speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
-    loss: str = "0%"  # network loss L on every server's link, e.g. "10%" (the paper's L), in percent per direction
-    losses: str = ""  # per-server loss in percent, e.g. "0 0 10 20" (instead of --loss)
-    delays_ms: str = ""  # per-server added one-way delay in milliseconds, e.g. "0 0 50 200" (needs netem)
-    rates_mbit: str = ""  # per-server bandwidth cap in Mbit/s, e.g. "0 0 100 10" (0 = unlimited)
     tcp_cc: str = tcp.DEFAULT_CC  # TCP congestion control of every server socket (cubic: Linux's default, the paper's); any this kernel offers
-    netns: Literal["auto", "always", "never"] = "auto"  # run each server in its own network namespace: auto = when any condition is set (needs root)
     host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address); beyond loopback a token is required
     token: str = ""  # shared secret every connection must present; prefer the ASYNCFL_TOKEN environment variable, which ps does not show
     certfile: str = ""  # TLS certificate (PEM): with --keyfile the servers speak wss://
@@ -52,8 +47,9 @@ class ServerArgs(SplitSettings):
 
 
 @dataclass
-class ClientArgs:
-    """client/main.py: the model owner; the fields marked [regime] default to the regime's values."""
+class ClientArgs(*rules.option_classes()):
+    """client/main.py: the model owner; the fields marked [regime] default to the regime's values, and
+    each aggregation rule's own options come from its module in core/rules/."""
 
 
     servers: str = ""  # comma-separated server addresses (ws://host:port,...); empty = ws://HOST:BASE_PORT+i for each of N_SERVERS
@@ -61,13 +57,7 @@ class ClientArgs:
     host: str = "127.0.0.1"  # host of the data servers when --servers is empty
     base_port: int = 8777  # server i is at base_port + i when --servers is empty
     staleness_threshold: int = 9999  # S, in rounds: 0 = synchronous, 9999 = asynchronous (the paper's S=inf); the gate for every rule but fedavg
-    aggregation: Literal["ssp", "fedavg", "fedasync", "fedbuff"] = "ssp"  # how results change the global model: ssp = the study's global += (new-old)/n; fedavg = synchronous rounds averaged by samples; fedasync = mix with a staleness weight; fedbuff = buffered deltas
-    alpha: float = 0.6  # fedasync: mixing weight alpha in (0, 1]
-    staleness_fn: Literal["constant", "polynomial", "hinge"] = "polynomial"  # fedasync: s(gap), gap = global updates since the snapshot
-    staleness_a: float = 0.5  # fedasync: a of the polynomial (1+gap)^-a or of the hinge 1/(a(gap-b)+1)
-    staleness_b: int = 4  # fedasync: b of the hinge (no discount up to b updates behind)
-    buffer_size: int = 4  # fedbuff: K, results buffered before one update of the global model
-    server_lr: float = 1.0  # fedbuff: the server learning rate applied to the buffer's mean delta
+    aggregation: rules.Name = rules.DEFAULT  # how results change the global model (core/rules/): ssp = the study's global += (new-old)/n; fedavg = synchronous rounds averaged by samples; fedasync = mix with a staleness weight; fedbuff = buffered deltas. Each rule's own flags are below
     regime: Literal["fast", "paper"] = "fast"  # fast: this machine's own pace; paper: the study's clock (servers started with --regime paper too); sets the defaults marked [regime]
     time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, every duration of the paper divided by K
     duration_s: float | None = None  # [regime] training time in seconds (fast 60; paper 2400/K, its 40 minutes)
@@ -144,7 +134,7 @@ def problems(args) -> list[str]:
     if hasattr(args, "tcp_cc") and (why := tcp.problem(args.tcp_cc)):
         found.append(why)
     if hasattr(args, "loss") and not found:  # the data owners' per-server lists, as server/main.py reads them
-        for check in (lambda: parse_conditions(args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit),
+        for check in (lambda: Links.from_args(args),
                       lambda: parse_speeds(args.speeds, args.n_servers)):
             try:
                 check()

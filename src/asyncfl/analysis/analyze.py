@@ -42,6 +42,9 @@ import numpy as np
 import pandas as pd
 import tyro
 
+from asyncfl.core import rules
+from asyncfl.core.conditions import link_label
+
 THRESHOLDS = (0.80, 0.90, 0.95)
 CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
                "speeds", "duration_s"]
@@ -119,16 +122,6 @@ def stall_stats(rounds: pd.DataFrame | None) -> dict[str, float]:
     return {"stall_p50_s": float(np.median(x)), "stall_p99_s": float(np.percentile(x, 99)), "stall_max_s": float(x.max())}
 
 
-def link_label(infos: list[dict]) -> str:
-    """The links' delay and rate per server ('delay 0 0 50 200 ms; rate 0 0 100 10 Mbit/s'), '' when none
-    has either: runs that differ in them are other configurations even at the same loss."""
-    nets = [info.get("network", {}) for info in infos]
-    parts = [f"{name} {' '.join(f'{n.get(key, 0):g}' for n in nets)} {unit}"
-             for name, key, unit in (("delay", "delay_ms", "ms"), ("rate", "rate_mbit", "Mbit/s"))
-             if any(n.get(key, 0) for n in nets)]
-    return "; ".join(parts)
-
-
 def loss_mechanism_label(config: dict) -> str:
     """How the links' loss was made ('none' without loss); the runs from before silent loss say 'nftables'."""
     found = {info.get("network", {}).get("mechanism", {}).get("loss") for info in config.get("server_info", [])}
@@ -138,19 +131,6 @@ def loss_mechanism_label(config: dict) -> str:
 def tcp_cc_label(config: dict) -> str:
     """The congestion control asked for; runs from before --tcp-cc used the machine's default, unrecorded."""
     return config.get("tcp", {}).get("cc") or "default (unrecorded)"
-
-
-def aggregation_label(rule: dict) -> str:
-    """'ssp', 'fedavg', 'fedasync(alpha=0.6,polynomial,a=0.5)', 'fedbuff(K=4,lr=1)'."""
-    name = rule.get("aggregation", "ssp")
-    if name == "fedasync":
-        fn = rule["staleness_fn"]
-        params = {"constant": "", "polynomial": f",a={rule['staleness_a']:g}",
-                  "hinge": f",a={rule['staleness_a']:g},b={rule['staleness_b']:g}"}[fn]
-        return f"fedasync(alpha={rule['alpha']:g},{fn}{params})"
-    if name == "fedbuff":
-        return f"fedbuff(K={rule['buffer_size']},lr={rule['server_lr']:g})"
-    return name
 
 
 def partition_label(split: dict) -> str:
@@ -193,11 +173,11 @@ def run_config(config: dict) -> dict:
         "n_servers": config.get("n_servers", len(infos)),
         # One number when every link is the same (the paper's L), else the per-server list.
         "loss": f"{losses[0]:g}%" if len(set(losses)) <= 1 and losses else " ".join(f"{v:g}" for v in losses),
-        "link": link_label(infos),
+        "link": link_label([info.get("network", {}) for info in infos]),
         "partition": partition_label(split),
         "stdev": split.get("stdev"),
         "staleness": config.get("staleness_threshold", config["args"]["staleness_threshold"]),
-        "aggregation": aggregation_label(config.get("aggregation", {"aggregation": "ssp"})),
+        "aggregation": rules.label(config.get("aggregation", {})),
         "speeds": " ".join(f"{v:g}" for v in speeds),
         "duration_s": config["args"]["duration_s"],
     }

@@ -47,7 +47,7 @@ from asyncfl.client.runfolder import (
     versions,
     write_json,
 )
-from asyncfl.core import rules as aggregation
+from asyncfl.core import rules
 from asyncfl.core.model import architecture_signature, flatten, initial_weights
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.state import TrainingState
@@ -60,17 +60,11 @@ from asyncfl.settings import ClientArgs as Args
 log = logging.getLogger("asyncfl.client")
 
 
-def make_rule(args: Args, n_servers: int) -> tuple[aggregation.Rule, int]:
-    """The aggregation rule, and the staleness threshold the gate uses with it (fedavg: 0, its barrier)."""
-    if args.aggregation == "fedavg":
-        if args.server_timeout_s:
-            raise ValueError("--aggregation fedavg waits for every server each round: --server-timeout-s does not apply")
-        return aggregation.FedAvgRule(n_servers), 0
-    if args.aggregation == "fedasync":
-        return aggregation.FedAsyncRule(args.alpha, args.staleness_fn, args.staleness_a, args.staleness_b), args.staleness_threshold
-    if args.aggregation == "fedbuff":
-        return aggregation.FedBuffRule(args.buffer_size, args.server_lr), args.staleness_threshold
-    return aggregation.SSPRule(n_servers), args.staleness_threshold
+def make_rule(args: Args, n_servers: int) -> tuple[rules.Rule, int]:
+    """The aggregation rule, and the staleness threshold the gate uses with it (a rule with a barrier of
+    its own, fedavg: 0)."""
+    rule = rules.build(args, n_servers)
+    return rule, rule.staleness_threshold(args.staleness_threshold)
 
 
 def resolve_servers(args: Args) -> list[str]:

@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 import torch
 
 from asyncfl.core import datasets
+from asyncfl.core.conditions import LinkConditions
 from asyncfl.core.model import check_weights, copy_into, weight_spec
-from asyncfl.core.protocol import FitResult, LinkConditions, TrainConfig, fit_stats
+from asyncfl.core.protocol import FitResult, TrainConfig, fit_stats
 from asyncfl.net import auth, shm, tcp, transport, wire, wsclient
 
 log = logging.getLogger("asyncfl.client")

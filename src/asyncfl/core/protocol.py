@@ -3,8 +3,8 @@
 Both sides import this module and nothing of each other. A request is a JSON header (one of
 ``REQUEST_KEYS``' types, with exactly its keys) plus, for ``fit``, the model's weights (see net/wire.py for
 the bytes); a ``fit_ok`` reply carries the trained weights and ``fit_stats``. ``TrainConfig`` is what a
-round asks for (PySyft 0.2's ``sy.TrainConfig``), ``LinkConditions`` how a data owner's link is emulated
-(hello reports it, so the client knows whether shared memory is allowed).
+round asks for (PySyft 0.2's ``sy.TrainConfig``); a hello reports the data owner's link conditions
+(core/conditions.py), so the client knows whether shared memory is allowed.
 """
 
 from __future__ import annotations
@@ -69,22 +69,6 @@ REQUEST_KEYS = {"hello": {"type"}, "fit": {"type", "dataset_key", "train_config"
                 "attach": {"type", "pid", "fd", "nonce"}, "fit_shared": {"type", "dataset_key", "train_config"}}
 
 
-@dataclass(frozen=True)
-class LinkConditions:
-    loss_pct: float = 0.0  # random packet loss, each direction, in percent
-    delay_ms: float = 0.0  # added one-way delay, each direction, in milliseconds
-    rate_mbit: float = 0.0  # bandwidth cap, each direction, in Mbit/s (0 = unlimited)
-
-    def is_clean(self) -> bool:
-        return self.loss_pct == 0 and self.delay_ms == 0 and self.rate_mbit == 0
-
-    @classmethod
-    def from_hello(cls, network) -> "LinkConditions":
-        """The conditions a hello's ``network`` field reports (absent fields: none)."""
-        network = network if isinstance(network, dict) else {}
-        return cls(**{name: network.get(name, 0) for name in cls.__dataclass_fields__})
-
-
 def fit_stats(header: dict) -> tuple[float, int, float, float]:
     """A ``fit_ok`` reply's (loss, n_samples, compute_s, idle_s), checked to be plausible numbers; raises
     KeyError or ValueError otherwise (the client then drops the reply)."""
@@ -95,37 +79,3 @@ def fit_stats(header: dict) -> tuple[float, int, float, float]:
             and 0 <= stats["compute_s"] < 1e6 and 0 <= stats["idle_s"] < 1e7):
         raise ValueError(f"implausible round statistics {stats}")
     return float(stats["loss"]), stats["n_samples"], float(stats["compute_s"]), float(stats["idle_s"])
-
-
-def _numbers(text: str, what: str, n: int) -> list[float] | None:
-    parts = text.replace(",", " ").replace("%", " ").split()
-    if not parts:
-        return None
-    if len(parts) != n:
-        raise ValueError(f"{what} has {len(parts)} values for {n} servers")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"{what} must be numbers, got {text!r}") from None
-    if any(v < 0 or v != v for v in values):
-        raise ValueError(f"{what} must not be negative")
-    return values
-
-
-def parse_conditions(n_servers: int, loss: str = "", losses: str = "", delays_ms: str = "",
-                     rates_mbit: str = "") -> list[LinkConditions]:
-    """Per-server conditions from the command-line forms: ``loss`` ("10%") for every link, or per-server
-    lists ("0 0 10 20"). Giving a non-zero ``loss`` and ``losses`` together is refused as ambiguous."""
-    try:
-        every = _numbers(loss, "--loss", 1) if loss.strip() else None
-    except ValueError:
-        raise ValueError(f"--loss takes a percentage such as 10% (got {loss!r})") from None
-    per = _numbers(losses, "--losses", n_servers)
-    if every and every[0] > 0 and per is not None:
-        raise ValueError("give either --loss (every link) or --losses (per server), not both")
-    loss_list = per or [every[0] if every else 0.0] * n_servers
-    if any(v >= 100 for v in loss_list):
-        raise ValueError("a loss must be below 100%")
-    delay_list = _numbers(delays_ms, "--delays-ms", n_servers) or [0.0] * n_servers
-    rate_list = _numbers(rates_mbit, "--rates-mbit", n_servers) or [0.0] * n_servers
-    return [LinkConditions(loss, d, r) for loss, d, r in zip(loss_list, delay_list, rate_list)]

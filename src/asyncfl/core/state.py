@@ -21,7 +21,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from asyncfl.core.rules import Rule, SSPRule, StateDict
+from asyncfl.core.rules import Rule, StateDict
+from asyncfl.core.rules.ssp import SSPRule
 
 
 def may_start(completed: list[int], server: int, staleness_threshold: int, left_out: frozenset[int] = frozenset()) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
-from asyncfl.core.protocol import parse_conditions
+from asyncfl.core.conditions import Links
 from asyncfl.net import tcp
 from asyncfl.netem import lab as netem
 from asyncfl.netem import rootless
@@ -52,8 +52,7 @@ def known_addresses(args: LaunchArgs) -> str | None:
     free ports, namespaces or the paper regime); None otherwise."""
     if args.base_port == 0 or args.regime == "paper" or args.netns == "always":
         return None
-    if args.netns == "auto" and not all(c.is_clean() for c in parse_conditions(
-            args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit)):
+    if Links.from_args(args).in_namespaces():
         return None
     scheme = "wss" if args.certfile else "ws"
     return ",".join(f"{scheme}://{args.host}:{args.base_port + i}" for i in range(args.n_servers))
@@ -114,10 +113,7 @@ def wait_ready(run: Run, ready: Path, log: Path, timeout_s: float) -> str | int:
 
 def needs_namespaces(args: LaunchArgs) -> bool:
     """Will server/main.py put its servers in network namespaces (which need root, or netem/rootless.py)?"""
-    if args.servers or args.netns == "never":
-        return False
-    return args.regime == "paper" or args.netns == "always" or not all(c.is_clean() for c in parse_conditions(
-        args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit))
+    return Links.from_args(args).in_namespaces()
 
 
 def main(args: LaunchArgs) -> int:

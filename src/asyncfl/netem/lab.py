@@ -34,7 +34,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from asyncfl.core.protocol import LinkConditions, parse_conditions  # noqa: F401  (parse_conditions: re-exported)
+from asyncfl.core.conditions import LinkConditions
 
 NETNS_PREFIX = "asyncfl-"
 NFT_TABLE = "asyncfl"  # inside a server's namespace

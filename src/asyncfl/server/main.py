@@ -29,6 +29,7 @@ import numpy as np
 
 from asyncfl.core import data, datasets
 from asyncfl.core import regime as regime_mod
+from asyncfl.core.conditions import Links
 from asyncfl.core.split import SplitRefused, describe_split, format_table, make_split
 from asyncfl.net import auth, tcp
 from asyncfl.netem import lab as netem
@@ -70,13 +71,8 @@ def main(args: Args) -> int:
     try:
         speeds = parse_speeds(args.speeds, args.n_servers)
         regime = regime_mod.paper_regime(args.time_scale) if args.regime == "paper" else None
-        if regime is not None and args.netns == "never":
-            raise ValueError("--regime paper puts every server in a namespace (one transport at every L); drop --netns never")
-        conditions = netem.parse_conditions(args.n_servers, args.loss, args.losses, args.delays_ms, args.rates_mbit)
-        use_netns = args.netns == "always" or regime is not None or \
-            (args.netns == "auto" and not all(c.is_clean() for c in conditions))
-        if args.netns == "never" and not all(c.is_clean() for c in conditions):
-            raise ValueError("network conditions need namespaces; drop --netns never")
+        links_wanted = Links.from_args(args)
+        conditions, use_netns = links_wanted.per_server, links_wanted.in_namespaces()
         missing = netem.missing_tools(conditions) if use_netns else []
         if missing:
             raise ValueError("network conditions need " + " and ".join(missing) + "; nothing was started")

@@ -1,204 +1,48 @@
-"""Aggregation arithmetic on state dicts (pure: every function returns new tensors, inputs untouched).
+"""Aggregation rules: how a server's result changes the global model (``--aggregation``).
 
-The study's asynchronous FedAvg applies each server's update as soon as it arrives, weighted so that a
-full set of n updates adds up to an average:
-
-    global += (new - old) / n_servers
-
-where ``old`` is the global model the server was sent (its snapshot) and ``new`` what it sent back.
-
-The client's ``--aggregation`` picks one of four rules (the ``Rule`` classes at the end, built on the
-pure functions): ``ssp`` (the study's, above), ``fedavg`` (synchronous, weighted by samples), ``fedasync``
-(Xie et al. 2019: mix with a staleness-dependent weight) and ``fedbuff`` (Nguyen et al. 2022: buffer K
-deltas, apply their mean scaled by a server learning rate).
+One module per rule in this folder, each a ``Rule`` subclass (base.py), found here by name: adding a rule
+is adding its module, a test and its section of docs/rules.md; the client's flags, the sweep and the
+analysis's labels all read ``REGISTRY``. ssp.py is the study's rule; fedavg.py, fedasync.py and
+fedbuff.py are there to compare it with.
 """
 
-from __future__ import annotations
+import importlib
+import pkgutil
+from typing import Literal
 
-import torch
+from asyncfl.core.rules.base import REGISTRY, NoOptions, Rule, StateDict
 
-from asyncfl.core.model import FlatWeights, flat_of, shapes_of
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "arithmetic"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-StateDict = dict[str, torch.Tensor]
-
-
-def delta(old: StateDict, new: StateDict) -> StateDict:
-    """new - old, per tensor."""
-    return {k: new[k] - old[k] for k in old}
-
-
-def scale(weights: StateDict, factor: float) -> StateDict:
-    return {k: v * factor for k, v in weights.items()}
+DEFAULT = "ssp"
+NAMES = (DEFAULT, *sorted(set(REGISTRY) - {DEFAULT}))
+Name = Literal[NAMES]  # type: ignore[valid-type]  # the CLI's choices
 
 
-def add(a: StateDict, b: StateDict) -> StateDict:
-    flat = _both_flat(a, b)
-    if flat:
-        return FlatWeights.views_of(flat[0] + flat[1], shapes_of(a))
-    return {k: a[k] + b[k] for k in a}
+def get(name: str) -> type[Rule]:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown aggregation rule {name!r}; choose one of {', '.join(NAMES)}")
+    return REGISTRY[name]
 
 
-def scaled_update(old: StateDict, new: StateDict, n_servers: int) -> StateDict:
-    """(new - old) / n_servers: the part of async FedAvg that needs no lock."""
-    flat = _both_flat(old, new)
-    if flat:
-        return FlatWeights.views_of(torch.sub(flat[1], flat[0]).div_(n_servers), shapes_of(old))
-    return {k: (new[k] - old[k]).div_(n_servers) for k in old}
+def option_classes() -> tuple[type, ...]:
+    """Every rule's options dataclass (once each): the client's arguments inherit their fields."""
+    return tuple(dict.fromkeys(REGISTRY[n].Options for n in NAMES if REGISTRY[n].Options is not NoOptions))
 
 
-def _both_flat(a: StateDict, b: StateDict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The flat tensors of two FlatWeights of the same layout (an operation on the whole model is then one
-    PyTorch call instead of one per tensor; element by element the arithmetic is the same), else None."""
-    fa, fb = flat_of(a), flat_of(b)
-    if fa is None or fb is None or shapes_of(a) != shapes_of(b):
-        return None
-    return fa, fb
+def build(args, n_servers: int) -> Rule:
+    """The rule ``args.aggregation`` names, with its options read from ``args``; ValueError if refused."""
+    cls = get(args.aggregation)
+    if why := cls.refuse(args):
+        raise ValueError(why)
+    return cls(n_servers, cls.options_from(args))
 
 
-def async_fedavg(global_weights: StateDict, old: StateDict, new: StateDict, n_servers: int) -> StateDict:
-    """global + (new - old) / n_servers."""
-    return add(global_weights, scaled_update(old, new, n_servers))
+def label(record: dict) -> str:
+    """The analysis's name of a config.json ``aggregation`` record (absent: the study's rule)."""
+    return get(record.get("aggregation", DEFAULT)).label(record)
 
 
-# ---- Other rules (``--aggregation``), for comparison with the study's ---------------------------------
-
-
-def weighted_mean(deltas: list[StateDict], weights: list[float]) -> StateDict:
-    """sum_i (w_i / sum w) delta_i; all zeros when the weights sum to zero (nobody trained on anything)."""
-    total = float(sum(weights))
-    if total <= 0:
-        return {k: torch.zeros_like(v) for k, v in deltas[0].items()}
-    return {k: sum(d[k] * (w / total) for d, w in zip(deltas, weights)) for k in deltas[0]}
-
-
-def fedavg(global_weights: StateDict, old: StateDict, news: list[StateDict], n_samples: list[int]) -> StateDict:
-    """Synchronous FedAvg: every server trained from ``old`` (= the global model of this round);
-    global + sum_i (n_i / sum n) (new_i - old)."""
-    return add(global_weights, weighted_mean([delta(old, new) for new in news], n_samples))
-
-
-def staleness_weight(fn: str, gap: int, a: float = 0.5, b: int = 4) -> float:
-    """FedAsync's s(t - tau) for a gap of ``gap`` global updates since the snapshot (Xie et al., 2019):
-    constant 1; polynomial (1 + gap)^-a; hinge 1 if gap <= b else 1 / (a (gap - b) + 1)."""
-    if gap < 0:
-        raise ValueError("the gap cannot be negative")
-    if fn == "constant":
-        return 1.0
-    if fn == "polynomial":
-        return (1.0 + gap) ** -a
-    if fn == "hinge":
-        return 1.0 if gap <= b else 1.0 / (a * (gap - b) + 1.0)
-    raise ValueError(f"unknown staleness function {fn!r}")
-
-
-def mix(global_weights: StateDict, new: StateDict, alpha_t: float) -> StateDict:
-    """FedAsync's update: (1 - alpha_t) * global + alpha_t * new."""
-    return {k: global_weights[k] * (1.0 - alpha_t) + new[k] * alpha_t for k in global_weights}
-
-
-def mean(deltas: list[StateDict]) -> StateDict:
-    return weighted_mean(deltas, [1.0] * len(deltas))
-
-
-class Rule:
-    """How one server's result changes the global model. ``prepare`` runs outside the state's lock (what
-    needs only the server's own snapshot and result); ``combine`` under it, returning the new global model
-    or None when the result was only buffered. ``staleness_gate`` says whether the SSP gate applies as
-    given (False: the rule brings its own synchronisation)."""
-
-    name = "rule"
-
-    def prepare(self, snapshot: StateDict, new: StateDict, n_samples: int):
-        return new
-
-    def combine(self, global_weights: StateDict, prepared, updates_behind: int) -> StateDict | None:
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"aggregation": self.name}
-
-
-class SSPRule(Rule):
-    """The study's asynchronous FedAvg: global += (new - old) / n_servers."""
-
-    name = "ssp"
-
-    def __init__(self, n_servers: int):
-        self.n_servers = n_servers
-
-    def prepare(self, snapshot, new, n_samples):
-        return scaled_update(snapshot, new, self.n_servers)
-
-    def combine(self, global_weights, prepared, updates_behind):
-        return add(global_weights, prepared)
-
-
-class FedAvgRule(Rule):
-    """Strictly synchronous FedAvg: results of a round are held until every server has sent its own, then
-    averaged weighted by samples and applied once. Used with the gate at S=0, every server of a round
-    trains from the same global model."""
-
-    name = "fedavg"
-
-    def __init__(self, n_servers: int):
-        self.n_servers = n_servers
-        self.pending: list[tuple[StateDict, int]] = []
-
-    def prepare(self, snapshot, new, n_samples):
-        return delta(snapshot, new), n_samples
-
-    def combine(self, global_weights, prepared, updates_behind):
-        self.pending.append(prepared)
-        if len(self.pending) < self.n_servers:
-            return None
-        deltas, counts = zip(*self.pending)
-        self.pending = []
-        return add(global_weights, weighted_mean(list(deltas), list(counts)))
-
-
-class FedAsyncRule(Rule):
-    """FedAsync: global = (1 - a_t) global + a_t new, a_t = alpha * s(gap)."""
-
-    name = "fedasync"
-
-    def prepare(self, snapshot, new, n_samples):
-        return new  # used under the lock right away, before the connection's buffer is reused
-
-    def __init__(self, alpha: float, fn: str, a: float, b: int):
-        if not 0 < alpha <= 1:
-            raise ValueError("--alpha must be in (0, 1]")
-        staleness_weight(fn, 0, a, b)  # refuses an unknown function now
-        self.alpha, self.fn, self.a, self.b = alpha, fn, a, b
-
-    def combine(self, global_weights, prepared, updates_behind):
-        return mix(global_weights, prepared, self.alpha * staleness_weight(self.fn, updates_behind, self.a, self.b))
-
-    def describe(self):
-        return {"aggregation": self.name, "alpha": self.alpha, "staleness_fn": self.fn, "staleness_a": self.a,
-                "staleness_b": self.b}
-
-
-class FedBuffRule(Rule):
-    """FedBuff: buffer K deltas (new - snapshot), then global += server_lr * mean(buffer)."""
-
-    name = "fedbuff"
-
-    def __init__(self, buffer_size: int, server_lr: float):
-        if buffer_size < 1 or server_lr <= 0:
-            raise ValueError("--buffer-size must be at least 1 and --server-lr positive")
-        self.buffer_size, self.server_lr = buffer_size, server_lr
-        self.buffer: list[StateDict] = []
-
-    def prepare(self, snapshot, new, n_samples):
-        return delta(snapshot, new)
-
-    def combine(self, global_weights, prepared, updates_behind):
-        self.buffer.append(prepared)
-        if len(self.buffer) < self.buffer_size:
-            return None
-        step = scale(mean(self.buffer), self.server_lr)
-        self.buffer = []
-        return add(global_weights, step)
-
-    def describe(self):
-        return {"aggregation": self.name, "buffer_size": self.buffer_size, "server_lr": self.server_lr}
+__all__ = ["REGISTRY", "Rule", "StateDict", "NoOptions", "NAMES", "Name", "get", "build", "label", "option_classes"]

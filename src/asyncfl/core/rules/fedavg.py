@@ -1,0 +1,31 @@
+"""Strictly synchronous FedAvg (``--aggregation fedavg``): results of a round are held until every server
+has sent its own, then averaged weighted by samples and applied once. Its gate runs at S=0, so every
+server of a round trains from the same global model."""
+
+from asyncfl.core.rules.base import Rule
+
+
+class FedAvgRule(Rule):
+    name = "fedavg"
+    has_threshold = False
+
+    def __init__(self, n_servers, options=None):
+        super().__init__(n_servers, options)
+        self.pending: list[tuple] = []
+
+    @classmethod
+    def refuse(cls, args):
+        if getattr(args, "server_timeout_s", 0):
+            return "--aggregation fedavg waits for every server each round: --server-timeout-s does not apply"
+        return None
+
+    def prepare(self, snapshot, new, n_samples):
+        return self.ops.delta(snapshot, new), n_samples
+
+    def combine(self, global_weights, prepared, updates_behind):
+        self.pending.append(prepared)
+        if len(self.pending) < self.n_servers:
+            return None
+        deltas, counts = zip(*self.pending)
+        self.pending = []
+        return self.ops.add(global_weights, self.ops.weighted_mean(list(deltas), list(counts)))
