@@ -2,9 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 
-from tests.helpers import ROOT, read_csv, run_script
+from tests.helpers import ROOT, kill_session, read_csv, run_script
 
 RUN_FILES = ["config.json", "rounds.csv", "f1_time.csv", "f1_epoch.csv", "yappi.csv", "client.log",
              "servers.log", "model.safetensors"]
@@ -95,6 +96,7 @@ def test_batch_grid_with_rules_and_partitions(tmp_path):
         text = text.replace(old, new)
     script = tmp_path / "train_batch.sh"
     script.write_text(text)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the copy runs this checkout's package
     # Execute
     run = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=30,
                          env={**os.environ, "SWEEP_DIR": str(tmp_path / "sweep")})
@@ -113,3 +115,36 @@ def test_an_unwritable_run_folder_stops_with_a_message_not_a_traceback(tmp_path)
     run = run_script(["./train.sh", "--duration-s", "1", "--out-dir", str(blocker / "run")], 60)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "--out-dir" in run.stderr and "Traceback" not in run.stderr + run.stdout
+
+
+def test_a_local_sweep_cut_after_its_first_run_resumes_with_the_second(tmp_path):
+    # Prepare: a two-run grid on loopback (no root needed), one run at a time.
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "TRANSPORT": "loopback", "LOSSES": "0%", "STDEVS": "0", "STALENESS": "0 9999", "REPEATS": "1",
+           "DURATION_S": "3", "EVAL_INTERVAL_S": "1", "SWEEP_DIR": str(sweep), "EXTRA_ARGS": "--eval-samples 200"}
+    names = ["L0-D0-S0-speeds_1_1_1_1-r0", "L0-D0-S9999-speeds_1_1_1_1-r0"]
+    proc = subprocess.Popen(["./train_batch.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        # Execute: cut the sweep (Ctrl-C to its process group) once the first run is done, the second running
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(f"  {names[0]}: final f1"):
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc)
+    # Assert: the first run finished and was summarised; the cut says how to resume, with exit 130
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out
+    assert f"  {names[0]}: final f1" in out and "interrupted; run again with SWEEP_DIR=" in out
+    # Execute: the same command again
+    again = subprocess.run(["./train_batch.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    # Assert: the first is skipped, the second runs to its end
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"[1/2] {names[0]}\n  done already" in again.stdout and f"  {names[1]}: final f1" in again.stdout, again.stdout
+    configs = [json.loads((sweep / n / "config.json").read_text()) for n in names]
+    assert [c["finished"]["stop_reason"] for c in configs] == ["duration", "duration"]

@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from asyncfl.client.remote import RemoteServer
+from asyncfl.core.naming import run_name
 from asyncfl.net import tcp
 from asyncfl.process import cpu
 
@@ -33,7 +34,7 @@ def redacted(args) -> dict:
 def default_out_dir(infos: list[dict], staleness_threshold: int) -> str:
     loss = infos[0].get("network", {}).get("loss_pct", 0)
     stdev = infos[0].get("split", {}).get("stdev")  # none for owners serving their own data
-    return f"out/L{loss:g}-D{'own' if stdev is None else f'{stdev:g}'}-S{staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}"
+    return "out/" + run_name(f"{loss:g}", stdev, staleness_threshold, when=datetime.now())
 
 
 def transport_record(infos: list[dict], remotes: list[RemoteServer]) -> dict:

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from asyncfl.core.conditions import Links
+from asyncfl.core.naming import run_name
 from asyncfl.net import tcp
 from asyncfl.netem import lab as netem
 from asyncfl.netem import rootless
@@ -44,7 +45,7 @@ def flags(cls, args: LaunchArgs) -> list[str]:
 
 def default_out_dir(args: LaunchArgs) -> Path:
     loss = args.losses.replace(" ", "_") if args.losses.strip() else args.loss.rstrip("%")
-    return Path(f"out/L{loss}-D{args.stdev:g}-S{args.staleness_threshold}-{datetime.now():%Y%m%d-%H%M%S}")
+    return Path("out") / run_name(loss, args.stdev, args.staleness_threshold, when=datetime.now())
 
 
 def known_addresses(args: LaunchArgs) -> str | None:

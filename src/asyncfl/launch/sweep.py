@@ -1,0 +1,288 @@
+"""The sweep behind train_batch.sh: every combination of its grid as one train.sh run in one sweep folder,
+JOBS at a time here or as one Slurm array; a sweep run again with the same folder resumes.
+
+    ./train_batch.sh [--dry-run]            # the grid is the variables at the top of train_batch.sh
+    python -m asyncfl.launch.sweep --help    # the same settings as flags
+
+Runs go repeat by repeat, so a sweep cut short holds whole repeats of the grid. Each run's folder is
+named by core/naming.py; its output goes to ``<name>.log`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from asyncfl.core import rules
+from asyncfl.core.naming import run_name
+from asyncfl.netem import rootless
+
+REPO = Path(__file__).resolve().parents[3]  # train.sh, beside src/
+ME = "train_batch.sh"
+
+
+@dataclass
+class SweepArgs:
+    """A grid of train.sh runs (train_batch.sh passes its variables here)."""
+
+    losses: str = "0% 10% 20%"  # network loss L on every link, one run per value
+    link_sets: str = ""  # more per-server link conditions, one per line, each "losses;delays_ms;rates_mbit"
+    stdevs: str = "0 600 10000"  # data imbalance D, in the paper's units (samples of an MNIST class of 6,000)
+    staleness: str = "0 6 12 9999"  # SSP staleness threshold S, in rounds
+    speed_sets: str = "1 1 1 1"  # per-server speed ratios, one set per line
+    rules: str = "ssp"  # aggregation rules, one per line, each "rule [its client flags]"; a rule with its own barrier (fedavg) runs once per cell
+    partitions: str = "gaussian"  # splits, one per line, each "partition [its server flags]"; only gaussian uses STDEVS
+    repeats: int = 3  # runs per combination (seeds 0, 1, 2, ...)
+    n_servers: int = 4  # data servers per run
+    regime: Literal["fast", "paper"] = "fast"  # fast: this machine's pace; paper: the study's clock
+    time_scale: float = 10  # --regime paper: K, every duration of the paper divided by K
+    duration_s: str = ""  # training time per run, in seconds (empty: the regime's)
+    dataset: str = "mnist-5k"  # a registered dataset (core/datasets.py)
+    eval_interval_s: str = ""  # seconds between time-wise evaluations (empty: the regime's)
+    split_seed: int = 42  # one split for the whole sweep (the original's seed)
+    transport: Literal["netns", "loopback"] = "netns"  # netns: every server in a namespace at every L; loopback: L=0 grids without namespaces
+    launcher: Literal["local", "slurm"] = "local"  # local: run here, JOBS at a time; slurm: one sbatch --array
+    jobs: int = 0  # configurations run at once (0 = 1; slurm: 0 = no %limit on the array)
+    cpus_per_task: int = 2  # slurm: cores each run asks for
+    exclusive: bool = False  # slurm: a whole node per run
+    sbatch_args: str = ""  # slurm: more sbatch options, e.g. "--partition=short --time=00:10:00"
+    extra_args: str = ""  # more train.sh flags for every run, e.g. "--eval-samples 500"
+    sweep_dir: str = ""  # where the run folders go (empty: sweeps/<timestamp>)
+    dry_run: bool = False  # list the runs without starting them
+    slurm_task: int = -1  # set by the array's task script: run line N of SWEEP_DIR/runs.json
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    args: tuple[str, ...]
+
+
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def problems(a: SweepArgs) -> list[str]:
+    found = [f"{flag} must be a positive integer" for flag, v in (("JOBS", a.jobs + 1), ("REPEATS", a.repeats),
+             ("CPUS_PER_TASK", a.cpus_per_task), ("N_SERVERS", a.n_servers)) if v < 1]
+    if a.transport == "loopback" and (any(loss.rstrip("%") not in ("0", "") for loss in a.losses.split()) or lines(a.link_sets)):
+        found.append("TRANSPORT=loopback cannot emulate LOSSES or LINK_SETS: use TRANSPORT=netns (root)")
+    for entry in lines(a.rules):
+        if entry.split()[0] not in rules.REGISTRY:
+            found.append(f"RULES: unknown rule {entry.split()[0]!r}; choose from {' '.join(rules.NAMES)}")
+    return found
+
+
+def grid(a: SweepArgs) -> list[Run]:
+    """Every run of the grid, repeat by repeat, with its train.sh flags."""
+    links = [f"L{loss.rstrip('%')}" for loss in a.losses.split()] + [f"links{k}" for k in range(len(lines(a.link_sets)))]
+    stdevs, link_sets = a.stdevs.split(), lines(a.link_sets)
+    transport = ["--netns", "always" if a.transport == "netns" else "never", "--no-shared-memory"]
+    timing = ["--regime", a.regime, "--time-scale", f"{a.time_scale:g}"]
+    timing += ["--duration-s", a.duration_s] if a.duration_s else []
+    timing += ["--eval-interval-s", a.eval_interval_s] if a.eval_interval_s else []
+    runs = []
+    for rep in range(a.repeats):
+        for link in links:
+            link_flags = (["--loss", link[1:] + "%"] if link.startswith("L") else
+                          [flag for flag, v in zip(("--losses", "--delays-ms", "--rates-mbit"),
+                                                   link_sets[int(link[5:])].split(";")) for flag in (flag, v.strip())])
+            for part in lines(a.partitions):
+                for stdev in stdevs if part.split()[0] == "gaussian" else stdevs[:1]:
+                    for speeds in lines(a.speed_sets):
+                        for rule in lines(a.rules):
+                            gated = rules.get(rule.split()[0]).has_threshold
+                            for s in a.staleness.split() if gated else ["0"]:
+                                name = run_name(link[1:] if link.startswith("L") else link, stdev, int(s), speeds=speeds,
+                                                repeat=rep, rule=rule, partition=part)
+                                args = ["--n-servers", str(a.n_servers), *link_flags, *transport, "--stdev", stdev,
+                                        "--stdev-units", "paper", "--split-seed", str(a.split_seed),
+                                        "--staleness-threshold", s, "--partition", *part.split(), "--aggregation",
+                                        *rule.split(), "--speeds", speeds, *timing, "--dataset", a.dataset, "--seed",
+                                        str(rep), "--base-port", "0", "--no-live", *shlex.split(a.extra_args)]
+                                runs.append(Run(name, tuple(args)))
+    return runs
+
+
+def finished(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("finished", {}).get("stop_reason") == "duration"
+    except (OSError, ValueError):
+        return False
+
+
+def summary(run_dir: Path) -> str:
+    """One line on a finished run: final F1, rounds, staleness, abandoned rounds, CPU shares."""
+    config = json.loads((run_dir / "config.json").read_text())
+    f = config["finished"]
+    final = (run_dir / "f1_time.csv").read_text().strip().splitlines()[-1].split(",")
+    cpu = ", ".join(f"{n} {100 * s['cpu_frac']:.0f}%" for n, s in f.get("cpu", {}).items())
+    warn = f"; STARVED: {', '.join(f['starved'])}" if f.get("starved") else ""
+    return (f"  {run_dir.name}: final f1 {final[1]} at {final[0]} s; rounds {f['rounds_per_server']}, largest staleness "
+            f"{max(f['max_staleness_per_server'])}, abandoned {sum(f['retries_per_server'])}; cpu {cpu}{warn}")
+
+
+def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
+    """Run the unfinished runs here, ``jobs`` at a time; 130 when interrupted, 1 when any failed."""
+    done: queue.Queue = queue.Queue()
+    running: dict[str, subprocess.Popen] = {}
+    failed, interrupted = 0, False
+
+    def stop(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        for proc in running.values():
+            proc.terminate()
+        done.put(None)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    def reap() -> None:
+        nonlocal failed
+        item = done.get()
+        if item is None:
+            return
+        name, status = item
+        running.pop(name)
+        if interrupted or status in (130, -signal.SIGINT, -signal.SIGTERM):
+            return
+        if status != 0:
+            failed += 1
+            print(f"  {name} failed (exit {status}); see {sweep / name}.log", flush=True)
+        else:
+            print(summary(sweep / name), flush=True)
+
+    for i, run in enumerate(runs):
+        if interrupted:
+            break
+        print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
+        if a.dry_run:
+            continue
+        if finished(sweep / run.name):
+            print("  done already", flush=True)
+            continue
+        shutil.rmtree(sweep / run.name, ignore_errors=True)  # what an interrupted attempt left
+        while len(running) >= max(a.jobs, 1) and not interrupted:
+            reap()
+        if interrupted:
+            break
+        with open(sweep / f"{run.name}.log", "wb") as log:
+            proc = subprocess.Popen([str(REPO / "train.sh"), *run.args, "--out-dir", str(sweep / run.name)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        running[run.name] = proc
+        threading.Thread(target=lambda n=run.name, p=proc: done.put((n, p.wait())), daemon=True).start()
+    while running and not interrupted:
+        reap()
+    for proc in running.values():  # a run started as the signal came in is stopped too
+        if interrupted:
+            proc.terminate()
+        proc.wait()
+    if interrupted:
+        print(f"{ME}: interrupted; run again with SWEEP_DIR={sweep} to resume", flush=True)
+        return 130
+    if a.dry_run:
+        return 0
+    print(f"{ME}: done, {failed} failed; results in {sweep}")
+    configs = [json.loads(p.read_text()) for p in sweep.glob("*/config.json")]
+    starved = [c for c in configs if c.get("finished", {}).get("starved")]
+    if starved:
+        print(f"{ME}: warning: in {len(starved)} of {len(configs)} runs a process waited for a core >= 5% of the time: "
+              "runs disturbed each other or the machine was busy (lower JOBS; see finished.cpu in config.json)")
+    return 0 if failed == 0 else 1
+
+
+def submit_slurm(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
+    """One array task per unfinished run; each task runs ``--slurm-task N`` (the sweep folder, this
+    repository and its .venv must be on a filesystem the compute nodes share)."""
+    for i, run in enumerate(runs):
+        print(f"[{i + 1}/{len(runs)}] {run.name}")
+    if a.dry_run:
+        return 0
+    pending = [r for r in runs if not finished(sweep / r.name)]
+    if not pending:
+        print(f"{ME}: every run has finished already")
+        return 0
+    (sweep / "runs.txt").write_text("".join(json.dumps({"name": r.name, "args": r.args}) + "\n" for r in pending))
+    task = sweep / "slurm-task.sh"
+    task.write_text("#!/usr/bin/env bash\n# One task of the array train_batch.sh submitted: the run on line "
+                    "SLURM_ARRAY_TASK_ID + 1 of runs.txt.\n"
+                    f"exec {shlex.quote(sys.executable)} -m asyncfl.launch.sweep --sweep-dir {shlex.quote(str(sweep))} "
+                    '--slurm-task "$SLURM_ARRAY_TASK_ID"\n')
+    task.chmod(0o755)
+    limit = f"%{a.jobs}" if a.jobs else ""
+    cmd = ["sbatch", "--parsable", "--job-name=asyncfl-sweep", f"--array=0-{len(pending) - 1}{limit}",
+           f"--cpus-per-task={a.cpus_per_task}", *(["--exclusive"] if a.exclusive else []),
+           f"--output={sweep}/slurm-%A_%a.out", *shlex.split(a.sbatch_args), str(task)]
+    job = subprocess.run(cmd, capture_output=True, text=True)
+    if job.returncode != 0:
+        print(f"{ME}: sbatch failed: {job.stderr.strip()}", file=sys.stderr)
+        return 1
+    job_id = job.stdout.strip().split(";")[0]
+    print(f"{ME}: submitted {len(pending)} runs as Slurm array job {job_id} ({a.cpus_per_task} cores each); watch: "
+          f"squeue -j {job_id}; then: {sys.executable} -m asyncfl.analysis.analyze {sweep}; resubmit the same "
+          "command to finish what failed")
+    return 0
+
+
+def slurm_task(sweep: Path, index: int) -> int:
+    """The array task ``index``: its run, unless finished already."""
+    line = json.loads((sweep / "runs.txt").read_text().splitlines()[index])
+    name, args = line["name"], [str(x) for x in line["args"]]
+    if finished(sweep / name):
+        print(f"{name}: done already")
+        return 0
+    shutil.rmtree(sweep / name, ignore_errors=True)
+    print(f"{name} on {os.uname().nodename}, {os.environ.get('SLURM_CPUS_PER_TASK', '?')} cores", flush=True)
+    with open(sweep / f"{name}.log", "wb") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    os.chdir(REPO)
+    os.execv(str(REPO / "train.sh"), [str(REPO / "train.sh"), *args, "--out-dir", str(sweep / name)])
+
+
+def main(a: SweepArgs) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `./train_batch.sh --dry-run | head` ends quietly
+    if a.slurm_task >= 0:
+        return slurm_task(Path(a.sweep_dir), a.slurm_task)
+    if bad := problems(a):
+        print(f"{ME}: " + f"\n{ME}: ".join(bad), file=sys.stderr)
+        return 2
+    if a.launcher == "slurm" and not a.dry_run and subprocess.run(["sh", "-c", "command -v sbatch"],
+                                                                   capture_output=True).returncode != 0:
+        print(f"{ME}: LAUNCHER=slurm needs sbatch (Slurm's client tools) on this machine", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0 and a.transport == "netns" and not a.dry_run and (why := rootless.unavailable()):
+        print(f"{ME}: TRANSPORT=netns puts every server in a network namespace: that needs root or user namespaces, "
+              f"and {why}; or TRANSPORT=loopback LOSSES=0% for a grid without loss", file=sys.stderr)
+        return 2
+    from datetime import datetime
+
+    sweep = Path(a.sweep_dir or f"sweeps/{datetime.now():%Y%m%d-%H%M%S}")
+    runs = grid(a)
+    seconds = float(a.duration_s) if a.duration_s else (2400 / a.time_scale if a.regime == "paper" else 60)
+    regime = f"{a.regime} regime" + (f" K={a.time_scale:g}" if a.regime == "paper" else "")
+    print(f"{ME}: {len(runs)} runs of {seconds:g} s each, {regime} on {a.dataset} (D in the paper's units), transport "
+          f"{a.transport}, split seed {a.split_seed}, {max(a.jobs, 1)} at a time, into {sweep}")
+    if a.dataset == "mnist-5k":
+        print(f"{ME}: mnist-5k has 400 samples a class: D=600 splits as 40, D=10000 as 667")
+    if not a.dry_run:
+        sweep.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    return (submit_slurm if a.launcher == "slurm" else run_local)(a, sweep, runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(SweepArgs, description=__doc__)))
