@@ -212,3 +212,54 @@ def test_runs_that_differ_only_in_delay_or_rate_are_other_configurations(tmp_pat
     runs = pd.DataFrame([analyze.analyze_run(tmp_path / name) for name in ("plain", "delayed")])
     assert list(runs["link"]) == ["", "delay 0 200 ms"]
     assert len(analyze.summarize(runs)) == 2
+
+
+def _variant(tmp_path, name: str, seed: int, change) -> Path:
+    run = make_run(tmp_path / name, 9999, seed, [(0, 0.5), (10, 0.9)], [5, 5, 5, 5], loss=10)
+    config = json.loads((run / "config.json").read_text())
+    change(config)
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def _delays(ms):
+    def change(config):
+        for info, d in zip(config["server_info"], ms):
+            info["network"]["delay_ms"] = d
+    return change
+
+
+def _rule(**options):
+    def change(config):
+        config["aggregation"] = {"aggregation": "fedasync", "alpha": 0.6, "staleness_fn": "hinge", "staleness_a": 0.5,
+                                 "staleness_b": 4, **options}
+    return change
+
+
+def _args(**changed):
+    def change(config):
+        config["args"].update(changed)
+    return change
+
+
+@pytest.mark.parametrize("a,b", [
+    (_delays([0, 0, 0, 0]), _delays([0, 0, 50, 200])),  # delay only
+    (_rule(), _rule(staleness_b=8)),  # one rule option only
+    (_args(lr=0.1), _args(lr=0.05)),  # one training setting only
+    (_args(eval_samples=0), _args(eval_samples=500)),  # what the F1 is scored on
+])
+def test_runs_that_differ_in_one_setting_only_are_separate_configurations(tmp_path, a, b):
+    # Prepare: two repeats of each variant, otherwise the same
+    runs = pd.DataFrame([analyze.analyze_run(_variant(tmp_path, f"{tag}{seed}", seed, change))
+                         for tag, change in (("a", a), ("b", b)) for seed in (0, 1)])
+    # Execute
+    summary = analyze.summarize(runs)
+    # Assert: two configurations of two repeats each
+    assert list(summary["repeats"]) == [2, 2]
+
+
+def test_the_study_settings_leave_the_settings_column_empty(tmp_path):
+    run = _variant(tmp_path, "r", 0, _args(batch_size=32, lr=0.1, eval_samples=0, timeout_on="round"))
+    assert analyze.analyze_run(run)["settings"] == ""
+    lr = _variant(tmp_path, "s", 0, _args(lr=0.05, eval_samples=500))
+    assert analyze.analyze_run(lr)["settings"] == "lr=0.05 eval_samples=500"

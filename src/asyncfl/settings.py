@@ -156,20 +156,10 @@ def parse_speeds(text: str, n_servers: int) -> list[float]:
     return speeds
 
 
-REGIME_DEFAULTS = {  # [regime] fields: the fast regime's values; the paper regime's come from core/regime.py
-    "fast": {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
-             "round_timeout_s": 60.0, "timeout_on": "round", "evaluator_nice": 0, "eval_cpu_frac": 0.05},
-}
-
-
 def settle(args: ClientArgs) -> tuple[ClientArgs, regime_mod.Regime | None]:
     """The arguments with every [regime] field the user left unset filled in from the regime."""
-    if args.regime == "paper":
-        r = regime_mod.paper_regime(args.time_scale)
-        defaults = {"duration_s": r.duration_s, "eval_interval_s": r.eval_interval_s, "eval_every_rounds": 1,
-                    "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence",
-                    "evaluator_nice": 10, "eval_cpu_frac": 0.0}
+    r = regime_mod.paper_regime(args.time_scale) if args.regime == "paper" else None
+    if r is not None:
         args = replace(args, shared_memory=False)
-    else:
-        r, defaults = None, REGIME_DEFAULTS["fast"]
+    defaults = regime_mod.client_defaults(args.regime, args.time_scale)
     return replace(args, **{k: v for k, v in defaults.items() if getattr(args, k) is None}), r

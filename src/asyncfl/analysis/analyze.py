@@ -42,12 +42,15 @@ import numpy as np
 import pandas as pd
 import tyro
 
+from asyncfl.core import regime as regime_mod
 from asyncfl.core import rules
 from asyncfl.core.conditions import link_label
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.split import DEFAULT_SPLIT_SEED
 
 THRESHOLDS = (0.80, 0.90, 0.95)
 CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
-               "speeds", "duration_s"]
+               "speeds", "duration_s", "settings"]
 METRICS = ["final_f1", "f1_last5", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
            "dips", "f1_flat_frac", "f1_mean_abs_step",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
@@ -149,6 +152,28 @@ def regime_label(config: dict) -> str:
     return f"paper K={r['time_scale']:g}" if r.get("name") == "paper" else "fast"
 
 
+# Client settings that change what is trained or measured, beyond the other keys, with the study's values
+# (each regime's own for the [regime] ones): a run that departs from them is named by its departures.
+TRAIN_DEFAULTS = {"batch_size": TrainConfig.batch_size, "batches_per_round": TrainConfig.max_nr_batches,
+                  "lr": TrainConfig.lr, "shuffle": TrainConfig.shuffle, "server_timeout_s": 0.0}
+MEASURED = ("eval_samples", "eval_interval_s", "eval_every_rounds", "round_timeout_s", "timeout_on")
+
+
+def settings_label(config: dict) -> str:
+    """'' for the study's settings, else the ones a run changed ('lr=0.05 eval_samples=500'), so runs that
+    differ in any of them are separate configurations. Settings an older run did not record count as
+    the study's; so does the split seed it does not name."""
+    args, r = config.get("args", {}), config.get("regime", {"name": "fast"})
+    expected = {**TRAIN_DEFAULTS, **{k: v for k, v in regime_mod.client_defaults(
+        r.get("name", "fast"), r.get("time_scale", regime_mod.DEFAULT_TIME_SCALE)).items() if k in MEASURED}}
+    changed = [f"{k}={args[k]:g}" if isinstance(args[k], float) else f"{k}={args[k]}"
+               for k, v in expected.items() if k in args and args[k] is not None and args[k] != v]
+    seed = config.get("dataset", {}).get("split_seed")
+    if seed is not None and seed != DEFAULT_SPLIT_SEED:
+        changed.append(f"split_seed={seed}")
+    return " ".join(changed)
+
+
 def transport_label(config: dict) -> str:
     """How the weights travelled: 'netns websocket', 'loopback shared memory', ... (older runs: from
     weights_via and the servers' namespaces)."""
@@ -180,6 +205,7 @@ def run_config(config: dict) -> dict:
         "aggregation": rules.label(config.get("aggregation", {})),
         "speeds": " ".join(f"{v:g}" for v in speeds),
         "duration_s": config["args"]["duration_s"],
+        "settings": settings_label(config),
     }
 
 

@@ -64,6 +64,17 @@ def paper_regime(time_scale: float = DEFAULT_TIME_SCALE) -> Regime:
                   PAPER_DURATION_S / k, LINUX_RTO_MIN_MS / k)
 
 
+def client_defaults(name: str, time_scale: float = DEFAULT_TIME_SCALE) -> dict:
+    """The client settings a regime sets when the user leaves them unset (the [regime] flags)."""
+    if name == "paper":
+        r = paper_regime(time_scale)
+        return {"duration_s": r.duration_s, "eval_interval_s": r.eval_interval_s, "eval_every_rounds": 1,
+                "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence",
+                "evaluator_nice": 10, "eval_cpu_frac": 0.0}
+    return {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
+            "round_timeout_s": 60.0, "timeout_on": "round", "evaluator_nice": 0, "eval_cpu_frac": 0.05}
+
+
 def server_paces(rng: np.random.Generator, n_servers: int, mean_s: float, spread: float) -> list[float]:
     """Each server's round pace: evenly spaced over [(1 - spread), (1 + spread)] x ``mean_s``, in an order
     drawn from ``rng`` (which server is slow changes with the seed, like the paper's repeats)."""
