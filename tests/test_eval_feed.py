@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from asyncfl.client.evaluator import EvalRequest, run_evaluator
+from asyncfl.client.evaluator import EvalRequest, EvaluatorArgs, run_evaluator
 from asyncfl.client.feed import EvalFeed
 from asyncfl.core.model import Net
 
@@ -123,10 +123,10 @@ def test_a_resting_evaluator_gets_time_wise_snapshots_at_once_and_round_wise_one
 def test_the_evaluator_rests_in_proportion_to_the_cpu_a_round_wise_score_took(tmp_path):
     # Prepare: a real evaluator process, limited to 1% of a core for round-wise scoring
     ctx = mp.get_context("fork")
-    requests, scores, ready, hurry = ctx.Queue(maxsize=1), ctx.Queue(), ctx.Event(), ctx.Event()
-    free, rest = ctx.Semaphore(0), ctx.Value("d", 0.0, lock=False)
-    proc = ctx.Process(target=run_evaluator, args=(requests, scores, ready, hurry, "mnist-5k", "data", 0, 200, free,
-                                                   rest, 0.01), daemon=True)
+    ev = EvaluatorArgs.open(ctx, "mnist-5k", "data", nice=0, n_samples=200, cpu_frac=0.01)
+    ev.free = free = ctx.Semaphore(0)
+    requests, scores, ready, rest = ev.requests, ev.scores, ev.ready, ev.epoch_ok_at
+    proc = ctx.Process(target=run_evaluator, args=(ev,), daemon=True)
     proc.start()
     try:
         assert ready.wait(60)

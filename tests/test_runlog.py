@@ -20,3 +20,30 @@ def test_rows_are_flushed_whole_with_floats_to_six_digits_and_text_quoted(tmp_pa
     assert second["time_s"] == "2" and second["detail"] == 'exit code -9; "no" scores' and second["loss"] == "inf"
     with pytest.raises(ValueError, match="expected 5 values"):
         CsvLog(tmp_path / "x.csv", ["a"] * 5).write(1)
+
+
+def test_profiling_finds_its_functions_by_reference():
+    # Prepare: a thread that runs a function under yappi, as a server thread runs run_round
+    import threading
+
+    import yappi
+
+    from asyncfl.client import profiling
+
+    def busy():
+        return sum(range(20000))
+
+    yappi.clear_stats()
+    profiling.start()
+    t = threading.Thread(target=lambda: [busy() for _ in range(5)], name="probe")
+    t.start()
+    t.join()
+    yappi.stop()
+    # Execute: find the stats of busy and of a function that did not run
+    stats = list(yappi.get_func_stats())
+    hits = [s for s in stats if profiling.is_stat_of(s, busy)]
+    misses = [s for s in stats if profiling.is_stat_of(s, profiling.write_csv)]
+    yappi.clear_stats()
+    # Assert: the one that ran is found with its calls, the other not; the columns' functions are real ones
+    assert sum(s.ncall for s in hits) == 5 and misses == []
+    assert all(callable(fn) and fn.__code__.co_filename.endswith(".py") for fn in profiling.FUNCTIONS.values())

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import tyro
@@ -51,8 +52,31 @@ def format_score(req: EvalRequest, f1: float) -> str:
     return f"[round {req.epoch:5d}] f1={f1:.4f}  at {req.time_s:.1f} s"
 
 
-def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: str, nice: int,
-                  n_samples: int = 0, free=None, epoch_ok_at=None, cpu_frac: float = 0.0) -> None:
+@dataclass
+class EvaluatorArgs:
+    """What the evaluator process takes: the channels it shares with the client (multiprocessing objects
+    of one fork context) and what it scores on."""
+
+    requests: Any  # Queue: the run folder (a str; None = abandoned), then EvalRequests, then None
+    scores: Any  # Queue: (request without weights, f1 or None if skipped), for the client to print
+    ready: Any  # Event: set once the test set is loaded and scoring is warm
+    hurry: Any  # Event: set when the run must end within seconds (only the final model is then scored)
+    dataset: str  # the registered dataset whose test set scores the model
+    data_dir: str = "data"
+    nice: int = 0  # niceness added to the process
+    n_samples: int = 0  # score on a fixed stratified subset of this many test samples (0 = all)
+    free: Any = None  # Semaphore released after each request (the feed's flow control)
+    epoch_ok_at: Any = None  # Value("d"): when the next round-wise snapshot may start (with cpu_frac)
+    cpu_frac: float = 0.0  # largest share of one core spent on round-wise snapshots (0 = no limit)
+
+    @classmethod
+    def open(cls, ctx, dataset: str, data_dir: str, nice: int, n_samples: int, cpu_frac: float) -> EvaluatorArgs:
+        """New channels from the multiprocessing context ``ctx``."""
+        return cls(ctx.Queue(maxsize=1), ctx.Queue(), ctx.Event(), ctx.Event(), dataset, data_dir, nice, n_samples,
+                   ctx.Semaphore(1), ctx.Value("d", 0.0, lock=False), cpu_frac)
+
+
+def run_evaluator(a: EvaluatorArgs) -> None:
     """Body of the evaluator process. It starts while the client still connects to its servers: it loads
     the test set, sets ``ready`` once able to score, then takes the run folder (a str) as the first
     request (None: the run was abandoned before it had one), and scores every request until a None
@@ -66,30 +90,30 @@ def run_evaluator(requests, scores, ready, hurry, dataset_name: str, data_dir: s
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked: not the client's handler, which would raise here
     torch.set_num_threads(1)
     keep_freed_memory()
-    if nice:
-        os.nice(nice)  # lower priority: scoring must not slow the training it measures
-    scorer = Scorer(data.load(dataset_name, data_dir), n_samples)
-    scorer.f1(Net.for_dataset(dataset_name).state_dict())  # warm-up: the first forward pass pays PyTorch's one-off set-up
-    ready.set()
-    out_dir = requests.get()
+    if a.nice:
+        os.nice(a.nice)  # lower priority: scoring must not slow the training it measures
+    scorer = Scorer(data.load(a.dataset, a.data_dir), a.n_samples)
+    scorer.f1(Net.for_dataset(a.dataset).state_dict())  # warm-up: the first forward pass pays PyTorch's one-off set-up
+    a.ready.set()
+    out_dir = a.requests.get()
     if out_dir is None:
         return
     setup_logging(Path(out_dir) / "client.log", console=False)  # errors only: scores travel through `scores`
     time_log = CsvLog(Path(out_dir) / "f1_time.csv", ["time_s", "f1"])
     epoch_log = CsvLog(Path(out_dir) / "f1_epoch.csv", ["epoch", "f1"])
     try:
-        while (req := requests.get()) is not None:
+        while (req := a.requests.get()) is not None:
             started, cpu_started = time.monotonic(), time.process_time()
-            f1 = None if hurry.is_set() and not req.final else scorer.f1(st_load(req.weights))
+            f1 = None if a.hurry.is_set() and not req.final else scorer.f1(st_load(req.weights))
             if f1 is not None and req.kind == "time":
                 time_log.write(round(req.time_s, 3), round(f1, 6))
             elif f1 is not None:
                 epoch_log.write(req.epoch, round(f1, 6))
-                if cpu_frac and epoch_ok_at is not None:
-                    epoch_ok_at.value = started + (time.process_time() - cpu_started) / cpu_frac
-            scores.put((replace(req, weights=b""), f1))
-            if free is not None:
-                free.release()
+                if a.cpu_frac and a.epoch_ok_at is not None:
+                    a.epoch_ok_at.value = started + (time.process_time() - cpu_started) / a.cpu_frac
+            a.scores.put((replace(req, weights=b""), f1))
+            if a.free is not None:
+                a.free.release()
     finally:
         time_log.close()
         epoch_log.close()

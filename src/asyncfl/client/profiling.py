@@ -11,10 +11,20 @@ import threading
 
 import yappi
 
+from asyncfl.client.remote import RemoteServer
+from asyncfl.client.rounds import run_round
+from asyncfl.core.state import TrainingState
 from asyncfl.process.runlog import CsvLog
 
-# Column prefix -> the function whose wall time it reports.
-FUNCTIONS = {"loop": "run_round", "fit": "RemoteServer.fit", "gate": "TrainingState.wait_turn"}
+# Column prefix -> the function whose wall time it reports (references: a rename breaks the import, not
+# the columns).
+FUNCTIONS = {"loop": run_round, "fit": RemoteServer.fit, "gate": TrainingState.wait_turn}
+
+
+def is_stat_of(stat, fn) -> bool:
+    """Is yappi's ``stat`` the profile of function ``fn`` (the same code: file and first line)?"""
+    code = fn.__code__
+    return stat.module == code.co_filename and stat.lineno == code.co_firstlineno
 HEADER = ["server", "thread", "rounds", "loop_total_s", "loop_mean_s", "fit_total_s", "fit_mean_s",
           "gate_total_s", "gate_mean_s", "gate_frac", "max_staleness"]
 
@@ -35,7 +45,7 @@ def write_csv(path, thread_names: list[str], rounds: list[int], max_staleness: l
         if name in by_name:
             for stat in yappi.get_func_stats(ctx_id=by_name[name].id):
                 for key, fn in FUNCTIONS.items():
-                    if stat.name == fn or stat.name.endswith("." + fn):
+                    if is_stat_of(stat, fn):
                         calls, total = totals[key]
                         totals[key] = (calls + stat.ncall, total + stat.ttot)
         row = [server, name, rounds[server]]

@@ -1,4 +1,5 @@
-"""What a run writes about itself: the run folder's name, config.json's records, and how it is written.
+"""What a run writes about itself: the run folder's name, config.json's records (``start_record`` at the
+start; training.py adds ``finished``), and how it is written.
 
 The CSVs are written row by row by runlog.CsvLog (rounds.csv and events.csv here, with their headers);
 config.json is written whole at the start and again at the end (``write_json`` replaces it atomically).
@@ -81,3 +82,27 @@ def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)  # readers never see a half-written config
+
+
+def start_record(args, regime, uris: list[str], rule, staleness_threshold: int, token: str | None, train_config,
+                 infos: list[dict], remotes: list[RemoteServer]) -> dict:
+    """config.json as written when training starts: the settings, the servers as they introduced
+    themselves, how they are reached, and the versions of everything."""
+    return {
+        "args": redacted(args),
+        "servers": uris,
+        "aggregation": rule.describe(),
+        "staleness_threshold": staleness_threshold,  # the gate's S as used (fedavg: 0)
+        "security": {"token": token is not None, "tls": [u.startswith("wss://") for u in uris], "cafile": args.cafile},
+        "n_servers": len(remotes),
+        "train_config": train_config.to_dict(),
+        "server_info": infos,
+        "regime": {"name": args.regime, **(regime.to_dict() if regime else {})},
+        "transport": transport_record(infos, remotes),
+        "tcp": tcp_record(args.tcp_cc, infos, remotes),
+        "weights_via": [w.weights_via for w in remotes],  # per server: "websocket" or "shared memory"
+        "dataset": infos[0].get("split", {}),
+        "shard_fingerprints": [info.get("shard_fingerprint") for info in infos],  # what each owner says it holds
+        "versions": versions(),
+        "started_at": datetime.now().isoformat(timespec="seconds"),
+    }
