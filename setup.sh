@@ -17,7 +17,7 @@ if ! command -v ip > /dev/null || ! command -v nft > /dev/null; then
     echo "setup.sh: installing iproute2 and nftables for network emulation (ASYNCFL_NO_APT=1 skips this)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables > /dev/null
   else
-    echo "setup.sh: note: runs with network loss need root with iproute2 and nftables (apt-get install iproute2 nftables)"
+    echo "setup.sh: note: runs with network loss need iproute2 and nftables (apt-get install iproute2 nftables, as root); with them, a user without root gets namespaces of their own where user namespaces are allowed (docs/cluster.md)"
   fi
 fi
 

@@ -4,7 +4,7 @@
     python split_dataset.py --dataset fashion-mnist --n-servers 4 --stdev 600 --json
     python split_dataset.py --n-servers 4 --partition dirichlet --alpha-dirichlet 0.3
 
-Uses exactly the split that ``src/asyncfl/servers.py`` makes for the same dataset and split settings (the
+Uses exactly the split that ``src/asyncfl/server/main.py`` makes for the same dataset and split settings (the
 Gaussian one draws what the original drew with ``random.seed(--split-seed)``, 42 by default). ``--json``
 prints one JSON object: ``class_counts`` (per server, 10 integers), ``index_sha256`` (per server, the
 SHA-256 of its sorted training-set indices as decimals joined by commas) and the split's settings. Exit 2
@@ -61,4 +61,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, description=__doc__)))
+    sys.exit(main(tyro.cli(Args, prog="split_dataset.py", description=__doc__)))

@@ -51,6 +51,7 @@ case ${1:-} in
   *) echo "train_batch.sh: unknown argument '$1' (edit the variables at the top instead)" >&2; exit 2 ;;
 esac
 [[ $EXCLUSIVE == 1 ]] && dry+=(--exclusive)
+[[ -z $JOBS || $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "train_batch.sh: JOBS must be a positive integer, not '$JOBS'" >&2; exit 2; }
 each() { printf '%s\n' "$@"; }
 exec .venv/bin/python -m asyncfl.launch.sweep --losses="$LOSSES" --link-sets="$(each ${LINK_SETS[@]+"${LINK_SETS[@]}"})" \
   --stdevs="$STDEVS" --staleness="$STALENESS" --speed-sets="$(each "${SPEED_SETS[@]}")" --rules="$(each "${RULES[@]}")" \

@@ -14,7 +14,7 @@
    paper's 16. For comparison it also simulates a spread between rounds (every round's pace drawn anew),
    and prints what each costs a synchronous run: the paper's Fig. 3 at L=0, D=0 shows S=0 as fast as
    the others, which a spread between rounds large enough for a staleness of 16 cannot give.
-The constants it arrives at live in ``src/asyncfl/regime.py``; ``docs/regime.md`` shows the last calibration.
+The constants it arrives at live in ``src/asyncfl/core/regime.py``; ``docs/regime.md`` shows the last calibration.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main(args: Args) -> int:
     pace = float(np.exp(np.mean(np.log(per_round))))
     rounds = regime.PAPER_DURATION_S / pace
     print(f"  pace = geometric mean = {pace:.1f} s per round: {rounds:.0f} rounds per server in 40 minutes "
-          f"(src/asyncfl/regime.py has PACE_S = {regime.PACE_S:g})")
+          f"(src/asyncfl/core/regime.py has PACE_S = {regime.PACE_S:g})")
 
     duration = regime.PAPER_DURATION_S
     rng = np.random.default_rng(args.seed)
@@ -96,9 +96,9 @@ def main(args: Args) -> int:
         if best is None or abs(stale - target) < abs(best[1] - target):
             best = (spread, stale)
     print(f"  closest to the paper's {target}: s {best[0]:.2f} (largest staleness {best[1]}); "
-          f"src/asyncfl/regime.py has PACE_SPREAD = {regime.PACE_SPREAD:g}")
+          f"src/asyncfl/core/regime.py has PACE_SPREAD = {regime.PACE_SPREAD:g}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, description=__doc__)))
+    sys.exit(main(tyro.cli(Args, prog="bench/calibrate.py", description=__doc__)))

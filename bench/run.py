@@ -4,7 +4,7 @@ per second scale with the number of servers, and how long the split takes. Anyon
     .venv/bin/python bench/run.py            # the full benchmark (about 7 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # a shorter version (about 5 minutes)
 
-It starts the real ``src/asyncfl/servers.py`` and ``src/asyncfl/client.py`` processes on loopback, reads the run files they
+It starts the real ``src/asyncfl/server/main.py`` and ``src/asyncfl/client/main.py`` processes on loopback, reads the run files they
 write, prints a table and writes ``bench/results.json``:
 
 - ``round_overhead_ratio``: 1 server, 1 batch per round: median client-observed round time (``round_s``)
@@ -286,4 +286,4 @@ def print_table(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, description=__doc__)))
+    sys.exit(main(tyro.cli(Args, prog="bench/run.py", description=__doc__)))

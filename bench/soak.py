@@ -159,4 +159,4 @@ def summarize(args: Args, out: Path, samples: list, returncode: int | None) -> d
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, description=__doc__)))
+    sys.exit(main(tyro.cli(Args, prog="bench/soak.py", description=__doc__)))

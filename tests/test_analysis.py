@@ -1,4 +1,4 @@
-"""src/asyncfl/analyze.py and src/asyncfl/plot.py on small synthetic run folders with known answers."""
+"""src/asyncfl/analysis/analyze.py and src/asyncfl/analysis/plot.py on small synthetic run folders with known answers."""
 
 import json
 from pathlib import Path

@@ -42,7 +42,7 @@ class ServerArgs(SplitSettings, LinkSettings):
     ready_file: str = ""  # if set, write the servers' addresses here once all listen
     start_timeout_s: float = 120.0  # give up if the servers are not all listening after this many seconds
     die_with_parent: bool = False  # stop (cleanly) when the parent process dies, however it dies (train.sh sets it)
-    regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/asyncfl/regime.py)
+    regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/asyncfl/core/regime.py)
     time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, the paper's durations divided by K (10: its 40-minute runs in 4)
 
 

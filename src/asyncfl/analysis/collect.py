@@ -50,4 +50,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, description=__doc__)))
+    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.collect", description=__doc__)))

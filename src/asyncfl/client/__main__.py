@@ -14,4 +14,4 @@ from asyncfl.settings import ClientArgs  # noqa: E402
 
 torch.set_num_threads(1)
 keep_freed_memory()
-sys.exit(entry.main(tyro.cli(ClientArgs, description=entry.__doc__)))
+sys.exit(entry.main(tyro.cli(ClientArgs, prog="python -m asyncfl.client", description=entry.__doc__)))

@@ -140,7 +140,8 @@ EVAL_SUBSET_SEED = 15  # fixed: the subset is part of what a score means, the sa
 
 class Scorer:
     """Micro-F1 of a state dict on a fixed test set: the whole one, or (``n_samples`` > 0) a stratified
-    subset of about that many, the same in every run (the full 10,000 cost ~1.3 s of a core per score)."""
+    subset of about that many, the same in every run (scoring the whole of a large test set takes seconds
+    of a core)."""
 
     def __init__(self, dataset: data.Dataset, n_samples: int = 0):
         images, labels = dataset.test_images, dataset.test_labels

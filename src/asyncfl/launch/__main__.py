@@ -7,4 +7,4 @@ import tyro
 from asyncfl.launch import main as entry
 from asyncfl.settings import LaunchArgs
 
-sys.exit(entry.main(tyro.cli(LaunchArgs, description=entry.__doc__)))
+sys.exit(entry.main(tyro.cli(LaunchArgs, prog="./train.sh", description=entry.__doc__)))

@@ -21,7 +21,6 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import tyro
 
@@ -46,14 +45,14 @@ class SweepArgs:
     partitions: str = "gaussian"  # splits, one per line, each "partition [its server flags]"; only gaussian uses STDEVS
     repeats: int = 3  # runs per combination (seeds 0, 1, 2, ...)
     n_servers: int = 4  # data servers per run
-    regime: Literal["fast", "paper"] = "fast"  # fast: this machine's pace; paper: the study's clock
+    regime: str = "fast"  # fast: this machine's pace; paper: the study's clock
     time_scale: float = 10  # --regime paper: K, every duration of the paper divided by K
     duration_s: str = ""  # training time per run, in seconds (empty: the regime's)
     dataset: str = "mnist-5k"  # a registered dataset (core/datasets.py)
     eval_interval_s: str = ""  # seconds between time-wise evaluations (empty: the regime's)
     split_seed: int = 42  # one split for the whole sweep (the original's seed)
-    transport: Literal["netns", "loopback"] = "netns"  # netns: every server in a namespace at every L; loopback: L=0 grids without namespaces
-    launcher: Literal["local", "slurm"] = "local"  # local: run here, JOBS at a time; slurm: one sbatch --array
+    transport: str = "netns"  # netns: every server in a namespace at every L; loopback: L=0 grids without namespaces
+    launcher: str = "local"  # local: run here, JOBS at a time; slurm: one sbatch --array
     jobs: int = 0  # configurations run at once (0 = 1; slurm: 0 = no %limit on the array)
     cpus_per_task: int = 2  # slurm: cores each run asks for
     exclusive: bool = False  # slurm: a whole node per run
@@ -75,7 +74,11 @@ def lines(text: str) -> list[str]:
 
 
 def problems(a: SweepArgs) -> list[str]:
-    found = [f"{flag} must be a positive integer" for flag, v in (("JOBS", a.jobs + 1), ("REPEATS", a.repeats),
+    """What is wrong with the grid, named by train_batch.sh's variables."""
+    found = [f"{var} is {' or '.join(allowed)}, not {value!r}" for var, value, allowed in (
+        ("REGIME", a.regime, ("fast", "paper")), ("TRANSPORT", a.transport, ("netns", "loopback")),
+        ("LAUNCHER", a.launcher, ("local", "slurm"))) if value not in allowed]
+    found += [f"{flag} must be a positive integer" for flag, v in (("JOBS", a.jobs + 1), ("REPEATS", a.repeats),
              ("CPUS_PER_TASK", a.cpus_per_task), ("N_SERVERS", a.n_servers)) if v < 1]
     if a.transport == "loopback" and (any(loss.rstrip("%") not in ("0", "") for loss in a.losses.split()) or lines(a.link_sets)):
         found.append("TRANSPORT=loopback cannot emulate LOSSES or LINK_SETS: use TRANSPORT=netns (root)")
@@ -285,4 +288,4 @@ def main(a: SweepArgs) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(SweepArgs, description=__doc__)))
+    sys.exit(main(tyro.cli(SweepArgs, prog="./train_batch.sh", description=__doc__)))

@@ -79,7 +79,7 @@ class Segment:
             os.ftruncate(fd, size)
             # The memory is taken now, not at the first write of a round: a machine short of it refuses
             # here (OSError: the weights then go in the frames) instead of a SIGBUS mid-run, and the first
-            # round does not pay ~400 page allocations.
+            # round does not pay for faulting its pages in.
             os.posix_fallocate(fd, 0, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             mem = _map(fd, size)

@@ -4,14 +4,17 @@ One websocket binary frame per message:
 
     [4 bytes: header length, little-endian u32][header: UTF-8 JSON object][weights: safetensors bytes]
 
-The JSON header always has a ``type``; the weights part is empty for messages without a model. Weights
-are only ever parsed by safetensors (a flat, typed tensor format, no code): network bytes never reach a
-Python object deserialiser.
+The JSON header always has a ``type``; the weights part is empty for messages without a model. The
+weights are laid out as safetensors writes them (a flat, typed tensor format, no code), but network bytes
+are parsed by this module's own zero-copy reader, ``parse_safetensors``: Python's ``json`` for the two
+headers, ``struct`` for the lengths, tensors as views of the frame, every dtype, shape and offset checked;
+they never reach a Python object deserialiser. tests/test_wire.py checks it against the safetensors
+library on the same bytes; tests/test_fuzz.py sends it malformed frames through a live server.
 
 Messages (client -> server, server -> client):
 - ``hello`` -> ``hello_ok``: protocol version, server name, dataset key, shard size and class counts,
   speed ratio, model architecture signature.
-- ``fit`` + weights -> ``fit_ok`` + weights: one round of local training (see ``worker.TrainConfig``).
+- ``fit`` + weights -> ``fit_ok`` + weights: one round of local training (see ``core.protocol.TrainConfig``).
 - ``attach`` (``pid``, ``fd``, ``nonce``) -> ``attach_ok``: map the client's shared memory (see net/shm.py);
   then ``fit_shared`` -> ``fit_ok``, both without weights in the frame: they are in the segment.
   A server that cannot attach answers ``error`` and the client goes on with ``fit``.

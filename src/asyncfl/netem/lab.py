@@ -18,8 +18,8 @@ Mechanisms, per link and in both directions:
   message instead of being ignored.
 
 The veth ends get loopback's MTU (65535), so a 1.7 MB model is about as many packets as on the paper's
-loopback and the same loss rate hurts about as much. Needs root, ``ip`` and ``tc`` (and ``nft`` for loss
-without netem). Namespaces are named after the owning process, so a later run removes those whose owner
+loopback and the same loss rate hurts about as much. Needs CAP_NET_ADMIN (root, or the user namespaces
+of rootless.py), ``ip`` and ``tc`` (and ``nft`` for loss without netem). Namespaces are named after the owning process, so a later run removes those whose owner
 died (``python -m asyncfl.netem --cleanup`` does only that).
 """
 
@@ -131,7 +131,7 @@ def missing_tools(conditions: list[LinkConditions]) -> list[str]:
     """What a run with these conditions lacks before anything is created (root, ip, tc)."""
     missing = []
     if os.geteuid() != 0:
-        missing.append("root (network namespaces and qdiscs need CAP_NET_ADMIN)")
+        missing.append("root (network namespaces and qdiscs need CAP_NET_ADMIN; ./train.sh gets it without root, in user namespaces of its own)")
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             missing.append(f"the '{tool}' command (Debian package iproute2)")

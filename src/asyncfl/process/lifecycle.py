@@ -50,11 +50,10 @@ def keep_freed_memory(arenas: int = 0) -> None:
 
     Every round moves a few 1.7 MB buffers (weights in, weights out) and PyTorch allocates its activations
     anew; by default glibc serves blocks this large with a fresh mmap each time and unmaps them on free,
-    so each one costs ~400 page faults (docs/performance.md). Raising the mmap and
-    trim thresholds keeps them in the heap, reused from round to round; memory use stays at its peak.
-    ``arenas`` (0: glibc's default, 8 per core) caps the malloc arenas: each new thread otherwise may get an
-    arena of its own that outlives it, and a server that gets a new connection thread at every reconnection
-    kept ~2 MiB per reconnection (soak: 20 MiB steps at L=20%; 30 reconnections: +59 MiB, capped at 2: +1 MiB)."""
+    faulting every page in again. Raising the mmap and trim thresholds keeps them in the heap, reused from
+    round to round; memory use stays at its peak. ``arenas`` (0: glibc's default, 8 per core) caps the
+    malloc arenas: each new thread otherwise may get an arena of its own that outlives it, which a server
+    that gets a new connection thread at every reconnection keeps (docs/performance.md has the numbers)."""
     if sys.platform != "linux":
         return
     try:

@@ -10,4 +10,4 @@ import tyro  # noqa: E402
 from asyncfl.server import main as entry  # noqa: E402
 from asyncfl.settings import ServerArgs  # noqa: E402
 
-sys.exit(entry.main(tyro.cli(ServerArgs, description=entry.__doc__)))
+sys.exit(entry.main(tyro.cli(ServerArgs, prog="python -m asyncfl.server", description=entry.__doc__)))

@@ -133,9 +133,9 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
     # Which data owners this process starts: all, or one (the same shard every host derives from the seed).
     chosen = [max(args.server_id, 0)] if args.shard else [args.server_id] if args.server_id >= 0 else range(args.n_servers)
 
-    # Server processes are forked from this one, which has imported torch and loaded the data: started
-    # afresh, each spent seconds of CPU importing it again (docs/performance.md). This process starts no
-    # threads and holds no sockets, so a forked server starts as clean as a spawned one.
+    # Server processes are forked from this one, which has imported torch and loaded the data: spawned,
+    # each would import it again (docs/performance.md). This process starts no threads and holds no
+    # sockets, so a forked server starts as clean as a spawned one.
     ctx = mp.get_context("fork")
     ready_queue = ctx.Queue()
     procs, specs = [], []
