@@ -52,3 +52,32 @@ def test_failed_download_names_the_offline_choices(monkeypatch, tmp_path):
 def test_unknown_dataset_is_refused():
     with pytest.raises(data.DatasetUnavailable, match="unknown dataset"):
         data.load("cifar")
+
+
+def test_a_registered_dataset_shapes_the_model_and_the_tensors():
+    # Prepare: a throwaway entry for 32x32 grey images of 5 classes
+    import torch
+
+    from asyncfl.core import datasets
+    from asyncfl.core.model import Net, initial_weights, weight_spec
+    from asyncfl.settings import ClientArgs
+
+    rng = np.random.default_rng(0)
+
+    def toy(data_dir):
+        return data.Dataset("toy-32", "generated", rng.integers(0, 256, (20, 32, 32), dtype=np.uint8),
+                            rng.integers(0, 5, 20), rng.integers(0, 256, (10, 32, 32), dtype=np.uint8), rng.integers(0, 5, 10))
+
+    datasets.register(datasets.DatasetSpec("toy-32", "generated", toy, 0.5, 0.25, image_shape=(32, 32), n_classes=5))
+    try:
+        # Execute
+        ds = data.load("toy-32")
+        net = Net.for_dataset("toy-32")
+        # Assert: the model's sizes, the tensors' shape and the dataset's class count come from the entry
+        assert ds.n_classes == 5 and net.fc2.out_features == 5 and net.fc1.in_features == 5 * 5 * 50
+        assert net(data.to_tensor(ds.test_images, "toy-32")).shape == (10, 5)
+        assert weight_spec("toy-32")["fc2.weight"][0] == (5, 500) and initial_weights(0)["fc2.weight"].shape == (10, 500)
+        assert torch.isclose(data.to_tensor(np.full((1, 32, 32), 255, np.uint8), "toy-32"), torch.tensor(2.0)).all()
+        assert "mnist-5k" in datasets.NAMES and ClientArgs().dataset == datasets.DEFAULT
+    finally:
+        del datasets.REGISTRY["toy-32"]

@@ -3,24 +3,24 @@ sizes, the normalisation and the split's class size are all read from here.
 
 An MNIST-like dataset (28x28 grey images, 10 classes, idx files or a torchvision class) is one
 ``register(DatasetSpec(...))`` call below; nothing else in the package names a dataset. Nothing here
-imports NumPy or PyTorch (``--help`` stays instant): each loader imports ``core.data`` when it is called.
+imports PyTorch (``--help`` stays instant).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import Callable, Literal
 
-if TYPE_CHECKING:
-    from asyncfl.core.data import Dataset
+from asyncfl.core import loaders
+from asyncfl.core.loaders import Dataset, DatasetUnavailable
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str  # the --dataset value
     about: str  # a few words for --help (where it comes from)
-    loader: Callable[[str], "Dataset"]  # data_dir -> the train and test arrays; raises data.DatasetUnavailable
+    loader: Callable[[str], Dataset]  # data_dir -> the train and test arrays; raises loaders.DatasetUnavailable
     mean: float  # pixel mean after scaling to [0, 1], for the normalisation
     std: float  # pixel standard deviation after scaling to [0, 1]
     image_shape: tuple[int, int] = (28, 28)  # height, width of one grey image
@@ -38,38 +38,30 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 
 def get(name: str) -> DatasetSpec:
-    """The entry of ``name``; an unknown name raises data.DatasetUnavailable naming the choices."""
+    """The entry of ``name``; an unknown name raises loaders.DatasetUnavailable naming the choices."""
     if name not in REGISTRY:
-        from asyncfl.core.data import DatasetUnavailable
-
         raise DatasetUnavailable(f"unknown dataset {name!r}; choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
-def idx_or_download(name: str, directory: str | Path, torchvision_class: str) -> Callable[[str], "Dataset"]:
+def idx_or_download(name: str, directory: str | Path, torchvision_class: str) -> Callable[[str], Dataset]:
     """A loader reading ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` from ``directory`` when they are
     there, else downloading torchvision's ``torchvision_class`` into data_dir."""
 
-    def load(data_dir: str) -> "Dataset":
-        from asyncfl.core import data
-
+    def load(data_dir: str) -> Dataset:
         if (Path(directory) / "train-images-idx3-ubyte.gz").exists():
-            return data.load_idx_dir(name, Path(directory))
-        return data.load_torchvision(name, torchvision_class, data_dir)
+            return loaders.load_idx_dir(name, Path(directory))
+        return loaders.load_torchvision(name, torchvision_class, data_dir)
 
     return load
 
 
-def _mnist_5k(data_dir: str) -> "Dataset":
-    from asyncfl.core import data
-
-    return data.load_mnist_5k()
+def _mnist_5k(data_dir: str) -> Dataset:
+    return loaders.load_mnist_5k()
 
 
-def _mnist(data_dir: str) -> "Dataset":
-    from asyncfl.core import data
-
-    return data.load_torchvision("mnist", "MNIST", data_dir)
+def _mnist(data_dir: str) -> Dataset:
+    return loaders.load_torchvision("mnist", "MNIST", data_dir)
 
 
 # MNIST's mean and std are the values the paper's code (the PyTorch MNIST example) normalises with.

@@ -59,7 +59,7 @@ def load_shard(path: str, dataset: str) -> data.Dataset:
             or labels.min() < 0 or labels.max() >= spec.n_classes:
         raise ValueError(f"{path}: labels must be n integers in 0..{spec.n_classes - 1}, one per image")
     empty = np.zeros((0, *spec.image_shape), np.uint8)
-    return data.Dataset(dataset, path, images, labels.astype(np.int64), empty, np.zeros(0, np.int64))
+    return data.Dataset(dataset, path, images, labels.astype(np.int64), empty, np.zeros(0, np.int64), spec.n_classes)
 
 
 def main(args: Args) -> int:
