@@ -6,7 +6,7 @@ Idle or slow peers cannot lock the door: handshakes are read without blocking, e
 closed to make room for a new one), and at most ``max_per_token`` accepted connections per token (the
 one idle longest is cut: a client that reconnects has given up on its old connection). The loop survives
 every error in one connection (logged and counted); if it can no longer accept at all it calls
-``on_fatal``, and the worker exits so that server/main.py starts it again. TCP keepalive ends a connection
+``on_fatal``, and the data owner's process exits so that server/main.py starts it again. TCP keepalive ends a connection
 whose peer vanished without a word (a lost FIN, a host gone): otherwise its thread would wait for a
 request forever, holding its memory. The client's side is net/wsclient.py.
 """
