@@ -10,8 +10,7 @@
 # transport (TRANSPORT=netns: each server in its own namespace, weights over TCP, at every L including 0)
 # and one split (the original's, --split-seed 42): repeats differ only in --seed (initial model, batch
 # order, which server is slow). D is in the paper's units, samples of an MNIST class of 6,000: on mnist-5k
-# (400 a class) the split uses D x 400/6000. JOBS runs that many configurations at once. The loop, resume
-# and the Slurm array are src/asyncfl/launch/sweep.py.
+# (400 a class) the split uses D x 400/6000. The loop, resume and Slurm array: src/asyncfl/launch/sweep.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
