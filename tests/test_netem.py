@@ -361,8 +361,8 @@ def live_congestion(netns: str | None, address: str) -> set[str]:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
     found, take = set(), False
     for line in out.splitlines():
-        if not line.startswith((" ", "\t")):
-            take = address in line
+        if not line.startswith((" ", "\t")):  # "... 169.254.0.2:8777 169.254.0.1:40000": whole addresses
+            take = any(word.rsplit(":", 1)[0] == address for word in line.split())  # (not .22's, a sweep's)
         elif take:
             found |= {w for w in line.split() if w in tcp.available()}
     return found
