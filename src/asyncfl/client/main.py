@@ -55,11 +55,12 @@ def resolve_servers(args: Args) -> list[str]:
 def check_servers(args: Args, infos: list[dict]) -> None:
     """Refuse servers this run cannot use as one experiment: another dataset or model, shards of different
     splits, a shard under one batch, or another time regime."""
+    signature = architecture_signature(args.dataset)
     for info in infos:
         if info.get("dataset_key") != args.dataset:
             raise RemoteError(f"{info.get('server')} hosts {info.get('dataset_key')!r} but this client evaluates "
                               f"on {args.dataset!r}: pass the same --dataset to both")
-        if info.get("architecture") != architecture_signature(args.dataset):
+        if info.get("architecture") != signature:
             raise RemoteError(f"{info.get('server')} runs a different model architecture")
     digests = {info.get("split", {}).get("fingerprint_digest") for info in infos}
     if len(digests) > 1 and None not in digests:

@@ -48,12 +48,10 @@ def default_out_dir(args: LaunchArgs) -> Path:
     return Path("out") / run_name(loss, args.stdev, args.staleness_threshold, when=datetime.now())
 
 
-def known_addresses(args: LaunchArgs) -> str | None:
+def known_addresses(args: LaunchArgs, links: Links) -> str | None:
     """The servers' addresses before they listen, when fixed ports on the host make them known (not with
-    free ports, namespaces or the paper regime); None otherwise."""
-    if args.base_port == 0 or args.regime == "paper" or args.netns == "always":
-        return None
-    if Links.from_args(args).in_namespaces():
+    free ports or namespaces, which the paper regime always uses); None otherwise."""
+    if args.base_port == 0 or links.in_namespaces():
         return None
     scheme = "wss" if args.certfile else "ws"
     return ",".join(f"{scheme}://{args.host}:{args.base_port + i}" for i in range(args.n_servers))
@@ -112,22 +110,18 @@ def wait_ready(run: Run, ready: Path, log: Path, timeout_s: float) -> str | int:
     return ready.read_text().strip()
 
 
-def needs_namespaces(args: LaunchArgs) -> bool:
-    """Will server/main.py put its servers in network namespaces (which need root, or netem/rootless.py)?"""
-    return Links.from_args(args).in_namespaces()
-
-
 def main(args: LaunchArgs) -> int:
     if bad := problems(args):  # before anything starts
         print("train.sh: " + "\ntrain.sh: ".join(bad), file=sys.stderr)
         return 2
+    links = Links.from_args(args)  # checked by problems(); server/main.py puts them in namespaces if this says so
     if rootless.inside():
         rootless.prepare()
-    elif os.geteuid() != 0 and (needs_namespaces(args) or args.tcp_cc not in tcp.allowed_unprivileged()):
+    elif os.geteuid() != 0 and (links.in_namespaces() or args.tcp_cc not in tcp.allowed_unprivileged()):
         # A congestion control a user may not set (cubic, on a machine that allows only reno and bbr) can be
         # set in namespaces of its own; servers elsewhere cannot be reached from those.
-        what = "network namespaces" if needs_namespaces(args) else f"--tcp-cc {args.tcp_cc} (CAP_NET_ADMIN)"
-        if args.servers and not needs_namespaces(args):
+        what = "network namespaces" if links.in_namespaces() else f"--tcp-cc {args.tcp_cc} (CAP_NET_ADMIN)"
+        if args.servers and not links.in_namespaces():
             print(f"train.sh: {what} needs root here (a user may set only {' '.join(tcp.allowed_unprivileged())}); "
                   "run as root or pick one of those", file=sys.stderr)
             return 2
@@ -163,7 +157,7 @@ def main(args: LaunchArgs) -> int:
                     [sys.executable, "-m", "asyncfl.server", *flags(ServerArgs, args), "--ready-file", str(ready),
                      "--die-with-parent"], stdout=log_file, stderr=subprocess.STDOUT, env=env)
             print(f"train.sh: starting {args.n_servers} servers (log: {log})", flush=True)
-            addresses = known_addresses(args)  # the client then starts now and connects once they listen
+            addresses = known_addresses(args, links)  # the client then starts now and connects once they listen
             if addresses is None:
                 addresses = wait_ready(run, ready, log, args.start_timeout_s + 30)
                 if isinstance(addresses, int):

@@ -10,6 +10,7 @@ named by core/naming.py; its output goes to ``<name>.log`` beside it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import tyro
@@ -88,34 +90,38 @@ def problems(a: SweepArgs) -> list[str]:
     return found
 
 
+def link_flags(link: str, link_sets: list[str]) -> list[str]:
+    """train.sh's flags for a link entry: 'L20' (one loss) or 'links<k>' (LINK_SETS' k-th entry)."""
+    if link.startswith("L"):
+        return ["--loss", link[1:] + "%"]
+    values = [v.strip() for v in link_sets[int(link[5:])].split(";")]
+    return [x for flag, v in zip(("--losses", "--delays-ms", "--rates-mbit"), values) for x in (flag, v)]
+
+
 def grid(a: SweepArgs) -> list[Run]:
-    """Every run of the grid, repeat by repeat, with its train.sh flags."""
-    links = [f"L{loss.rstrip('%')}" for loss in a.losses.split()] + [f"links{k}" for k in range(len(lines(a.link_sets)))]
-    stdevs, link_sets = a.stdevs.split(), lines(a.link_sets)
-    transport = ["--netns", "always" if a.transport == "netns" else "never", "--no-shared-memory"]
-    timing = ["--regime", a.regime, "--time-scale", f"{a.time_scale:g}"]
-    timing += ["--duration-s", a.duration_s] if a.duration_s else []
-    timing += ["--eval-interval-s", a.eval_interval_s] if a.eval_interval_s else []
+    """Every run of the grid, repeat by repeat, with its train.sh flags. Only gaussian splits take every
+    D (the others the first); a rule with a barrier of its own runs at S=0 only."""
+    link_sets, stdevs = lines(a.link_sets), a.stdevs.split()
+    links = [f"L{loss.rstrip('%')}" for loss in a.losses.split()] + [f"links{k}" for k in range(len(link_sets))]
+    fixed = ["--netns", "always" if a.transport == "netns" else "never", "--no-shared-memory",
+             "--regime", a.regime, "--time-scale", f"{a.time_scale:g}",
+             *(["--duration-s", a.duration_s] if a.duration_s else []),
+             *(["--eval-interval-s", a.eval_interval_s] if a.eval_interval_s else []),
+             "--dataset", a.dataset, "--n-servers", str(a.n_servers), "--stdev-units", "paper",
+             "--split-seed", str(a.split_seed), "--base-port", "0", "--no-live"]
     runs = []
-    for rep in range(a.repeats):
-        for link in links:
-            link_flags = (["--loss", link[1:] + "%"] if link.startswith("L") else
-                          [flag for flag, v in zip(("--losses", "--delays-ms", "--rates-mbit"),
-                                                   link_sets[int(link[5:])].split(";")) for flag in (flag, v.strip())])
-            for part in lines(a.partitions):
-                for stdev in stdevs if part.split()[0] == "gaussian" else stdevs[:1]:
-                    for speeds in lines(a.speed_sets):
-                        for rule in lines(a.rules):
-                            gated = rules.get(rule.split()[0]).has_threshold
-                            for s in a.staleness.split() if gated else ["0"]:
-                                name = run_name(link[1:] if link.startswith("L") else link, stdev, int(s), speeds=speeds,
-                                                repeat=rep, rule=rule, partition=part)
-                                args = ["--n-servers", str(a.n_servers), *link_flags, *transport, "--stdev", stdev,
-                                        "--stdev-units", "paper", "--split-seed", str(a.split_seed),
-                                        "--staleness-threshold", s, "--partition", *part.split(), "--aggregation",
-                                        *rule.split(), "--speeds", speeds, *timing, "--dataset", a.dataset, "--seed",
-                                        str(rep), "--base-port", "0", "--no-live", *shlex.split(a.extra_args)]
-                                runs.append(Run(name, tuple(args)))
+    for rep, link, part, stdev, speeds, rule, s in itertools.product(
+            range(a.repeats), links, lines(a.partitions), stdevs, lines(a.speed_sets), lines(a.rules), a.staleness.split()):
+        if (part.split()[0] != "gaussian" and stdev != stdevs[0]) or \
+                (not rules.get(rule.split()[0]).has_threshold and s != a.staleness.split()[0]):
+            continue
+        s = s if rules.get(rule.split()[0]).has_threshold else "0"
+        name = run_name(link[1:] if link.startswith("L") else link, stdev, int(s), speeds=speeds, repeat=rep,
+                        rule=rule, partition=part)
+        args = [*link_flags(link, link_sets), *fixed, "--stdev", stdev, "--staleness-threshold", s,
+                "--partition", *part.split(), "--aggregation", *rule.split(), "--speeds", speeds,
+                "--seed", str(rep), *shlex.split(a.extra_args)]
+        runs.append(Run(name, tuple(args)))
     return runs
 
 
@@ -271,8 +277,6 @@ def main(a: SweepArgs) -> int:
         print(f"{ME}: TRANSPORT=netns puts every server in a network namespace: that needs root or user namespaces, "
               f"and {why}; or TRANSPORT=loopback LOSSES=0% for a grid without loss", file=sys.stderr)
         return 2
-    from datetime import datetime
-
     sweep = Path(a.sweep_dir or f"sweeps/{datetime.now():%Y%m%d-%H%M%S}")
     runs = grid(a)
     seconds = float(a.duration_s) if a.duration_s else (2400 / a.time_scale if a.regime == "paper" else 60)

@@ -76,14 +76,19 @@ def read_info(sock: socket.socket) -> TcpInfo:
     return parse_info(sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, INFO_BYTES))
 
 
-def info_or_none(sock: socket.socket) -> TcpInfo | None:
-    """``read_info``, or None for a socket that is not TCP or no longer open."""
+def _on_live_tcp(read, sock: socket.socket):
+    """``read(sock)``, or None for a socket that is not TCP or no longer open."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     try:
-        return read_info(sock)
+        return read(sock)
     except OSError:
         return None
+
+
+def info_or_none(sock: socket.socket) -> TcpInfo | None:
+    """``read_info``, or None for a socket that is not TCP or no longer open."""
+    return _on_live_tcp(read_info, sock)
 
 
 def backoff(sock: socket.socket) -> int:
@@ -98,12 +103,7 @@ def congestion(sock: socket.socket) -> str:
 
 def congestion_or_none(sock: socket.socket) -> str | None:
     """``congestion``, or None for a socket that is not TCP or no longer open."""
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    try:
-        return congestion(sock)
-    except OSError:
-        return None
+    return _on_live_tcp(congestion, sock)
 
 
 def available() -> list[str]:
