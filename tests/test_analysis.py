@@ -144,8 +144,9 @@ def synthetic_grid(auc) -> pd.DataFrame:
 
 def test_verdicts_follow_the_stated_rules():
     from asyncfl.analysis import verdicts
-    # Large S clearly better at L=20% for D=0 and 600 in every repeat; alike elsewhere; at D=10000 one
-    # repeat of three favours large S.
+    primary = {c.name[0]: (lambda runs, c=c: c.judge(runs, c.primary)[0]) for c in verdicts.CLAIMS}
+    # Large S better by 0.1 at L=20% for D=0 and 600 in every repeat; alike elsewhere; at D=10000 one
+    # repeat of three favours large S by 0.1.
     def auc(loss, d, s, seed):
         if loss == "20%" and d < 10000:
             return 0.5 + 0.1 * (s == 9999) + 0.01 * seed
@@ -153,16 +154,46 @@ def test_verdicts_follow_the_stated_rules():
             return 0.5 + (0.1 if seed == 2 and s == 9999 else 0.0)
         return 0.6 + 0.001 * seed
     runs = synthetic_grid(auc)
-    assert verdicts.claim3(runs)[0] == "supported"
-    assert verdicts.claim4(runs)[0] == "supported"
-    assert verdicts.claim2(runs)[0] == "supported"
-    assert verdicts.claim1(runs)[0] == "not supported"  # the same dips for every S
+    assert primary["3"](runs) == "supported"
+    assert primary["4"](runs) == "supported"
+    assert primary["2"](runs) == "supported"
+    assert primary["1"](runs) == "not supported"  # the same dips for every S
     # One case of the conclusion differs (L=0, D=10000: alike instead of hurt): 3 of 4.
-    assert verdicts.claim5(runs)[0] == "partly (3 of 4 cases)"
-    # Repeats that disagree in sign do not make a difference hold.
+    assert primary["5"](runs) == "partly (3 of 4 cases)"
+    # Repeats that disagree in sign do not make a difference: 0.2 in one repeat of three is 0.067 on average.
     noisy = synthetic_grid(lambda loss, d, s, seed: 0.5 + (0.2 if seed == 0 and s == 9999 else 0.0))
-    assert verdicts.claim3(noisy)[0] == "not supported"
-    assert "missing" in verdicts.claim1(runs[runs["stdev"] != 10000.0])[0]
+    assert primary["3"](noisy) == "not supported"
+    assert "missing" in primary["1"](runs[runs["stdev"] != 10000.0])
+
+
+def test_the_sensitivity_table_moves_with_the_threshold_and_the_test():
+    from asyncfl.analysis import verdicts
+    claim4 = next(c for c in verdicts.CLAIMS if c.name.startswith("4."))
+    claim3 = next(c for c in verdicts.CLAIMS if c.name.startswith("3."))
+    runs = synthetic_grid(lambda loss, d, s, seed: 0.5 + (0.12 if seed == 2 and s == 9999 and loss == "20%" else 0.0)
+                          + (0.1 + 0.02 * seed if s == 9999 and loss == "20%" and d < 10000 else 0.0))
+    lower, higher = claim4.threshold_steps()
+    assert (lower.size, higher.size) == (0.05, 0.15)
+    assert claim4.judge(runs, claim4.primary)[0] == "supported"  # 2 alike, 1 favours large S by 0.12
+    assert claim4.judge(runs, higher)[0] == "partly"  # at 0.15 all three are alike: no exception run
+    # D=0, 600: S=inf ahead by 0.10 / 0.12 / 0.26 over the seeds (mean 0.16, beyond its spread 0.087)
+    assert claim3.judge(runs, claim3.primary)[0] == "supported"
+    assert claim3.judge(runs, higher)[0] == "supported"
+    assert claim3.judge(runs, verdicts.Reading("f1_auc_frac", 0.2))[0] == "not supported"
+    table = verdicts.sensitivity_table(runs)
+    assert table.count("\n") == len(verdicts.CLAIMS) + 1
+    assert "f1_auc_frac @ 0.1, paired t-test" in table and "dips @ 0.05" in table
+    assert "missing cells (dips @ 0.05)" in table  # synthetic rows have no dips_ge_005 column
+
+
+def test_verdicts_refuse_a_mix_of_wires(tmp_path, capsys):
+    from asyncfl.analysis import verdicts
+    runs = synthetic_grid(lambda loss, d, s, seed: 0.5)
+    runs["wire"] = ["original", "modern"] * (len(runs) // 2)
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    assert verdicts.main(verdicts.Args(tmp_path / "runs.csv")) == 2
+    assert "differ in wire" in capsys.readouterr().err
+    assert verdicts.main(verdicts.Args(tmp_path / "absent.csv")) == 2
 
 
 def test_stalls_flat_stretches_and_the_last_scores_have_known_answers(tmp_path):

@@ -12,14 +12,15 @@ Per run:
   one score of a 2,000-sample subset); f1_auc_frac: area under the F1-over-time curve divided by its
   duration (the mean F1 over the run); time_to_f1_{80,90,95}_s: first evaluation at or above it (NaN: never);
 - max_f1_drop: largest fall of F1 between consecutive time-wise evaluations (the paper's "dips");
-  dips: how many such falls were 0.1 or more; f1_flat_frac: share of consecutive evaluations with the
+  dips: how many such falls were 0.1 or more (dips_ge_005, dips_ge_015: 0.05, 0.15); f1_flat_frac: share of consecutive evaluations with the
   same F1 (the model unchanged: the paper's staircase); f1_mean_abs_step: mean |change| between them;
 - rounds_mean, rounds_min, rounds_max, rounds_max_min_ratio, rounds_gini: update counts per server and
   how unequal they are (Gini 0 = equal);
 - max_staleness: largest round gap seen (at most S + 1);
 - gate_wait_frac_mean / _max: share of each server thread's round loop spent waiting at the SSP gate;
 - abandoned_rounds: rounds cut by the round timeout or a lost connection, over all servers; timeouts: of
-  those, the ones cut by the inactivity timeout (events.csv's silence_s);
+  those, the ones cut by the inactivity timeout (events.csv's silence_s); thread_deaths: server threads
+  that ended for good (``--faults original``: any error but a timeout);
 - stall_p50_s, stall_p99_s, stall_max_s: the distribution over rounds of rounds.csv's stall_s (the longest
   wait without a byte apart from the server's work; NaN where rounds.csv is not kept);
 - longest_flat_s: the longest stretch of time-wise evaluations with one F1 (the model unchanged), and
@@ -49,12 +50,12 @@ from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.split import DEFAULT_SPLIT_SEED
 
 THRESHOLDS = (0.80, 0.90, 0.95)
-CONFIG_KEYS = ["regime", "transport", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
+CONFIG_KEYS = ["regime", "transport", "wire", "faults", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
                "speeds", "duration_s", "settings"]
 METRICS = ["final_f1", "f1_last5", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_s" for t in THRESHOLDS], "max_f1_drop",
-           "dips", "f1_flat_frac", "f1_mean_abs_step",
+           "dips", "dips_ge_005", "dips_ge_015", "f1_flat_frac", "f1_mean_abs_step",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
-           "gate_wait_frac_mean", "gate_wait_frac_max", "abandoned_rounds", "timeouts", "stall_p50_s", "stall_p99_s",
+           "gate_wait_frac_mean", "gate_wait_frac_max", "abandoned_rounds", "timeouts", "thread_deaths", "stall_p50_s", "stall_p99_s",
            "stall_max_s", "longest_flat_s", "longest_flat_paper_min"]
 
 
@@ -80,6 +81,7 @@ def f1_auc_frac(f1_time: pd.DataFrame) -> float:
 
 
 DIP = 0.1  # a fall of F1 at least this large between consecutive time-wise evaluations is a dip
+DIP_STEPS = {"dips_ge_005": 0.05, "dips_ge_015": 0.15}  # the same count one step either side (verdicts.py)
 
 
 def dips(f1_time: pd.DataFrame, depth: float = DIP) -> int:
@@ -183,6 +185,12 @@ def transport_label(config: dict) -> str:
     return "+".join(sorted(nets)) + " " + "+".join(sorted(set(config.get("weights_via", ["websocket"]))))
 
 
+def wire_label(config: dict) -> tuple[str, str]:
+    """(wire, faults): how a round crossed the link and what a failure did; runs from before both: 'modern'."""
+    args = config.get("args", {})
+    return args.get("wire", "modern"), args.get("faults", "modern")
+
+
 def run_config(config: dict) -> dict:
     """The configuration a run belongs to (what its repeats share), from its config.json."""
     infos = config.get("server_info", [])
@@ -192,6 +200,8 @@ def run_config(config: dict) -> dict:
     return {
         "regime": regime_label(config),
         "transport": transport_label(config),
+        "wire": wire_label(config)[0],
+        "faults": wire_label(config)[1],
         "loss_mechanism": loss_mechanism_label(config),
         "tcp_cc": tcp_cc_label(config),
         "dataset": split.get("dataset", config["args"].get("dataset")),
@@ -224,6 +234,7 @@ def analyze_run(run_dir: Path) -> dict:
     # The final model's score comes at the end of training, off the interval grid: left out of these.
     grid = f1_time.iloc[:-1] if len(f1_time) > 2 else f1_time
     row["dips"], row["f1_flat_frac"], row["f1_mean_abs_step"] = dips(grid), flat_frac(grid), mean_abs_step(grid)
+    row.update({column: dips(grid, depth) for column, depth in DIP_STEPS.items()})
     row["f1_last5"] = float(grid["f1"].iloc[-5:].mean()) if len(grid) else float("nan")
     row["rounds_mean"] = float(per_server.mean())
     row["rounds_min"], row["rounds_max"] = int(per_server.min()), int(per_server.max())
@@ -235,6 +246,7 @@ def analyze_run(run_dir: Path) -> dict:
     events = pd.read_csv(run_dir / "events.csv") if (run_dir / "events.csv").exists() else None
     row["timeouts"] = int(events["silence_s"].notna().sum()) if events is not None and "silence_s" in events \
         else float("nan")
+    row["thread_deaths"] = int((events["event"] == "thread_ended").sum()) if events is not None else float("nan")
     row.update(stall_stats(pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None))
     row["longest_flat_s"] = longest_flat_s(grid)
     regime = config.get("regime", {})
@@ -318,7 +330,7 @@ def main(args: Args) -> int:
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
         print(summary[shown].round(3).to_string(index=False))
         print("\nstalls per run (rounds.csv's stall_s: median, p99, longest) and the longest flat F1:")
-        print(runs[["run", "abandoned_rounds", "timeouts", "stall_p50_s", "stall_p99_s", "stall_max_s", "longest_flat_s",
+        print(runs[["run", "abandoned_rounds", "timeouts", "thread_deaths", "stall_p50_s", "stall_p99_s", "stall_max_s", "longest_flat_s",
                     "longest_flat_paper_min"]].round(3).to_string(index=False))
     print(f"\n{len(runs)} runs, {len(summary)} configurations -> {out / 'summary.csv'}, {out / 'runs.csv'}")
     return 0

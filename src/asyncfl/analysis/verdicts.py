@@ -1,31 +1,37 @@
-"""A verdict per claim of the paper from a grid's runs.csv (analysis/analyze.py's), with the numbers behind it.
+"""A verdict per claim of the paper from one grid's runs.csv, under a primary measure fixed before the grid
+ran, and how each verdict moves under the secondary measures and under its threshold one step either side.
 
-    python -m asyncfl.analysis.verdicts results/old-loss/paper-regime/runs.csv      # prints a markdown table
+    python -m asyncfl.analysis.verdicts results/paper-regime/runs.csv     # verdict table + sensitivity table
 
-The claims (Figs. 3-6 and the conclusion) and what is measured for each, fixed before the grid ran:
+Each claim (Figs. 3-6 and the conclusion) is read one way first (``Claim.primary``); the other readings
+(``Claim.secondaries``, ``Claim.step``) are printed beside it, never chosen after the fact. Why each
+measure and threshold fits the paper's wording: docs/grid.md, "Verdict rules".
 
-1. At L=0, as D grows, large S is less stable (deep dips): ``max_f1_drop`` and ``dips`` (falls of 0.1 or
-   more between consecutive evaluations) of S=inf against S=0, at each D.
-2. L=10% looks like L=0; L=20% has fewer updates and straighter, staircase lines (D=0, all S): rounds per
-   server, ``f1_flat_frac`` (consecutive evaluations with an unchanged model) and ``f1_mean_abs_step``.
-3. At L=20%, D=0 and D=600, large S is better: ``f1_auc_frac`` (mean F1 over the run) of S=inf against S=0.
-4. At L=20%, D=10000, two of three runs show all S alike and one favours large S: per repeat, the range of
-   ``f1_auc_frac`` over S, and S=inf against S=0.
-5. The conclusion, four cases: asynchrony helps with unequal update frequencies and balanced data (L=20%,
-   D=0), may help by chance with unequal frequencies and imbalanced data (L=20%, D=10000), hurts with
-   small inequality and imbalanced data (L=0, D=10000), does nothing with small inequality and balanced
-   data (L=0, D=0), all in ``f1_auc_frac`` of S=inf against S=0.
+1. At L=0, as D grows, large S does worse, as deep dips: the count of dips (falls of F1 of ``size`` or
+   more between consecutive evaluations) of S=inf against S=0 holds at D=10000 and is larger there than
+   at D=0. Secondaries: the deepest dip; mean F1 over the run (lower at S=inf).
+2. L=10% looks like L=0; L=20% has fewer updates (D=0, all S): rounds per server at L=10% within
+   ``size`` of L=0, and at L=20% lower by more than ``size`` (relative). Secondaries: the share of
+   unchanged evaluations (straighter lines: higher), the mean |change| per evaluation (less scribbled).
+3. At L=20%, D=0 and D=600, large S is better: mean F1 over the run of S=inf against S=0 *helps* at both.
+   Secondaries: final F1; the same measure under a paired t-test.
+4. At L=20%, D=10000, most runs show all S alike and some favour large S: per repeat, the range of mean
+   F1 over the four S is below ``size`` (alike), or S=inf - S=0 is ``size`` or more (favours large S);
+   supported when more than half the repeats are alike, at least one favours large S and none small S.
+5. The conclusion's four cases, S=inf against S=0 in mean F1: helps at L=20%, D=0; anything but hurts at
+   L=20%, D=10000 ("may help, depending on the randomness"); hurts at L=0, D=10000; nothing at L=0, D=0.
 
-A difference *holds* when the means differ by more than the larger of the two standard deviations over
-repeats and the repeats paired by seed agree in sign in at least two of three. Two configurations are
-*alike* when their means differ by less than ``ALIKE`` (F1 over a run), about three times the sampling
-error of a 2,000-sample score.
+A difference *helps* (or *hurts*) when it is ``size`` or more and holds; *nothing* when it is below
+``size``; otherwise *unclear*. It *holds* (test "spread") when the means differ by more than the larger
+standard deviation over repeats and the repeats paired by seed agree in sign in most pairs (2 of 3, 3 of
+5); under test "ttest", when a paired t-test over the seeds gives p < 0.05.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,32 +39,58 @@ import pandas as pd
 import tyro
 
 ASYNC = 9999
-ALIKE = 0.03  # F1 (mean over a run): differences below this are "alike"
+DIFFERENCE = 0.10  # F1 (mean over a run): the smallest gap read as a difference (Fig. 6's "similar" runs: <= ~0.1)
+STEP = 0.05  # one step of every threshold, for the sensitivity table
+P_VALUE = 0.05
+EPS = 1e-9  # F1 sums in floating point: 0.6 - 0.5 is "0.1 or more"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One way to read a claim: the runs.csv column, its threshold and the test that a difference holds."""
+
+    measure: str
+    size: float
+    test: str = "spread"
+
+    def label(self) -> str:
+        test = ", paired t-test" if self.test == "ttest" else ""
+        return f"{self.measure} @ {self.size:g}{test}"
 
 
 @dataclass
 class Comparison:
-    a_mean: float
-    a_std: float
-    b_mean: float
-    b_std: float
-    paired_wins: int  # repeats where a > b
-    pairs: int
+    a: np.ndarray  # every repeat of configuration a
+    b: np.ndarray
+    a_paired: np.ndarray  # the repeats both have, by seed
+    b_paired: np.ndarray
 
     @property
     def diff(self) -> float:
-        return self.a_mean - self.b_mean
+        return float(self.a.mean() - self.b.mean())
 
-    @property
-    def holds(self) -> bool:
-        """a differs from b beyond the spread, in the same direction in most paired repeats."""
-        margin = max(self.a_std, self.b_std)
-        same_sign = self.paired_wins if self.diff > 0 else self.pairs - self.paired_wins
-        return abs(self.diff) > margin and same_sign >= max(2, (self.pairs + 1) // 2)
+    @staticmethod
+    def _std(x: np.ndarray) -> float:
+        return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+    def holds(self, test: str = "spread") -> bool:
+        if test == "ttest":
+            d = self.a_paired - self.b_paired
+            if len(d) < 2:
+                return False
+            if np.all(d == d[0]):  # a constant difference: t is infinite
+                return bool(d[0] != 0)
+            from scipy.stats import ttest_rel
+            return bool(ttest_rel(self.a_paired, self.b_paired).pvalue < P_VALUE)
+        wins = int((self.a_paired > self.b_paired).sum())
+        pairs = len(self.a_paired)
+        same_sign = wins if self.diff > 0 else int((self.a_paired < self.b_paired).sum())
+        return abs(self.diff) > max(self._std(self.a), self._std(self.b)) and same_sign >= max(2, pairs // 2 + 1)
 
     def text(self, fmt: str = ".3f") -> str:
-        return (f"{self.a_mean:{fmt}} ± {self.a_std:{fmt}} vs {self.b_mean:{fmt}} ± {self.b_std:{fmt}} "
-                f"(Δ {self.diff:+{fmt}}; higher in {self.paired_wins}/{self.pairs} repeats)")
+        wins = int((self.a_paired > self.b_paired).sum())
+        return (f"{self.a.mean():{fmt}} ± {self._std(self.a):{fmt}} vs {self.b.mean():{fmt}} ± "
+                f"{self._std(self.b):{fmt}} (Δ {self.diff:+{fmt}}; higher in {wins}/{len(self.a_paired)} repeats)")
 
 
 def cell(runs: pd.DataFrame, loss: str, stdev: float, staleness: int | None = None) -> pd.DataFrame:
@@ -67,117 +99,174 @@ def cell(runs: pd.DataFrame, loss: str, stdev: float, staleness: int | None = No
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Comparison | None:
-    if a.empty or b.empty:
+    if a.empty or b.empty or metric not in a:
         return None
     paired = a[["seed", metric]].merge(b[["seed", metric]], on="seed", suffixes=("_a", "_b"))
-    return Comparison(float(a[metric].mean()), float(a[metric].std(ddof=1)) if len(a) > 1 else 0.0,
-                      float(b[metric].mean()), float(b[metric].std(ddof=1)) if len(b) > 1 else 0.0,
-                      int((paired[f"{metric}_a"] > paired[f"{metric}_b"]).sum()), len(paired))
+    return Comparison(a[metric].to_numpy(float), b[metric].to_numpy(float),
+                      paired[f"{metric}_a"].to_numpy(float), paired[f"{metric}_b"].to_numpy(float))
 
 
-def missing(*frames: pd.DataFrame) -> bool:
-    return any(f.empty for f in frames)
+def async_vs_sync(runs, loss: str, d: float, metric: str) -> Comparison | None:
+    return compare(cell(runs, loss, d, ASYNC), cell(runs, loss, d, 0), metric)
 
 
-def claim1(runs) -> tuple[str, str]:
-    lines, diffs = [], {}
+def effect(c: Comparison, reading: Reading) -> str:
+    if abs(c.diff) < reading.size - EPS:
+        return "nothing"
+    if c.holds(reading.test):
+        return "helps" if c.diff > 0 else "hurts"
+    return "unclear"
+
+
+def dips_column(depth: float) -> str:
+    """analyze.py's column counting falls of ``depth`` or more."""
+    return "dips" if round(depth, 2) == 0.10 else f"dips_ge_{round(depth * 100):03d}"
+
+
+Verdict = tuple[str, str]
+
+
+def claim1(runs, reading: Reading) -> Verdict:
+    metric = dips_column(reading.size) if reading.measure == "dips" else reading.measure
+    worse = -1.0 if reading.measure in ("f1_auc_frac", "final_f1", "f1_last5") else 1.0  # higher = worse?
+    parts, gaps, held = [], {}, {}
     for d in (0.0, 600.0, 10000.0):
-        c = compare(cell(runs, "0%", d, ASYNC), cell(runs, "0%", d, 0), "max_f1_drop")
-        dips = compare(cell(runs, "0%", d, ASYNC), cell(runs, "0%", d, 0), "dips")
+        c = async_vs_sync(runs, "0%", d, metric)
         if c is None:
-            return "missing cells", f"L=0, D={d:g} not run yet"
-        diffs[d] = c
-        lines.append(f"D={d:g}: largest dip S=inf {c.text()} S=0; dips ≥ 0.1 {dips.a_mean:.1f} vs {dips.b_mean:.1f}")
-    grows = diffs[10000.0].diff > diffs[0.0].diff
-    verdict = ("supported" if diffs[10000.0].holds and diffs[10000.0].diff > 0 and grows else
-               "not supported" if not diffs[10000.0].holds else "partly")
-    return verdict, "; ".join(lines)
+            return "missing cells", f"L=0, D={d:g} not run yet (or no column {metric})"
+        gaps[d] = worse * c.diff
+        held[d] = c.holds(reading.test) and gaps[d] > 0
+        parts.append(f"D={d:g}: {metric} S=inf {c.text(fmt='.3g')} S=0")
+    verdict = ("supported" if held[10000.0] and gaps[10000.0] > gaps[0.0] else
+               "partly" if held[10000.0] else "not supported")
+    return verdict, "; ".join(parts)
 
 
-def claim2(runs) -> tuple[str, str]:
+def claim2(runs, reading: Reading) -> Verdict:
     at = {loss: cell(runs, loss, 0.0) for loss in ("0%", "10%", "20%")}
-    if missing(*at.values()):
+    if any(f.empty for f in at.values()) or reading.measure not in runs:
         return "missing cells", "D=0 at some L not run yet"
-    r = {loss: at[loss]["rounds_mean"].mean() for loss in at}
-    flat = {loss: at[loss]["f1_flat_frac"].mean() for loss in at}
-    step = {loss: at[loss]["f1_mean_abs_step"].mean() for loss in at}
-    ten_like_zero = abs(r["10%"] / r["0%"] - 1) < 0.1 and abs(flat["10%"] - flat["0%"]) < 0.05
-    twenty_fewer = r["20%"] / r["0%"] < 0.9 and flat["20%"] > flat["0%"] + 0.05
-    verdict = ("supported" if ten_like_zero and twenty_fewer else
-               "partly" if ten_like_zero or twenty_fewer else "not supported")
-    detail = (f"rounds per server L=0/10/20%: {r['0%']:.1f} / {r['10%']:.1f} / {r['20%']:.1f}; "
-              f"unchanged between evaluations: {flat['0%']:.2f} / {flat['10%']:.2f} / {flat['20%']:.2f}; "
-              f"mean |ΔF1| per evaluation: {step['0%']:.3f} / {step['10%']:.3f} / {step['20%']:.3f} "
-              f"(all S, {at['0%']['seed'].nunique()} repeats)")
-    return verdict, detail
+    direction = 1.0 if reading.measure == "f1_flat_frac" else -1.0  # how L=20% should move it
+    m = {loss: float(at[loss][reading.measure].mean()) for loss in at}
+
+    def change(loss):  # relative to L=0 (absolute where L=0's is 0)
+        return m[loss] / m["0%"] - 1 if m["0%"] else m[loss] - m["0%"]
+    ten_like_zero = abs(change("10%")) < reading.size
+    twenty_moves = direction * change("20%") > reading.size
+    verdict = ("supported" if ten_like_zero and twenty_moves else
+               "partly" if ten_like_zero or twenty_moves else "not supported")
+    repeats = at["0%"]["seed"].nunique()
+    return verdict, (f"{reading.measure} L=0/10/20%: {m['0%']:.3g} / {m['10%']:.3g} / {m['20%']:.3g} "
+                     f"(L=10% {change('10%'):+.0%}, L=20% {change('20%'):+.0%} of L=0; all S, {repeats} repeats)")
 
 
-def claim3(runs) -> tuple[str, str]:
-    parts, held = [], []
+def claim3(runs, reading: Reading) -> Verdict:
+    parts, helps = [], []
     for d in (0.0, 600.0):
-        c = compare(cell(runs, "20%", d, ASYNC), cell(runs, "20%", d, 0), "f1_auc_frac")
+        c = async_vs_sync(runs, "20%", d, reading.measure)
         if c is None:
             return "missing cells", f"L=20%, D={d:g} not run yet"
-        held.append(c.holds and c.diff > 0)
-        parts.append(f"D={d:g}: mean F1 S=inf {c.text()} S=0")
-    return ("supported" if all(held) else "partly" if any(held) else "not supported"), "; ".join(parts)
+        seen = effect(c, reading)
+        helps.append(seen == "helps")
+        parts.append(f"D={d:g}: S=inf {c.text()} S=0 ({seen})")
+    return ("supported" if all(helps) else "partly" if any(helps) else "not supported"), "; ".join(parts)
 
 
-def claim4(runs) -> tuple[str, str]:
+def claim4(runs, reading: Reading) -> Verdict:
     c = cell(runs, "20%", 10000.0)
-    if c.empty:
+    if c.empty or reading.measure not in c:
         return "missing cells", "L=20%, D=10000 not run yet"
-    alike = favour = 0
-    parts = []
+    kinds, parts = [], []
     for seed, rep in c.groupby("seed"):
-        auc = rep.set_index("staleness")["f1_auc_frac"]
-        spread = auc.max() - auc.min()
-        gap = auc.get(ASYNC, np.nan) - auc.get(0, np.nan)
-        kind = "alike" if spread < ALIKE else "favours large S" if gap > ALIKE else "favours small S" if gap < -ALIKE else "mixed"
-        alike += kind == "alike"
-        favour += kind == "favours large S"
+        per_s = rep.set_index("staleness")[reading.measure]
+        spread = float(per_s.max() - per_s.min())
+        gap = float(per_s.get(ASYNC, np.nan) - per_s.get(0, np.nan))
+        kind = ("alike" if spread < reading.size - EPS else "favours large S" if gap >= reading.size - EPS else
+                "favours small S" if gap <= -reading.size + EPS else "mixed")
+        kinds.append(kind)
         parts.append(f"repeat {seed}: range over S {spread:.3f}, S=inf − S=0 {gap:+.3f} ({kind})")
-    n = c["seed"].nunique()
-    verdict = "supported" if (alike, favour) == (2, 1) and n == 3 else "not supported"
-    return verdict, f"{alike} of {n} alike, {favour} favour large S (paper: 2 and 1); " + "; ".join(parts)
+    n, alike = len(kinds), kinds.count("alike")
+    large, small = kinds.count("favours large S"), kinds.count("favours small S")
+    verdict = ("supported" if alike > n / 2 and large >= 1 and small == 0 else
+               "partly" if small == 0 and (alike > n / 2 or large >= 1) else "not supported")
+    return verdict, f"{alike} of {n} alike, {large} favour large S, {small} small S (paper: 2, 1, 0 of 3); " + "; ".join(parts)
 
 
-def claim5(runs) -> tuple[str, str]:
-    cases = [("20%", 0.0, "helps", "unequal frequency, balanced"), ("20%", 10000.0, "may help", "unequal, imbalanced"),
-             ("0%", 10000.0, "hurts", "small inequality, imbalanced"), ("0%", 0.0, "nothing", "small inequality, balanced")]
+CASES = [("20%", 0.0, "helps", "unequal frequency, balanced"), ("20%", 10000.0, "may help", "unequal, imbalanced"),
+         ("0%", 10000.0, "hurts", "small inequality, imbalanced"), ("0%", 0.0, "nothing", "small inequality, balanced")]
+
+
+def claim5(runs, reading: Reading) -> Verdict:
     parts, agree = [], 0
-    for loss, d, paper, name in cases:
-        c = compare(cell(runs, loss, d, ASYNC), cell(runs, loss, d, 0), "f1_auc_frac")
+    for loss, d, paper, name in CASES:
+        c = async_vs_sync(runs, loss, d, reading.measure)
         if c is None:
             return "missing cells", f"L={loss}, D={d:g} not run yet"
-        seen = ("helps" if c.holds and c.diff > 0 else "hurts" if c.holds and c.diff < 0 else
-                "nothing" if abs(c.diff) < ALIKE else "unclear")
-        # "may help, depending on the randomness": only a consistent loss contradicts it
-        ok = seen == paper or (paper == "may help" and seen != "hurts")
-        agree += ok
+        seen = effect(c, reading)
+        agree += seen == paper or (paper == "may help" and seen != "hurts")  # only a consistent loss contradicts it
         parts.append(f"{name} (L={loss}, D={d:g}): paper '{paper}', here '{seen}': S=inf {c.text()} S=0")
     verdict = "supported" if agree == 4 else "not supported" if agree <= 1 else f"partly ({agree} of 4 cases)"
     return verdict, "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    judge: Callable[[pd.DataFrame, Reading], Verdict]
+    primary: Reading
+    secondaries: tuple[Reading, ...] = field(default=())
+
+    def threshold_steps(self) -> tuple[Reading, Reading]:
+        return (replace(self.primary, size=round(self.primary.size - STEP, 4)),
+                replace(self.primary, size=round(self.primary.size + STEP, 4)))
+
+
 CLAIMS = [
-    ("1. L=0: as D grows, large S less stable (dips)", claim1),
-    ("2. L=10% like L=0; L=20% fewer updates, staircase", claim2),
-    ("3. L=20%, D=0 and 600: large S better", claim3),
-    ("4. L=20%, D=10000: 2 of 3 runs alike, 1 favours large S", claim4),
-    ("5. Conclusion (four cases)", claim5),
+    Claim("1. L=0: as D grows, large S less stable (dips)", claim1, Reading("dips", 0.10),
+          (Reading("max_f1_drop", 0.10), Reading("f1_auc_frac", 0.10))),
+    Claim("2. L=10% like L=0; L=20% fewer updates, staircase", claim2, Reading("rounds_mean", 0.10),
+          (Reading("f1_flat_frac", 0.10), Reading("f1_mean_abs_step", 0.10))),
+    Claim("3. L=20%, D=0 and 600: large S better", claim3, Reading("f1_auc_frac", DIFFERENCE),
+          (Reading("final_f1", DIFFERENCE), Reading("f1_auc_frac", DIFFERENCE, "ttest"))),
+    Claim("4. L=20%, D=10000: most runs alike, some favour large S", claim4, Reading("f1_auc_frac", DIFFERENCE),
+          (Reading("final_f1", DIFFERENCE),)),
+    Claim("5. Conclusion (four cases)", claim5, Reading("f1_auc_frac", DIFFERENCE),
+          (Reading("final_f1", DIFFERENCE), Reading("f1_auc_frac", DIFFERENCE, "ttest"))),
 ]
 
 
+def judged(claim: Claim, runs: pd.DataFrame, reading: Reading) -> Verdict:
+    verdict, detail = claim.judge(runs, reading)
+    if runs["seed"].nunique() < 2 and verdict != "missing cells":  # nothing can hold with one repeat
+        verdict = f"undecided (1 repeat; leaning: {verdict})"
+    return verdict, detail
+
+
 def verdict_table(runs: pd.DataFrame) -> str:
-    rows = ["| claim | verdict | numbers (mean ± std over repeats) |", "| --- | --- | --- |"]
-    repeats = runs["seed"].nunique()
-    for name, fn in CLAIMS:
-        verdict, detail = fn(runs)
-        if repeats < 2 and verdict != "missing cells":  # nothing can hold with one repeat
-            verdict = f"undecided (1 repeat; leaning: {verdict})"
-        rows.append(f"| {name} | **{verdict}** | {detail} |")
+    rows = ["| claim | primary measure | verdict | numbers (mean ± std over repeats) |", "| --- | --- | --- | --- |"]
+    for claim in CLAIMS:
+        verdict, detail = judged(claim, runs, claim.primary)
+        rows.append(f"| {claim.name} | {claim.primary.label()} | **{verdict}** | {detail} |")
     return "\n".join(rows)
+
+
+def sensitivity_table(runs: pd.DataFrame) -> str:
+    rows = ["| claim | primary | under each secondary measure | threshold one step lower | one step higher |",
+            "| --- | --- | --- | --- | --- |"]
+    for claim in CLAIMS:
+        def short(reading):
+            return f"{judged(claim, runs, reading)[0]} ({reading.label()})"
+        lower, higher = claim.threshold_steps()
+        rows.append(f"| {claim.name} | {judged(claim, runs, claim.primary)[0]} | "
+                    f"{'; '.join(short(r) for r in claim.secondaries)} | {short(lower)} | {short(higher)} |")
+    return "\n".join(rows)
+
+
+def repeats_line(runs: pd.DataFrame) -> str:
+    counts = runs.groupby(["loss", "stdev", "staleness"])["seed"].nunique()
+    starved = int((runs["starved"].fillna("").astype(str).str.len() > 0).sum()) if "starved" in runs else 0
+    return (f"{len(runs)} runs in {len(counts)} configurations, {counts.min()}-{counts.max()} repeats each; "
+            f"{starved} flagged starved")
 
 
 @dataclass
@@ -186,12 +275,17 @@ class Args:
 
 
 def main(args: Args) -> int:
+    if not args.runs_csv.is_file():
+        print(f"verdicts: no file {args.runs_csv}", file=sys.stderr)
+        return 2
     runs = pd.read_csv(args.runs_csv)
-    for column in ("regime", "transport", "tcp_cc", "dataset"):
-        if column in runs and runs[column].nunique() > 1:
+    for column in ("regime", "transport", "tcp_cc", "dataset", "loss_mechanism", "wire", "faults"):
+        if column in runs and len(set(runs[column].dropna()) - {"none"}) > 1:  # L=0 has no loss mechanism
             print(f"verdicts: the runs differ in {column}; give one grid at a time", file=sys.stderr)
             return 2
-    print(verdict_table(runs))
+    print(repeats_line(runs), "\n")
+    print(verdict_table(runs), "\n")
+    print(sensitivity_table(runs))
     return 0
 
 
