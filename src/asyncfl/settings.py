@@ -86,6 +86,8 @@ class ClientArgs(*rules.option_classes()):
     token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
     cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
     tcp_cc: str = tcp.DEFAULT_CC  # TCP congestion control of every connection to a server (cubic: Linux's default, the paper's); any this kernel offers
+    wire: Literal["modern"] = "modern"  # how a round crosses the link: modern = one request/reply of binary weights
+    faults: Literal["modern"] = "modern"  # what a failed round does: modern = back off, reconnect, retry it (every error)
     shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (never in the paper regime: one transport at every L); --no-shared-memory sends them in the frames
 
 
