@@ -265,7 +265,7 @@ def slurm_task(sweep: Path, index: int) -> int:
 def main(a: SweepArgs) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `./train_batch.sh --dry-run | head` ends quietly
     if a.slurm_task >= 0:
-        return slurm_task(Path(a.sweep_dir), a.slurm_task)
+        return slurm_task(Path(a.sweep_dir).resolve(), a.slurm_task)
     if bad := problems(a):
         print(f"{ME}: " + f"\n{ME}: ".join(bad), file=sys.stderr)
         return 2
@@ -277,7 +277,7 @@ def main(a: SweepArgs) -> int:
         print(f"{ME}: TRANSPORT=netns puts every server in a network namespace: that needs root or user namespaces, "
               f"and {why}; or TRANSPORT=loopback LOSSES=0% for a grid without loss", file=sys.stderr)
         return 2
-    sweep = Path(a.sweep_dir or f"sweeps/{datetime.now():%Y%m%d-%H%M%S}")
+    sweep = Path(a.sweep_dir or f"sweeps/{datetime.now():%Y%m%d-%H%M%S}").resolve()  # train.sh runs from its own folder
     runs = grid(a)
     seconds = float(a.duration_s) if a.duration_s else (2400 / a.time_scale if a.regime == "paper" else 60)
     regime = f"{a.regime} regime" + (f" K={a.time_scale:g}" if a.regime == "paper" else "")
