@@ -51,6 +51,10 @@ class LocalServer:
         self.reconnects += 1
         return not stop.is_set()
 
+    def reconnect_at_once(self, stop: threading.Event, open_timeout_s: float) -> bool:
+        self.reconnects += 1
+        return not stop.is_set()
+
     def interrupt(self) -> None:
         pass
 

@@ -37,7 +37,8 @@ class Harness:
     """Servers' threads running the real round loop against local remotes, until every server has
     completed ``target`` rounds (a worker's next fit then stops the run)."""
 
-    def __init__(self, tmp_path, n: int, rule, staleness: int, target: int, hooks: dict | None = None):
+    def __init__(self, tmp_path, n: int, rule, staleness: int, target: int, hooks: dict | None = None,
+                 faults: str = "modern"):
         self.target, self.errors, self.epochs = target, [], []
         self.state = TrainingState(flatten(initial_weights(0)), n, staleness, rule)
         self.initial = self.state.snapshot().weights
@@ -47,7 +48,7 @@ class Harness:
         self.feed = EvalFeed(self.queue, time.monotonic())
         self.ctx = RunContext(self.state, self.remotes, TrainConfig(batch_size=8), "toy",
                               CsvLog(tmp_path / "rounds.csv", ROUNDS_HEADER), CsvLog(tmp_path / "events.csv", EVENTS_HEADER),
-                              self.feed, 1, 60.0, 1.0, time.monotonic(), retries=[0] * n)
+                              self.feed, 1, 60.0, 1.0, time.monotonic(), retries=[0] * n, faults=faults)
         self.tmp_path = tmp_path
         self.threads = [threading.Thread(target=server_loop, args=(self.ctx, i, self.errors)) for i in range(n)]
         self.consumer = threading.Thread(target=self._consume, daemon=True)
@@ -141,6 +142,40 @@ def test_a_lost_round_is_abandoned_and_retried(tmp_path):
     assert h.errors == [] and h.ctx.retries == [1, 0] and h.remotes[0].reconnects == 1
     assert [e["event"] for e in events] == ["round_abandoned", "reconnected"]
     assert "simulated loss" in events[0]["detail"] and min(h.state.rounds()) >= 6
+
+
+def test_faults_original_reconnects_at_once_after_a_timeout_and_ends_the_thread_on_any_other_error(tmp_path):
+    # Prepare: server 0's third round times out (6 s of silence); server 1's fourth is reset.
+    def time_out_third(number: int) -> None:
+        if number == 3:
+            raise ConnectionLost("fit: no byte received for 6 s (websocket timeout)", silence_s=6.0, round_s=6.0)
+
+    def reset_fourth(number: int) -> None:
+        if number == 4:
+            raise ConnectionLost("fit: ConnectionResetError: reset by peer", round_s=0.1)
+
+    holder = {}
+
+    def stop_at_ten(number: int) -> None:  # server 2 ends the run: server 1's rounds stop at 3
+        if number > 10:
+            holder["h"].state.stop()
+
+    h = Harness(tmp_path, 3, rules.get("ssp")(3), 9999, 10**6, faults="original",
+                hooks={0: time_out_third, 1: reset_fourth, 2: stop_at_ten})
+    holder["h"] = h
+    # Execute
+    h.start()
+    rows, events = h.finish()
+    # Assert: the timeout was followed by a reconnection at once and the round redone; the reset ended
+    # server 1's thread (an event, not an error of the run) and the others went on past it.
+    assert h.errors == []
+    kinds = [(e["server"], e["event"]) for e in events]
+    assert kinds.count(("0", "round_abandoned")) == 1 and kinds.count(("0", "reconnected")) == 1
+    assert ("1", "thread_ended") in kinds and ("1", "round_abandoned") not in kinds
+    assert h.remotes[0].reconnects == 1 and h.remotes[1].reconnects == 0
+    rounds = h.state.rounds()
+    assert rounds[1] == 3 and rounds[2] >= 10 and rounds[0] >= 5
+    assert h.remotes[1].fits_started == 4  # no fit after the thread ended
 
 
 def test_a_silent_server_is_left_out_and_rejoins_at_the_others_round(tmp_path):

@@ -30,6 +30,7 @@ class ServerArgs(SplitSettings, LinkSettings):
     seed: int = 0  # seed of each server's batch order (the split has --split-seed)
     speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
     tcp_cc: str = tcp.DEFAULT_CC  # TCP congestion control of every server socket (cubic: Linux's default, the paper's); any this kernel offers
+    faults: Literal["modern", "original"] = "modern"  # original: all of an owner's connections share one queue of received messages, as PySyft 0.2's server did (server/pysyft.py)
     host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address); beyond loopback a token is required
     token: str = ""  # shared secret every connection must present; prefer the ASYNCFL_TOKEN environment variable, which ps does not show
     certfile: str = ""  # TLS certificate (PEM): with --keyfile the servers speak wss://
@@ -86,8 +87,8 @@ class ClientArgs(*rules.option_classes()):
     token: str = ""  # shared secret the servers require; prefer the ASYNCFL_TOKEN environment variable, which ps does not show (never written to config.json)
     cafile: str = ""  # for wss:// servers with a self-signed certificate: the certificate (PEM) to trust
     tcp_cc: str = tcp.DEFAULT_CC  # TCP congestion control of every connection to a server (cubic: Linux's default, the paper's); any this kernel offers
-    wire: Literal["modern"] = "modern"  # how a round crosses the link: modern = one request/reply of binary weights
-    faults: Literal["modern"] = "modern"  # what a failed round does: modern = back off, reconnect, retry it (every error)
+    wire: Literal["modern", "original"] | None = None  # [regime] how a round crosses the link: modern = one request/reply of binary weights (fast); original = PySyft 0.2.3's seven exchanges of hex text, each under its own --round-timeout-s of silence (paper; net/pysyft.py)
+    faults: Literal["modern", "original"] = "modern"  # what a failed round does: modern = back off, reconnect, retry (every error); original = reconnect at once after a timeout, any other error ends that server's thread (the original's train_loop; the servers share one queue per owner)
     shared_memory: bool = True  # weights through shared memory to servers on loopback without emulated network conditions (never in the paper regime: one transport at every L); --no-shared-memory sends them in the frames
 
 

@@ -134,7 +134,7 @@ def connect_and_train(args: Args, regime, evaluator, ev: EvaluatorArgs) -> int:
     try:
         token = auth.resolve_token(args.token)
         remotes = [RemoteServer(uri, f"server-{i}", token, args.cafile, args.shared_memory, args.timeout_on,
-                                args.tcp_cc, args.dataset) for i, uri in enumerate(uris)]
+                                args.tcp_cc, args.dataset, args.wire) for i, uri in enumerate(uris)]
         rule, staleness_threshold = make_rule(args, len(remotes))
         train_config.validate()
         infos = [w.connect(args.connect_timeout_s) for w in remotes]

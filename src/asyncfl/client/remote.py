@@ -8,7 +8,10 @@ Every reply is checked before use (exact tensors, finite values, plausible numbe
 ``BadReply`` and is never applied. With a token, each connection presents it (see net/auth.py); ``wss://``
 addresses are verified against ``cafile`` or the system's CAs. With ``shared_memory``, a server reached
 on loopback without emulated network conditions gets the weights through a shared memory segment of
-each connection (see net/shm.py); ``weights_via`` says which way they travel.
+each connection (see net/shm.py); ``weights_via`` says which way they travel. With ``wire="original"`` a
+round is the original's seven exchanges of hex text (net/pysyft.py), each under its own timeout, and a
+reconnection skips the hello (the original had none); ``exchange_chars`` then holds the last round's
+(sent, received) characters per exchange.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from urllib.parse import urlsplit
 
 import torch
 
+from asyncfl.client.watchdog import Watchdog
 from asyncfl.core import datasets
 from asyncfl.core.conditions import LinkConditions
 from asyncfl.core.model import check_weights, copy_into, weight_spec
 from asyncfl.core.protocol import FitResult, TrainConfig, fit_stats
-from asyncfl.net import auth, shm, tcp, transport, wire, wsclient
+from asyncfl.net import auth, pysyft, shm, tcp, transport, wire, wsclient
 
 log = logging.getLogger("asyncfl.client")
 
@@ -72,48 +76,18 @@ class BadReply(ConnectionLost):
     applied, and the round retried on a new connection."""
 
 
-class _Watchdog:
-    """One long-lived thread that calls ``on_expire`` when an armed deadline passes. Arming and disarming
-    cost a lock each; a ``threading.Timer`` per round would start an OS thread per round.
-    The thread is woken only when a deadline comes earlier than the one it sleeps until: with a fixed
-    timeout every new deadline is later, so it sleeps through round after round (waking it each round
-    cost two thread switches and a GIL hand-over per round)."""
-
-    def __init__(self, on_expire, name: str):
-        self._on_expire = on_expire
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._sleeping_until: float | None = None  # None: until notified
-        threading.Thread(target=self._run, name=name, daemon=True).start()
-
-    def arm(self, timeout_s: float) -> None:
-        with self._cond:
-            self._deadline = time.monotonic() + timeout_s
-            if self._sleeping_until is None or self._deadline < self._sleeping_until:
-                self._cond.notify()
-
-    def disarm(self) -> None:
-        with self._cond:
-            self._deadline = None  # the thread wakes at the old deadline, finds none (or a later one), sleeps again
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                if self._deadline is None:
-                    self._sleeping_until = None
-                    self._cond.wait()
-                elif time.monotonic() >= self._deadline:
-                    self._deadline = None
-                    self._on_expire()
-                else:
-                    self._sleeping_until = self._deadline
-                    self._cond.wait(self._deadline - time.monotonic())
-
-
 class RemoteServer:
     def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = "", shared_memory: bool = False,
-                 timeout_on: str = "round", tcp_cc: str | None = None, dataset: str = datasets.DEFAULT):
+                 timeout_on: str = "round", tcp_cc: str | None = None, dataset: str = datasets.DEFAULT,
+                 wire: str = "modern"):
+        if wire not in ("modern", "original"):
+            raise ValueError(f"wire must be 'modern' or 'original', not {wire!r}")
         self.uri, self.name = uri, name
+        self.wire, self._dataset = wire, dataset
+        self.exchange_chars: list[tuple[int, int]] = []  # the last original-wire round's, per exchange
+        if wire == "original":
+            pysyft.torchscript_archive(dataset)  # made once (about a second), before the first round
+            pysyft.loss_fn_archive()
         self.tcp_cc = tcp_cc  # set on every connection's socket before it connects (None: the system's default)
         self.round_tcp: RoundTcp | None = None  # the last fit's, on a TCP connection
         self._in_flight = False
@@ -127,14 +101,14 @@ class RemoteServer:
         self._headers = auth.auth_headers(token)
         self._ssl = auth.client_ssl_context(uri, cafile)
         self._spec = weight_spec(dataset)  # the model of the run's dataset
-        self._shared_memory = shared_memory
+        self._shared_memory = shared_memory and wire == "modern"
         self.info: dict = {}
         self.weights_via = WEBSOCKET  # how this connection moves the weights: WEBSOCKET or SHARED_MEMORY
         self._segment: shm.Segment | None = None
         self._fit_requests: dict[tuple, tuple[dict, list | None]] = {}  # (type, dataset, config) -> header, frame
         self._ws: transport.Connection | None = None
         self._timed_out = False
-        self._watchdog: _Watchdog | None = None  # started on the first request with a timeout
+        self._watchdog: Watchdog | None = None  # started on the first request with a timeout
 
     def connect(self, timeout_s: float = 30.0) -> dict:
         """Open the connection, retrying while the server is not up yet; return its hello info."""
@@ -165,6 +139,20 @@ class RemoteServer:
                 delay = min(delay * 2, max_delay_s)
         return False
 
+    def reconnect_at_once(self, stop: threading.Event, open_timeout_s: float) -> bool:
+        """The original's reconnection (its train_loop): close, connect again at once, and again while the
+        attempt times out; any other error is raised (ConnectionLost without ``silence_s``). False if
+        ``stop`` is set first."""
+        while not stop.is_set():
+            self.close()
+            try:
+                self._open(open_timeout_s)
+                return True
+            except ConnectionLost as e:
+                if e.silence_s is None:
+                    raise
+        return False
+
     def _open(self, open_timeout_s: float) -> dict:
         try:
             # No keepalive pings: the round timeout is the one liveness check. Data servers are reached
@@ -180,7 +168,10 @@ class RemoteServer:
             raise RemoteError(f"{self.uri}: TLS certificate not trusted ({e.verify_message}); "
                               "pass --cafile with the server's certificate") from None
         except (OSError, TimeoutError) as e:
-            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+            timed_out = isinstance(e, (TimeoutError, transport.Silence))
+            raise ConnectionLost(f"{type(e).__name__}: {e}", open_timeout_s if timed_out else None) from None
+        if self.wire == "original" and self.info:
+            return self.info  # the original sent nothing on a new connection before the round's first message
         header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)
         if header.get("protocol") != wire.PROTOCOL_VERSION:
             self.close()
@@ -215,6 +206,8 @@ class RemoteServer:
 
     def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
             timeout_s: float | None = None) -> FitResult:
+        if self.wire == "original":
+            return self._fit_original(dataset_key, train_config, weights, timeout_s)
         segment = self._segment
         key = ("fit_shared" if segment is not None else "fit", dataset_key, train_config)
         if key not in self._fit_requests:  # a run sends the same request header every round: built once
@@ -269,9 +262,54 @@ class RemoteServer:
         self._timed_out = True
         self.interrupt()
 
-    def _request(self, header: dict, weights, expect: str, timeout_s: float | None, frame: list | None = None):
-        """Send ``header`` (+ ``weights``), or ``frame`` if given (the same, already encoded); return the
-        reply's header and weights."""
+    def _fit_original(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
+                      timeout_s: float | None) -> FitResult:
+        """One round as the original's: seven exchanges of hex text, each under ``timeout_s``."""
+        requests, model_id = pysyft.round_messages(weights, self._dataset, dataset_key, train_config)
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLost("not connected")
+        before = tcp.info_or_none(ws.sock)
+        self._max_backoff = 0
+        replies, chars, longest_gap_s, fit_first_byte_s = [], [], 0.0, 0.0
+        for step, request in zip(pysyft.ROUND, requests):
+            text = pysyft.to_text(request)
+            reply = self._exchange(text, step.name, timeout_s)
+            chars.append((len(text), len(reply)))
+            wait_s = (ws.first_byte_at or ws.marked_at) - ws.marked_at
+            if step.name == "fit":
+                fit_first_byte_s = wait_s  # includes the server's work, which the stall leaves out
+            else:
+                longest_gap_s = max(longest_gap_s, wait_s)
+            longest_gap_s = max(longest_gap_s, ws.longest_gap_s)
+            try:
+                replies.append(pysyft.check_reply(pysyft.from_text(reply), step.reply))
+            except pysyft.SyftWireError as e:
+                raise BadReply(f"{step.name}: malformed reply: {e}") from None
+            except pysyft.RemoteRefusal as e:
+                raise RemoteError(f"server refused {step.name}: {e}") from None
+        self.exchange_chars = chars
+        after = tcp.info_or_none(ws.sock)
+        self.round_tcp = None if before is None or after is None else RoundTcp(
+            after.total_retrans - before.total_retrans,
+            None if after.total_rto is None else after.total_rto - before.total_rto,
+            max(self._max_backoff, after.backoff), after.rto_us / 1000, after.rtt_us / 1000,
+            fit_first_byte_s, longest_gap_s)
+        try:
+            loss, stats = pysyft.read_loss(replies[4])
+            wrapper_id, payload = replies[5][1]
+            if wrapper_id != model_id:
+                raise ValueError(f"the model came back under id {wrapper_id}, not {model_id}")
+            new_weights = pysyft.weights_of(payload)
+            check_weights(new_weights, self._spec)
+            _, n_samples, compute_s, idle_s = fit_stats({**stats, "loss": loss})
+        except (KeyError, ValueError, TypeError) as e:  # SyftWireError is a ValueError
+            raise BadReply(f"fit reply rejected: {e}") from None
+        return FitResult(new_weights, loss, n_samples, compute_s, idle_s)
+
+    def _exchange(self, message, what: str, timeout_s: float | None):
+        """Send one message and return the reply's raw frame, under ``timeout_s`` (of silence, or for the
+        whole exchange); ConnectionLost if it fails or times out."""
         if self._ws is None:
             raise ConnectionLost("not connected")
         self._timed_out = False
@@ -280,25 +318,34 @@ class RemoteServer:
             ws.sock.settimeout(timeout_s or None)
         elif timeout_s:
             if self._watchdog is None:
-                self._watchdog = _Watchdog(self._abort, name=f"{self.name}-watchdog")
+                self._watchdog = Watchdog(self._abort, name=f"{self.name}-watchdog")
             self._watchdog.arm(timeout_s)
-        before = tcp.info_or_none(ws.sock)
-        self._max_backoff, self._in_flight = 0, True
+        self._in_flight = True
         ws.mark()
         try:
-            ws.send(frame or wire.encode_parts(header, weights))
-            reply = ws.recv()
+            ws.send(message)
+            return ws.recv()
         except OSError as e:  # transport.ConnectionClosed and Silence included
             out_s = time.monotonic() - ws.marked_at
             if isinstance(e, transport.Silence):
-                raise ConnectionLost(f"{header['type']}: {e} (websocket timeout)", ws.sock.gettimeout(), out_s) from None
+                raise ConnectionLost(f"{what}: {e} (websocket timeout)", ws.sock.gettimeout(), out_s) from None
             if self._timed_out:
-                raise ConnectionLost(f"{header['type']}: no reply within {timeout_s:g} s", None, out_s) from None
-            raise ConnectionLost(f"{header['type']}: {type(e).__name__}: {e}", None, out_s) from None
+                raise ConnectionLost(f"{what}: no reply within {timeout_s:g} s", None, out_s) from None
+            raise ConnectionLost(f"{what}: {type(e).__name__}: {e}", None, out_s) from None
         finally:
             self._in_flight = False
             if timeout_s and not self._silence:
                 self._watchdog.disarm()
+
+    def _request(self, header: dict, weights, expect: str, timeout_s: float | None, frame: list | None = None):
+        """Send ``header`` (+ ``weights``), or ``frame`` if given (the same, already encoded); return the
+        reply's header and weights."""
+        if self._ws is None:
+            raise ConnectionLost("not connected")
+        ws = self._ws
+        before = tcp.info_or_none(ws.sock)
+        self._max_backoff = 0
+        reply = self._exchange(frame or wire.encode_parts(header, weights), header["type"], timeout_s)
         after = tcp.info_or_none(ws.sock)
         self.round_tcp = None if before is None or after is None else RoundTcp(
             after.total_retrans - before.total_retrans,
@@ -316,32 +363,3 @@ class RemoteServer:
         if reply_header["type"] != expect:
             raise RemoteError(f"expected {expect}, got {reply_header['type']}")
         return reply_header, reply_weights
-
-
-class BackoffSampler:
-    """One thread that samples the RTO backoff of every remote's request in flight every ``tick_s`` (the
-    client passes the links' minimum RTO: a backoff that lasts, because the retransmission was lost too,
-    lasts at least twice that). Workers whose
-    weights go through shared memory (loopback, no emulated link) are left out: their rounds' few bytes
-    of TCP cannot stall, and the thread's wake-ups would cost the fastest path."""
-
-    def __init__(self, remotes: list, tick_s: float):
-        self._workers = [w for w in remotes if getattr(w, "weights_via", None) == WEBSOCKET]
-        self._tick_s = tick_s
-        self.native_id: int | None = None  # the thread's, once started (its CPU time is counted apart)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="backoff-sampler", daemon=True)
-
-    def start(self) -> "BackoffSampler":
-        if self._workers:
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        self.native_id = threading.get_native_id()
-        while not self._stop.wait(self._tick_s):
-            for w in self._workers:
-                w.sample_backoff()

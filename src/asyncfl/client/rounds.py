@@ -3,7 +3,8 @@
 A round: wait at the SSP gate, take a snapshot of the global model, have the server train it (``fit``),
 combine the result into the global model under the state's lock (the rule's ``prepare``/``combine``; the
 study's is ``global += (new - snapshot) / n_servers``). A lost round is abandoned and retried on a new
-connection. ``eval_timer`` hands the evaluator a snapshot every interval. client/main.py starts the threads.
+connection (``--faults original``: only after a timeout, at once, as the original's train_loop did; any
+other error ends that server's thread, an event, and the run goes on). ``eval_timer`` hands the evaluator a snapshot every interval. client/main.py starts the threads.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RunContext:
     time_scale: float  # the paper regime's K (1 otherwise): reconnection back-off is divided by it
     t0: float  # time.monotonic() when training started
     retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
+    faults: str = "modern"  # original: reconnect at once after a timeout; any other error ends the thread
 
     def event(self, server: int | str, event: str, detail: str = "", level: int = logging.INFO,
               silence_s: float | None = None, round_s: float | None = None) -> None:
@@ -86,10 +88,14 @@ def server_loop(ctx: RunContext, server: int, errors: list) -> None:
             except ConnectionLost as e:
                 if ctx.state.stop_event.is_set():
                     return  # cut off because the run is stopping
+                ctx.retries[server] += 1
+                if ctx.faults == "original":
+                    if not reconnect_as_the_original(ctx, server, e):
+                        return
+                    continue
                 # A lossy or broken link, a server that died, or a reply that broke the protocol: the round
                 # is abandoned (nothing was applied) and retried on a new connection; the other threads go
                 # on, held back only by the SSP gate (and not even by that with --server-timeout-s).
-                ctx.retries[server] += 1
                 ctx.event(server, "round_abandoned", f"{e}; reconnecting to {remote.uri}", logging.WARNING, e.silence_s,
                           e.round_s)
                 if not remote.reconnect(ctx.state.stop_event, ctx.round_timeout_s, 0.5 / ctx.time_scale,
@@ -103,6 +109,30 @@ def server_loop(ctx: RunContext, server: int, errors: list) -> None:
         log.error("%s", e if isinstance(e, RemoteError) else repr(e), exc_info=not isinstance(e, RemoteError))
         errors.append(f"{threading.current_thread().name}: {e}")
         ctx.state.stop()
+
+
+def reconnect_as_the_original(ctx: RunContext, server: int, lost: ConnectionLost) -> bool:
+    """The original's train_loop caught only the websocket timeout: close, connect again at once (again
+    while connecting times out) and redo the round. Any other error left the loop: the thread ends, its
+    server's rounds stop where they are (the SSP gate waits for them as the original's did) and the run
+    goes on. True when the round is to be redone."""
+    remote = ctx.remotes[server]
+    if lost.silence_s is not None:
+        ctx.event(server, "round_abandoned", f"{lost}; reconnecting at once to {remote.uri}", logging.WARNING,
+                  lost.silence_s, lost.round_s)
+        try:
+            if not remote.reconnect_at_once(ctx.state.stop_event, ctx.round_timeout_s):
+                return False
+        except ConnectionLost as e:
+            lost = e
+        else:
+            ctx.event(server, "reconnected", remote.uri)
+            return True
+    if not ctx.state.stop_event.is_set():
+        ctx.event(server, "thread_ended", f"{lost} (not a timeout: the original's train_loop ended here)",
+                  logging.WARNING, None, lost.round_s)
+    remote.close()
+    return False
 
 
 def eval_timer(ctx: RunContext, interval_s: float, duration_s: float) -> None:

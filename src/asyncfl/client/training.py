@@ -23,9 +23,10 @@ from asyncfl.client import profiling
 from asyncfl.client.evaluator import EvaluatorArgs
 from asyncfl.client.feed import EvalFeed, ScoreReport
 from asyncfl.client.live import LiveStatus
-from asyncfl.client.remote import BackoffSampler, RemoteServer
+from asyncfl.client.remote import WEBSOCKET, RemoteServer
 from asyncfl.client.rounds import RunContext, eval_timer, server_loop
 from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER, local_processes, write_json
+from asyncfl.client.watchdog import BackoffSampler
 from asyncfl.core.model import flatten, initial_weights
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.state import TrainingState
@@ -77,7 +78,7 @@ class Training:
                         latest_only=a.eval_every_rounds == 0, free=self.ev.free, epoch_ok_at=self.ev.epoch_ok_at)
         self.ctx = RunContext(self.state, self.remotes, self.train_config, a.dataset, self.rounds_log, self.events_log,
                               feed, a.eval_every_rounds, a.round_timeout_s, self.regime.time_scale if self.regime else 1.0,
-                              self.t0, retries=[0] * n)
+                              self.t0, retries=[0] * n, faults=a.faults)
         self.threads = [threading.Thread(target=server_loop, args=(self.ctx, i, self.errors), name=f"server-{i}")
                         for i in range(n)]
         # Ctrl-C and SIGTERM end training early, however often they arrive: the handler only flags it, and
@@ -88,7 +89,8 @@ class Training:
             profiling.start()
         # Every lossy link's backoff state lasts at least two minimum RTOs: sampling once a minimum RTO sees each.
         rto_min_s = min((info.get("network", {}).get("rto_min_ms") or 200.0) for info in self.infos) / 1000
-        self.sampler = BackoffSampler(self.remotes, tick_s=max(0.005, rto_min_s)).start()
+        framed = [w for w in self.remotes if w.weights_via == WEBSOCKET]
+        self.sampler = BackoffSampler(framed, tick_s=max(0.005, rto_min_s)).start()
         self.timer = threading.Thread(target=eval_timer, args=(self.ctx, a.eval_interval_s, a.duration_s), name="eval-timer")
         self.timer.start()
         for t in self.threads:

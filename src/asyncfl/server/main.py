@@ -168,6 +168,7 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
             keyfile=args.keyfile,
             owner_pid=os.getpid(),
             tcp_cc=args.tcp_cc,
+            faults=args.faults,
         )
         specs.append(spec)
         procs.append(_start(ctx, spec, ready_queue))

@@ -30,6 +30,7 @@ from asyncfl.netem.lab import enter_netns
 from asyncfl.process import cpu
 from asyncfl.process.lifecycle import die_with, keep_freed_memory
 from asyncfl.process.runlog import setup_logging
+from asyncfl.server import pysyft
 
 log = logging.getLogger("asyncfl.server")
 BOOT_ID = cpu.boot_id()
@@ -137,6 +138,7 @@ class ServerSpec:
     owner_pid: int = 0  # server/main.py: this server stops when that process ends (0 = never)
     pace_s: float = 0.0  # each round lasts at least this long (idle after compute; see core/regime.py)
     tcp_cc: str | None = None  # TCP congestion control of its sockets (None: the namespace's default)
+    faults: str = "modern"  # original: all connections share one queue of received messages (server/pysyft.py)
 
 
 def shard_fingerprint(split: dict, index: int) -> dict:
@@ -172,32 +174,48 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         pace_s=spec.pace_s,
     )
     trainer.warm_up()
+    # The original wire's model payload is cut from this model's TorchScript archive (about a second to
+    # make): made now, beside the start, rather than in the first round that needs it.
+    threading.Thread(target=pysyft.warm_up, args=(spec.dataset_key,), name=f"{spec.name}-torchscript", daemon=True).start()
     fingerprint = shard_fingerprint(spec.split, spec.index)
     extra = {"split": spec.split, "index": spec.index, "network": spec.network, "shard_fingerprint": fingerprint}
     sysctls = tcp.sysctls()  # this namespace's: a fresh one has the kernel's defaults, not the host's
 
+    store = pysyft.ObjectStore()  # the original wire's objects: one registry for every connection
+    shared = pysyft.SharedQueue() if spec.faults == "original" else None
+
     def handler(conn: transport.Connection) -> None:
         peer = conn.remote_address
         log.info("connection from %s", peer)
-        served = refused = 0
+        counts = {"served": 0, "refused": 0}
         session = Session()
         # What this connection's socket really uses, reported by hello (config.json records it).
         conn_extra = {**extra, "tcp": {"cc": tcp.congestion_or_none(conn.sock), "sysctl": sysctls}}
         # Each connection has its own thread, whose first training call would be several times slower:
         # paid here, while the client is still connecting, instead of in its first round.
         trainer.warm_up()
-        try:
-            while True:
-                reply, reason = handle_frame(trainer, conn.recv(), conn_extra, session)
-                if reason is None:
-                    served += 1
-                else:
-                    refused += 1
-                    if refused <= 3:  # a flood of bad requests must not flood the log: the count comes at close
-                        log.warning("refused a request from %s: %s", peer, reason)
-                conn.send(reply)
-        except transport.ConnectionClosed as e:
-            log.info("connection from %s ended (%s); %d requests served, %d refused", peer, e, served, refused)
+
+        def serve(message):
+            # Text frames are the original's wire (net/pysyft.py), binary ones today's (net/wire.py).
+            if isinstance(message, str):
+                reply, reason = pysyft.handle_text(trainer, store, message)
+            else:
+                reply, reason = handle_frame(trainer, message, conn_extra, session)
+            counts["served" if reason is None else "refused"] += 1
+            if reason is not None and counts["refused"] <= 3:  # a flood of bad requests must not flood the log
+                log.warning("refused a request from %s: %s", peer, reason)
+            return reply
+
+        if shared is not None:
+            _, why = pysyft.shared_queue_session(conn, shared, serve)
+        else:
+            try:
+                while True:
+                    conn.send(serve(conn.recv()))
+            except transport.ConnectionClosed as e:
+                why = str(e)
+        log.info("connection from %s ended (%s); %d requests served, %d refused", peer, why, counts["served"],
+                 counts["refused"])
 
     fatal: list[str] = []
 

@@ -1,0 +1,207 @@
+"""The data owner's side of the original's wire (``--wire original``, net/pysyft.py): PySyft 0.2's
+``WebsocketServerWorker`` answering ``WebsocketClientWorker``'s messages, with today's training.
+
+``ObjectStore`` is the owner's object registry (BaseWorker's ``_objects``): one per owner, shared by every
+connection, as PySyft's was. ``answer`` routes one message (BaseWorker.recv_msg's ``_message_router``):
+ObjectMessage -> set_obj (a TrainConfig also becomes the owner's current one, as FederatedClient.set_obj
+did), ExecuteWorkerFunctionMessage("fit") -> fit on the current TrainConfig's model, registering the loss
+under the return id, ObjectRequestMessage -> respond_to_obj_req (the object is de-registered and sent),
+ForceObjectDeleteMessage -> force_rm_obj.
+
+``SharedQueue`` is ``--faults original``'s server: each connection's reader puts what it receives into the
+owner's one queue and each connection's writer takes the next message from it, whichever connection it
+came from, answers it and sends the answer on its own connection (websocket_server.py's
+``broadcast_queue``, ``_consumer_handler``, ``_producer_handler``). While an abandoned connection's writer
+still waits, it is first in line for the new connection's first message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict, deque
+
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.task import ShardTrainer
+from asyncfl.net import pysyft
+
+log = logging.getLogger("asyncfl.server")
+
+MAX_OBJECTS = 64  # PySyft kept every object until deleted; abandoned rounds would grow it without bound
+
+
+class ObjectStore:
+    """Objects by id, oldest dropped beyond MAX_OBJECTS, and the current TrainConfig."""
+
+    def __init__(self) -> None:
+        self.objects: OrderedDict[int, object] = OrderedDict()
+        self.train_config: tuple[TrainConfig, int] | None = None  # (config, its model's id)
+        self.lock = threading.Lock()
+
+    def put(self, obj_id: int, obj) -> None:
+        self.objects[obj_id] = obj
+        self.objects.move_to_end(obj_id)
+        while len(self.objects) > MAX_OBJECTS:
+            self.objects.popitem(last=False)
+
+
+def _object_id(x) -> int:
+    if not (isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63):
+        raise ValueError("an object id is an integer in [0, 2**63)")
+    return x
+
+
+def answer(trainer: ShardTrainer, store: ObjectStore, message) -> object:
+    """The reply object to one request object; raises ValueError (or a SyftWireError) for a bad one."""
+    if not (isinstance(message, list) and len(message) == 2 and isinstance(message[0], int)):
+        raise ValueError("a message is [kind, contents]")
+    kind, contents = message
+    if kind == pysyft.OBJECT_MESSAGE:
+        if not (isinstance(contents, list) and len(contents) == 2 and isinstance(contents[1], list)):
+            raise ValueError("an ObjectMessage carries [type, object]")
+        obj_type, obj = contents
+        if obj_type == pysyft.WRAPPER:
+            if len(obj) != 2:
+                raise ValueError("an ObjectWrapper is [id, payload]")
+            with store.lock:
+                store.put(_object_id(obj[0]), obj[1])
+            return None
+        if obj_type == pysyft.TRAIN_CONFIG:
+            if len(obj) != 9:
+                raise ValueError("a TrainConfig has nine fields")
+            model_id, _loss_id, batch_size, _epochs, optimizer, optimizer_args, config_id, max_nr_batches, shuffle = obj
+            if not (isinstance(optimizer_args, dict) and set(optimizer_args) == {"lr"}):
+                raise ValueError("optimizer_args must be {'lr': ...}")
+            config = TrainConfig.from_dict({"batch_size": batch_size, "max_nr_batches": max_nr_batches,
+                                            "lr": optimizer_args["lr"], "shuffle": shuffle, "optimizer": optimizer})
+            with store.lock:
+                store.put(_object_id(config_id), config)
+                store.train_config = (config, _object_id(model_id))
+            return None
+        raise ValueError(f"unknown object type {obj_type}")
+    if kind == pysyft.WORKER_FUNCTION:
+        if not (isinstance(contents, list) and len(contents) == 2 and contents[0] == "fit"
+                and isinstance(contents[1], list) and len(contents[1]) == 3 and isinstance(contents[1][1], dict)
+                and set(contents[1][1]) == {"dataset_key"} and isinstance(contents[1][2], list)
+                and len(contents[1][2]) == 1):
+            raise ValueError("the only worker function is fit(dataset_key=...) with one return id")
+        dataset_key, return_id = contents[1][1]["dataset_key"], _object_id(contents[1][2][0])
+        if not isinstance(dataset_key, str):
+            raise ValueError("dataset_key must be a string")
+        with store.lock:
+            if store.train_config is None:
+                raise ValueError("fit before a TrainConfig")
+            config, model_id = store.train_config
+            payload = store.objects.get(model_id)
+        if payload is None:
+            raise ValueError(f"no model with id {model_id}")
+        weights = pysyft.weights_of(payload)
+        trainer.check_weights(weights)
+        result = trainer.fit(dataset_key, config, weights)
+        stats = {"loss": result.loss, "n_samples": result.n_samples, "compute_s": result.compute_s,
+                 "idle_s": result.idle_s}
+        with store.lock:
+            # The ObjectWrapper's model was trained in place: its id now holds the trained weights.
+            store.put(model_id, pysyft.model_payload(result.weights, trainer.dataset_key))
+            store.put(return_id, pysyft.loss_tensor(result.loss, stats))
+        return None
+    if kind == pysyft.OBJECT_REQUEST:
+        if not (isinstance(contents, list) and len(contents) == 3):
+            raise ValueError("an ObjectRequestMessage is [id, user, reason]")
+        obj_id = _object_id(contents[0])
+        with store.lock:
+            obj = store.objects.pop(obj_id, None)  # respond_to_obj_req de-registers what it sends
+        if obj is None or isinstance(obj, TrainConfig):
+            raise ValueError(f"no object with id {obj_id}")
+        return obj if obj_id == pysyft.LOSS_ID else [pysyft.WRAPPER, [obj_id, obj]]
+    if kind == pysyft.FORCE_DELETE:
+        with store.lock:
+            store.objects.pop(_object_id(contents), None)
+        return None
+    raise ValueError(f"unknown message kind {kind}")
+
+
+def handle_text(trainer: ShardTrainer, store: ObjectStore, text) -> tuple[str, str | None]:
+    """One text message in, one text reply out, and why it was refused (None if served). Never raises."""
+    try:
+        return pysyft.to_text(answer(trainer, store, pysyft.from_text(text))), None
+    except Exception as e:  # noqa: BLE001 - whatever arrives, the sender gets an error reply
+        reason = f"{type(e).__name__}: {e}"[:300]
+        return pysyft.to_text(pysyft.error(reason)), reason
+
+
+class SharedQueue:
+    """One queue of received messages for all of an owner's connections; writers wait in line (the
+    longest-waiting first, as asyncio.Queue's getters) and a closed connection's writer leaves the line."""
+
+    def __init__(self) -> None:
+        self._items: deque = deque()
+        self._cond = threading.Condition()
+        self._line: deque = deque()  # waiting writers, oldest first
+
+    def put(self, item) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def get(self, closed: threading.Event, timeout_s: float = 0.5):
+        """The next message for this writer, or None once its connection ``closed``."""
+        me = object()
+        with self._cond:
+            self._line.append(me)
+            try:
+                while True:
+                    if closed.is_set():
+                        return None
+                    if self._items and self._line[0] is me:
+                        return self._items.popleft()
+                    self._cond.wait(timeout_s)
+            finally:
+                self._line.remove(me)
+                self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def shared_queue_session(conn, queue: SharedQueue, serve) -> tuple[int, str]:
+    """``--faults original``: read into the owner's queue on a thread of its own; answer from the queue on
+    this one, sending each answer on this connection, until this connection's reader ends. ``serve``
+    answers one message (binary or text) with one reply. Returns (answered, why it ended)."""
+    from asyncfl.net import transport
+
+    closed, ended = threading.Event(), []
+
+    def consume() -> None:
+        try:
+            while True:
+                queue.put(conn.recv())
+        except transport.ConnectionClosed as e:
+            ended.append(str(e))
+        finally:
+            closed.set()
+
+    reader = threading.Thread(target=consume, name=f"{threading.current_thread().name}-reader", daemon=True)
+    reader.start()
+    answered = 0
+    try:
+        while (message := queue.get(closed)) is not None:
+            reply = serve(message)
+            answered += 1
+            conn.send(reply)  # on this connection, whoever sent the message
+    except transport.ConnectionClosed as e:
+        ended.append(str(e))
+        conn.shutdown()
+    reader.join(timeout=5.0)
+    return answered, ended[0] if ended else "closed"
+
+
+def warm_up(dataset: str) -> None:
+    """Make the TorchScript archive the model payloads are cut from (net/pysyft.py caches it)."""
+    pysyft.torchscript_archive(dataset)
+
+
+def stats_of(reply: str) -> dict:
+    """For tests and logs: the statistics in a loss reply's text."""
+    return json.loads(pysyft.from_text(reply)[1][5])

@@ -1,0 +1,196 @@
+"""The original's wire (net/pysyft.py, server/pysyft.py): a live round's exchanges and bytes against the
+message table in docs/departures.md, malformed text through a live server, and the shared queue of
+``--faults original``'s server."""
+
+import re
+import time
+from pathlib import Path
+
+import lz4.frame
+import msgpack
+import pytest
+import torch
+
+from asyncfl.client.remote import ConnectionLost, RemoteServer
+from asyncfl.core.model import initial_weights
+from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.task import ShardTrainer
+from asyncfl.net import pysyft, transport, wire, wsclient
+from asyncfl.server import pysyft as syft_server
+from tests.helpers import kill_session, start_servers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def message_table() -> list[tuple[int, int]]:
+    """docs/departures.md's (client -> server, server -> client) characters per step, in order."""
+    text = (ROOT / "docs" / "departures.md").read_text()
+    section = text[text.index("## The original's round on the wire"):]
+    rows = re.findall(r"^\| (\d) \| ([\d,]+) \| ([\d,]+) \|", section, re.M)
+    assert [int(r[0]) for r in rows] == list(range(1, 8))
+    return [(int(up.replace(",", "")), int(down.replace(",", ""))) for _, up, down in rows]
+
+
+def close_enough(measured: int, table: int) -> bool:
+    # The model rows vary with the weights' compressibility (0.1%),
+    # the loss reply with the digits of its statistics.
+    return abs(measured - table) <= max(16, table // 1000)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pysyft")
+    proc, uris = start_servers(tmp, "--n-servers", "1")
+    yield uris
+    kill_session(proc)
+
+
+def test_one_round_is_the_seven_exchanges_of_the_message_table(servers):
+    # Prepare
+    remote = RemoteServer(servers[0], "server-0", wire="original")
+    remote.connect(timeout_s=30)
+    weights = initial_weights(0)
+    # Execute: two rounds, the second on the first's result.
+    first = remote.fit("mnist-5k", TrainConfig(), weights, timeout_s=30)
+    first_chars = remote.exchange_chars
+    second = remote.fit("mnist-5k", TrainConfig(), {k: v.clone() for k, v in first.weights.items()}, timeout_s=30)
+    # Assert: seven exchanges whose sizes each way are the table's, and the round trained the model.
+    table = message_table()
+    assert len(first_chars) == len(table) == len(pysyft.ROUND) == 7
+    for step, ((up, down), (t_up, t_down)) in enumerate(zip(first_chars, table), start=1):
+        assert close_enough(up, t_up) and close_enough(down, t_down), (step, up, down, t_up, t_down)
+    assert all(first_chars[i] == remote.exchange_chars[i] for i in (1, 2, 3, 6))  # fixed-size steps
+    assert first.n_samples == 32 and 0 < first.loss < 10 and first.compute_s > 0
+    assert any(not torch.equal(first.weights[k], weights[k]) for k in weights)
+    assert second.n_samples == 32 and second.loss != first.loss
+    remote.close()
+
+
+def test_a_reconnection_sends_no_hello_and_the_next_round_works(servers):
+    remote = RemoteServer(servers[0], "server-0", wire="original")
+    info = remote.connect(timeout_s=30)
+    import threading
+    assert remote.reconnect_at_once(threading.Event(), 10.0)
+    assert remote.info is info
+    assert remote.fit("mnist-5k", TrainConfig(), initial_weights(0), timeout_s=30).n_samples == 32
+    remote.close()
+
+
+def raw(text_or_bytes: bytes) -> str:
+    """A text frame carrying these compressed bytes, hex-encoded as the wire does."""
+    return "b'" + text_or_bytes.hex() + "'"
+
+
+BAD = {
+    "binary in a text frame's place": b"\x00\x01",
+    "not the bytes repr": "deadbeef",
+    "odd hex": "b'abc'",
+    "not hex": "b'zz'",
+    "unknown compression scheme": raw(b"\x07" + b"x" * 8),
+    "not an LZ4 frame": raw(b"\x29" + b"not lz4 at all"),
+    "an LZ4 bomb": raw(b"\x29" + lz4.frame.compress(b"\x00" * (pysyft.MAX_BINARY_BYTES + 1024))),
+    "not msgpack": raw(b"\x28" + b"\xc1\xc1\xc1"),
+    "a msgpack array over the limit": raw(b"\x28" + msgpack.packb(list(range(17)))),
+    "an unknown kind": pysyft.to_text([99, None]),
+    "fit before a TrainConfig": pysyft.to_text(pysyft.fit_message("mnist-5k")),
+    "a request for nothing": pysyft.to_text(pysyft.object_request(12345)),
+    "a TrainConfig with a bad lr": pysyft.to_text([pysyft.OBJECT_MESSAGE, [pysyft.TRAIN_CONFIG,
+                                                   [1, 2, 32, 1, "SGD", {"lr": -1.0}, 3, 1, True]]]),
+    "a negative id": pysyft.to_text(pysyft.object_message(-5, b"x")),
+    "a model payload that is not weights": None,  # filled below: fit on a wrapper of junk
+}
+
+
+def test_every_malformed_message_gets_an_error_reply_and_the_server_goes_on():
+    # Prepare: an owner's store and trainer in this process (the same code the server runs per message).
+    rng = torch.Generator().manual_seed(0)
+    trainer = ShardTrainer("server-0", "mnist-5k", torch.rand(64, 1, 28, 28, generator=rng),
+                           torch.randint(0, 10, (64,), generator=rng), seed=0)
+    store = syft_server.ObjectStore()
+    for name, text in BAD.items():
+        if text is None:
+            syft_server.handle_text(trainer, store, pysyft.to_text(pysyft.object_message(77, [pysyft.SCRIPT_MODULE, b"junk", 4])))
+            syft_server.handle_text(trainer, store, pysyft.to_text(pysyft.train_config_message(78, 77, 79, TrainConfig())))
+            text = pysyft.to_text(pysyft.fit_message("mnist-5k"))
+        # Execute
+        reply, reason = syft_server.handle_text(trainer, store, text if isinstance(text, str) else text.decode("latin1"))
+        # Assert: an error reply the client reads as a refusal, never an exception
+        assert reason, name
+        with pytest.raises(pysyft.RemoteRefusal):
+            pysyft.check_reply(pysyft.from_text(reply), "none")
+    # ... and a good round still works on the same store.
+    requests, model_id = pysyft.round_messages(initial_weights(0), "mnist-5k", "mnist-5k", TrainConfig())
+    replies = [pysyft.from_text(syft_server.handle_text(trainer, store, pysyft.to_text(r))[0]) for r in requests]
+    for step, reply in zip(pysyft.ROUND, replies):
+        pysyft.check_reply(reply, step.reply)
+    assert replies[5][1][0] == model_id and pysyft.read_loss(replies[4])[1]["n_samples"] == 32
+
+
+def test_malformed_text_through_a_live_server(servers):
+    # A client that talks the wire by hand: every bad frame gets an error reply on the same connection.
+    conn = wsclient.connect(servers[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
+    conn.sock.settimeout(10.0)
+    try:
+        for name in ("not the bytes repr", "an LZ4 bomb", "a msgpack array over the limit", "a request for nothing"):
+            conn.send(BAD[name])
+            with pytest.raises(pysyft.RemoteRefusal):
+                pysyft.check_reply(pysyft.from_text(conn.recv()), "none")
+        conn.send(pysyft.to_text(pysyft.force_delete(1)))
+        assert pysyft.check_reply(pysyft.from_text(conn.recv()), "none") is None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("faults", ["original", "modern"])
+def test_the_shared_queue_answers_a_new_connection_on_the_old_one(tmp_path, faults):
+    # Prepare: one owner; connection A is open and idle (as one whose client gave up on it and whose
+    # close has not reached the server), then connection B sends its first message.
+    proc, uris = start_servers(tmp_path, "--n-servers", "1", "--faults", faults)
+    try:
+        a = wsclient.connect(uris[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
+        b = wsclient.connect(uris[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
+        hello = wire.encode({"type": "hello"})
+        a.send(hello)
+        a.sock.settimeout(10.0)
+        assert wire.decode(a.recv())[0]["type"] == "hello_ok"  # A's writer is now waiting for the next message
+        # Execute
+        b.send(hello)
+        b.sock.settimeout(3.0)
+        if faults == "original":
+            # Assert: A's writer waited first, so it took B's message and answered it on A; B hears nothing
+            # until its timeout (the client would then reconnect, and again while A stays open).
+            with pytest.raises(transport.Silence):
+                b.recv()
+            assert wire.decode(a.recv())[0]["type"] == "hello_ok"
+            # Once A is closed its writer leaves the line and a new connection is answered on itself.
+            a.close()
+            c = wsclient.connect(uris[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
+            c.sock.settimeout(10.0)
+            deadline = time.monotonic() + 10.0
+            while True:  # the server sees A's close a moment later: until then C's message may go to A
+                c.send(hello)
+                try:
+                    assert wire.decode(c.recv())[0]["type"] == "hello_ok"
+                    break
+                except transport.Silence:
+                    assert time.monotonic() < deadline, "the new connection was never answered"
+                    c = wsclient.connect(uris[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
+                    c.sock.settimeout(3.0)
+            c.close()
+        else:
+            assert wire.decode(b.recv())[0]["type"] == "hello_ok"  # today's server: each connection its own
+            a.close()
+        b.close()
+    finally:
+        kill_session(proc)
+
+
+def test_a_timeout_in_any_exchange_cuts_the_round(servers):
+    # A silence timeout shorter than the server's pace cannot be met by the fit exchange.
+    proc_uri = servers[0]
+    remote = RemoteServer(proc_uri, "server-0", wire="original", timeout_on="silence")
+    remote.connect(timeout_s=30)
+    with pytest.raises(ConnectionLost) as lost:
+        remote.fit("mnist-5k", TrainConfig(batch_size=32, max_nr_batches=3000), initial_weights(0), timeout_s=0.05)
+    assert lost.value.silence_s == pytest.approx(0.05) and lost.value.args[0].startswith("fit:")
+    remote.close()
