@@ -8,7 +8,11 @@ Each run is one cell (where packets are dropped, congestion control, loss L, min
 by default) over the project's own link (netem.NetworkLab: a veth into a namespace of its own, MTU 65535)
 and transport (transport.Connection) to a server in that namespace, which answers with as many bytes at
 once; the next request follows the reply. A request that waits ``--silence-s`` without a byte (the
-original's websocket timeout) is abandoned and the client reconnects at once, as the original did. Drop
+original's websocket timeout) is abandoned and the client reconnects: at once under ``--faults original``
+(the original's train_loop; its server then shares one queue of received messages among its connections,
+server/pysyft.py), after a back-off under ``modern`` (today's: ``--backoff-s`` doubling to 16 times it).
+Any other error (a reset, a close) is counted in ``errors``: under the original it would have ended that
+server's thread; here the client reconnects and goes on, so that both behaviours are measured alike. Drop
 placements: ``ingress`` (what runs use: the netdev ingress hook of both veth ends, silent to the sender)
 and ``local`` (the old one, kept here for comparison only: the namespace's own input and output hooks,
 which drop an outgoing packet inside its sender). At L=0 no rule exists in either placement, so a cell
@@ -40,14 +44,15 @@ from asyncfl.core.conditions import LinkConditions
 from asyncfl.net import tcp, transport, wsclient, wsserver
 from asyncfl.netem import lab as netem
 from asyncfl.netem import rootless
+from asyncfl.server.pysyft import SharedQueue, shared_queue_session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_BYTES = 1_725_000  # a LeNet's weights as a fit request carries them (net/wire.py), to the nearest kB
 NSTAT = ("TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPLossProbes", "TcpExtTCPOFOQueue", "TcpExtTCPSACKReorder",
          "TcpExtTCPSpuriousRTOs", "TcpExtTCPLostRetransmit", "TcpExtTCPSynRetrans")
-COLUMNS = ["placement", "cc", "loss_pct", "rto_min_ms", "repeat", "duration_s", "exchanges", "exchanges_per_min",
+COLUMNS = ["placement", "cc", "faults", "loss_pct", "rto_min_ms", "repeat", "duration_s", "exchanges", "exchanges_per_min",
            "exchange_mean_s", "exchange_p50_s", "exchange_p99_s", "exchange_max_s", "stall_p50_s", "stall_p99_s",
-           "stall_max_s", "timeouts", "connections", "dropped_to_server", "dropped_to_client",
+           "stall_max_s", "timeouts", "errors", "connections", "dropped_to_server", "dropped_to_client",
            *[f"client_{k}" for k in NSTAT], *[f"server_{k}" for k in NSTAT]]
 
 
@@ -61,7 +66,9 @@ class Args:
     ccs: str = "cubic bbr"  # congestion controls
     losses: str = "0 10 20"  # L in percent, each direction
     rto_mins_ms: str = "200 20"  # minimum RTO of both routes, ms (200: Linux's default; 20: the paper regime's at K=10)
-    silence_s: float = 60.0  # a request that waits this long without a byte is abandoned, then a reconnect at once
+    silence_s: float = 60.0  # a request that waits this long without a byte is abandoned, then a reconnect
+    faults: str = "original"  # original: reconnect at once, servers share one queue; modern: back off first (both: "original modern")
+    backoff_s: float = 0.05  # --faults modern: the first wait before reconnecting, doubling to 16x (0.5 s / K at K=10)
     jobs: int = 1  # runs at once (each has its own namespaces; L=0 runs keep a core busy: run those alone)
     cell: str = ""  # (internal) run this one cell, as JSON, in this process, and print its row
 
@@ -72,12 +79,17 @@ def nstat(netns: str | None = None) -> dict[str, int]:
     return {k: int(out.get(k, 0)) for k in NSTAT}
 
 
-def serve(netns: str, address: str, cc: str, size: int, ports) -> None:
-    """The server process: in the link's namespace, answer every message with ``size`` bytes."""
+def serve(netns: str, address: str, cc: str, size: int, faults: str, ports) -> None:
+    """The server process: in the link's namespace, answer every message with ``size`` bytes (with
+    ``faults`` original, from one queue shared by all connections, as PySyft 0.2's server did)."""
     netem.enter_netns(netns)
     reply = bytes(size)
+    shared = SharedQueue() if faults == "original" else None
 
     def handler(conn: transport.Connection) -> None:
+        if shared is not None:
+            shared_queue_session(conn, shared, lambda message: reply)
+            return
         try:
             while True:
                 conn.recv()
@@ -100,21 +112,26 @@ def run_cell(cell: dict) -> dict:
     server = None
     try:
         (link,) = lab.create([LinkConditions(loss_pct=loss)], rto_min_ms=float(cell["rto_min_ms"]))
-        server = ctx.Process(target=serve, args=(link.netns, link.ns_addr, cell["cc"], size, ports), daemon=True)
+        server = ctx.Process(target=serve, args=(link.netns, link.ns_addr, cell["cc"], size, cell["faults"], ports),
+                             daemon=True)
         server.start()
         port = ports.get(timeout=30)
         uri = f"ws://{link.ns_addr}:{port}"
         client_before, server_before = nstat(), nstat(link.netns)
         request = bytes(size)
-        times, stalls, timeouts, connections = [], [], 0, 0
+        times, stalls, timeouts, errors, connections = [], [], 0, 0, 0
         t_end = time.monotonic() + float(cell["duration_s"])
-        conn = None
+        conn, delay = None, 0.0
         while time.monotonic() < t_end:
             if conn is None:
+                if delay:  # --faults modern: back off before reconnecting, doubling after each failure
+                    time.sleep(delay)
                 try:
                     conn = wsclient.connect(uri, {}, None, 2 * size + (1 << 20), silence_s, cell["cc"])
                 except OSError:
-                    continue  # a lost SYN or handshake: TCP itself waits 1 s, 2 s...; try again at once after
+                    # A lost SYN or handshake: TCP itself waits 1 s, 2 s...; then again (at once, or backing off).
+                    delay = min(2 * delay, 16 * float(cell["backoff_s"])) if delay else 0.0
+                    continue
                 connections += 1
                 conn.sock.settimeout(silence_s)
             conn.mark()
@@ -125,11 +142,15 @@ def run_cell(cell: dict) -> dict:
                 timeouts += 1
                 conn.close_socket()
                 conn = None
+                delay = float(cell["backoff_s"]) if cell["faults"] == "modern" else 0.0
                 continue
             except transport.ConnectionClosed:
+                errors += 1
                 conn.close_socket()
                 conn = None
+                delay = float(cell["backoff_s"]) if cell["faults"] == "modern" else 0.0
                 continue
+            delay = 0.0
             now = time.monotonic()
             times.append(now - conn.marked_at)
             stalls.append(max(conn.first_byte_at - conn.marked_at, conn.longest_gap_s))
@@ -143,11 +164,11 @@ def run_cell(cell: dict) -> dict:
             server.join(5)
         lab.close()
     t, st = np.array(times or [np.nan]), np.array(stalls or [np.nan])
-    row = {k: cell[k] for k in ("placement", "cc", "loss_pct", "rto_min_ms", "repeat", "duration_s")}
+    row = {k: cell[k] for k in ("placement", "cc", "faults", "loss_pct", "rto_min_ms", "repeat", "duration_s")}
     row.update(exchanges=len(times), exchanges_per_min=len(times) * 60 / float(cell["duration_s"]),
                exchange_mean_s=np.nanmean(t), exchange_p50_s=np.nanmedian(t), exchange_p99_s=np.nanpercentile(t, 99),
                exchange_max_s=np.nanmax(t), stall_p50_s=np.nanmedian(st), stall_p99_s=np.nanpercentile(st, 99),
-               stall_max_s=np.nanmax(st), timeouts=timeouts, connections=connections,
+               stall_max_s=np.nanmax(st), timeouts=timeouts, errors=errors, connections=connections,
                dropped_to_server=dropped["to_server"], dropped_to_client=dropped["to_client"])
     row.update({f"client_{k}": client[k] - client_before[k] for k in NSTAT})
     row.update({f"server_{k}": server_end[k] - server_before[k] for k in NSTAT})
@@ -161,9 +182,11 @@ def cells(args: Args) -> list[dict]:
             for placement in args.placements.split() if float(loss) else ["any"]:
                 for cc in args.ccs.split():
                     for rto in args.rto_mins_ms.split():
-                        out.append({"placement": placement, "cc": cc, "loss_pct": float(loss), "rto_min_ms": float(rto),
-                                    "repeat": rep, "duration_s": args.duration_s, "size_bytes": args.size_bytes,
-                                    "silence_s": args.silence_s})
+                        for faults in args.faults.split():
+                            out.append({"placement": placement, "cc": cc, "faults": faults, "loss_pct": float(loss),
+                                        "rto_min_ms": float(rto), "repeat": rep, "duration_s": args.duration_s,
+                                        "size_bytes": args.size_bytes, "silence_s": args.silence_s,
+                                        "backoff_s": args.backoff_s})
     return out
 
 
@@ -185,21 +208,22 @@ def launch(cell: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     """Markdown: one line per cell, each figure the mean over repeats (min-max where it matters)."""
-    keys = ("placement", "cc", "loss_pct", "rto_min_ms")
+    keys = ("placement", "cc", "faults", "loss_pct", "rto_min_ms")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-    lines = ["| drops | cc | L % | rto_min ms | runs | exchanges/min (min-max) | mean s | p99 s | longest stall s "
-             "| timeouts | client retrans / RTOs / out-of-order | server retrans / RTOs / out-of-order |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key in sorted(groups, key=lambda k: (k[2], k[0], k[1], -k[3])):
+    lines = ["| drops | cc | faults | L % | rto_min ms | runs | exchanges/min (min-max) | mean s | p99 s | longest stall s "
+             "| timeouts | other errors | client retrans / RTOs / out-of-order | server retrans / RTOs / out-of-order |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key in sorted(groups, key=lambda k: (k[3], k[0], k[1], k[2], -k[4])):
         g = groups[key]
         m = {c: float(np.nanmean([r[c] for r in g])) for c in g[0] if isinstance(g[0][c], (int, float))}
         per_min = [r["exchanges_per_min"] for r in g]
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]:g} | {len(g)} | {m['exchanges_per_min']:.1f} "
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} | {key[4]:g} | {len(g)} | {m['exchanges_per_min']:.1f} "
             f"({min(per_min):.1f}-{max(per_min):.1f}) | {m['exchange_mean_s']:.2f} | {m['exchange_p99_s']:.2f} "
             f"| {max(r['stall_max_s'] for r in g):.1f} | {sum(int(r['timeouts']) for r in g)} "
+            f"| {sum(int(r['errors']) for r in g)} "
             f"| {m['client_TcpRetransSegs']:.0f} / {m['client_TcpExtTCPTimeouts']:.0f} / {m['client_TcpExtTCPOFOQueue']:.0f} "
             f"| {m['server_TcpRetransSegs']:.0f} / {m['server_TcpExtTCPTimeouts']:.0f} / {m['server_TcpExtTCPOFOQueue']:.0f} |")
     return "\n".join(lines)
@@ -209,6 +233,9 @@ def main(args: Args) -> int:
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))), flush=True)
         return 0
+    if bad := set(args.faults.split()) - {"original", "modern"}:
+        print(f"bench/loss.py: --faults takes original and/or modern, not {' '.join(sorted(bad))}", file=sys.stderr)
+        return 2
     for cc in args.ccs.split():
         if why := tcp.problem(cc):
             print(f"bench/loss.py: {why}", file=sys.stderr)
@@ -220,8 +247,10 @@ def main(args: Args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = list(csv.DictReader(out.open())) if out.exists() else []
-    finished = {(r["placement"], r["cc"], float(r["loss_pct"]), float(r["rto_min_ms"]), int(r["repeat"])) for r in done}
-    todo = [c for c in todo if (c["placement"], c["cc"], c["loss_pct"], c["rto_min_ms"], c["repeat"]) not in finished]
+    finished = {(r["placement"], r["cc"], r.get("faults", "original"), float(r["loss_pct"]), float(r["rto_min_ms"]),
+                 int(r["repeat"])) for r in done}
+    todo = [c for c in todo if (c["placement"], c["cc"], c["faults"], c["loss_pct"], c["rto_min_ms"], c["repeat"])
+            not in finished]
     print(f"bench/loss.py: {len(todo)} runs of {args.duration_s:g} s to go ({len(finished)} already in {out}), "
           f"{args.jobs} at a time", flush=True)
     new = not out.exists() or out.stat().st_size == 0
@@ -235,9 +264,10 @@ def main(args: Args) -> int:
             writer.writerow({k: row[k] for k in COLUMNS})
             f.flush()
             rows.append(row)
-            print(f"  {row['placement']} {row['cc']} L={row['loss_pct']:g}% rto_min {row['rto_min_ms']:g} ms "
+            print(f"  {row['placement']} {row['cc']} faults {row['faults']} L={row['loss_pct']:g}% rto_min {row['rto_min_ms']:g} ms "
                   f"r{row['repeat']}: {row['exchanges']} exchanges, {row['timeouts']} timeouts", flush=True)
-    every = [{k: (v if k in ("placement", "cc") else float(v)) for k, v in r.items()} for r in csv.DictReader(out.open())]
+    every = [{k: (v if k in ("placement", "cc", "faults") else float(v)) for k, v in r.items()}
+             for r in csv.DictReader(out.open())]
     print(table(every))
     return 0
 
