@@ -23,6 +23,9 @@ Per run:
   that ended for good (``--faults original``: any error but a timeout);
 - stall_p50_s, stall_p99_s, stall_max_s: the distribution over rounds of rounds.csv's stall_s (the longest
   wait without a byte apart from the server's work; NaN where rounds.csv is not kept);
+- retrans_per_round, rtos_per_round, rto_ms_p50, max_backoff_max: the client socket's TCP in the completed
+  rounds (rounds.csv): retransmitted segments and retransmission timeouts per round, the median RTO, the
+  largest exponential backoff;
 - longest_flat_s: the longest stretch of time-wise evaluations with one F1 (the model unchanged), and
   longest_flat_paper_min the same on the paper's clock (times K, in minutes; paper regime only);
 - fingerprint: the split's fingerprint digest (one split per sweep: the same in every row);
@@ -56,7 +59,8 @@ METRICS = ["final_f1", "f1_last5", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_
            "dips", "dips_ge_005", "dips_ge_015", "f1_flat_frac", "f1_mean_abs_step",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
            "gate_wait_frac_mean", "gate_wait_frac_max", "abandoned_rounds", "timeouts", "thread_deaths", "stall_p50_s", "stall_p99_s",
-           "stall_max_s", "longest_flat_s", "longest_flat_paper_min"]
+           "stall_max_s", "retrans_per_round", "rtos_per_round", "rto_ms_p50", "max_backoff_max", "longest_flat_s",
+           "longest_flat_paper_min"]
 
 
 def gini(values) -> float:
@@ -125,6 +129,20 @@ def stall_stats(rounds: pd.DataFrame | None) -> dict[str, float]:
         return {"stall_p50_s": float("nan"), "stall_p99_s": float("nan"), "stall_max_s": float("nan")}
     x = rounds["stall_s"].dropna().to_numpy(float)
     return {"stall_p50_s": float(np.median(x)), "stall_p99_s": float(np.percentile(x, 99)), "stall_max_s": float(x.max())}
+
+
+def tcp_stats(rounds: pd.DataFrame | None) -> dict[str, float]:
+    """What TCP did in the completed rounds (rounds.csv, client socket): retransmitted segments and
+    retransmission timeouts per round, the median RTO, the largest backoff (NaN without those columns)."""
+    out = {"retrans_per_round": float("nan"), "rtos_per_round": float("nan"), "rto_ms_p50": float("nan"),
+           "max_backoff_max": float("nan")}
+    if rounds is None or "retrans_segs" not in rounds or rounds["retrans_segs"].dropna().empty:
+        return out
+    out["retrans_per_round"] = float(rounds["retrans_segs"].mean())
+    out["rtos_per_round"] = float(rounds["rtos"].mean()) if rounds["rtos"].notna().any() else float("nan")
+    out["rto_ms_p50"] = float(rounds["rto_ms"].median())
+    out["max_backoff_max"] = float(rounds["max_backoff"].max())
+    return out
 
 
 def loss_mechanism_label(config: dict) -> str:
@@ -247,7 +265,9 @@ def analyze_run(run_dir: Path) -> dict:
     row["timeouts"] = int(events["silence_s"].notna().sum()) if events is not None and "silence_s" in events \
         else float("nan")
     row["thread_deaths"] = int((events["event"] == "thread_ended").sum()) if events is not None else float("nan")
-    row.update(stall_stats(pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None))
+    rounds = pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None
+    row.update(stall_stats(rounds))
+    row.update(tcp_stats(rounds))
     row["longest_flat_s"] = longest_flat_s(grid)
     regime = config.get("regime", {})
     row["longest_flat_paper_min"] = row["longest_flat_s"] * regime["time_scale"] / 60 \
