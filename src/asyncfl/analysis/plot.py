@@ -105,17 +105,20 @@ def panel_grid(n_rows: int, n_cols: int):
 def sweep_figures(runs: pd.DataFrame, out: Path) -> list[Path]:
     """Figures 3-6 for every (regime, transport, TCP, dataset, servers, speed ratios, split) family in the sweep,
     which are never mixed in one curve; a sweep with several families gets a suffix per family, and every
-    figure's title names its regime, transport and dataset."""
+    figure's title names its regime, transport, wire, faults and dataset."""
     if "tcp_cc" not in runs:  # summaries written before --tcp-cc
         runs = runs.assign(tcp_cc="default (unrecorded)")
-    keys = ["regime", "transport", "tcp_cc", "dataset", "n_servers", "speeds", "partition"]
+    for column in ("wire", "faults"):  # summaries written before --wire and --faults
+        if column not in runs:
+            runs = runs.assign(**{column: "modern"})
+    keys = ["regime", "transport", "wire", "faults", "tcp_cc", "dataset", "n_servers", "speeds", "partition"]
     families = list(runs.groupby(keys, sort=True))
     written = []
     for values, family in families:
-        regime, transport, tcp_cc, dataset, n, speeds, partition = values
+        regime, transport, wire, faults, tcp_cc, dataset, n, speeds, partition = values
         suffix = "" if len(families) == 1 else "_" + "_".join(
             str(v).replace(" ", "_").replace("=", "") for v in values)
-        context = f"{regime} regime, {transport}, TCP {tcp_cc}, {dataset}, {n} servers" + (
+        context = f"{regime} regime, {transport}, wire {wire}, faults {faults}, TCP {tcp_cc}, {dataset}, {n} servers" + (
             f", speeds {speeds}" if set(speeds.split()) != {"1"} else "")
         written += family_figures(family, out, suffix, context)
     return written
