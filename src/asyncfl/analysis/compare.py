@@ -2,7 +2,7 @@
 loss keeps, how unequal it makes the servers' update counts, how long F1 stays flat and how often rounds
 stall out.
 
-    python -m asyncfl.analysis.compare results/silent-loss/k10-fashion-mnist results/old-loss/paper-regime
+    python -m asyncfl.analysis.compare results/silent-loss/k10-fashion-mnist results/paper-regime-fashion-nftables-output-bbr
 
 Reads each folder's runs.csv (analysis/analyze.py's), keeps D=0, and prints one Markdown table: per grid, dataset,
 S and L the mean over repeats (min-max where repeats differ) of rounds per server, largest/smallest rounds
