@@ -164,8 +164,9 @@ def family_figures(runs: pd.DataFrame, out: Path, suffix: str, context: str = ""
                "Data imbalance x network loss")
     worst = uniform[(uniform["L"] == losses[-1]) & (uniform["stdev"] == stdevs[-1])]
     seeds = sorted(worst["seed"].unique())
-    figure([cell(stdevs[-1], losses[-1], seed) for seed in seeds], 1, "fig6_repeats",
-           "Repeats at the largest loss and imbalance")
+    if seeds:  # a grid still running may not have reached its last cell
+        figure([cell(stdevs[-1], losses[-1], seed) for seed in seeds], 1, "fig6_repeats",
+               "Repeats at the largest loss and imbalance")
     return written
 
 
