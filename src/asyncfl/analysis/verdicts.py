@@ -264,7 +264,8 @@ def sensitivity_table(runs: pd.DataFrame) -> str:
 
 def repeats_line(runs: pd.DataFrame) -> str:
     counts = runs.groupby(["loss", "stdev", "staleness"])["seed"].nunique()
-    starved = int((runs["starved"].fillna("").astype(str).str.len() > 0).sum()) if "starved" in runs else 0
+    flags = runs["starved"].astype(object).where(runs["starved"].notna(), "") if "starved" in runs else pd.Series([], dtype=object)
+    starved = int((flags.astype(str).str.len() > 0).sum())
     return (f"{len(runs)} runs in {len(counts)} configurations, {counts.min()}-{counts.max()} repeats each; "
             f"{starved} flagged starved")
 
