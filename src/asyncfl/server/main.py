@@ -169,6 +169,7 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
             owner_pid=os.getpid(),
             tcp_cc=args.tcp_cc,
             faults=args.faults,
+            warm_torchscript=args.regime == "paper",  # its default wire is the original's
         )
         specs.append(spec)
         procs.append(_start(ctx, spec, ready_queue))

@@ -139,6 +139,7 @@ class ServerSpec:
     pace_s: float = 0.0  # each round lasts at least this long (idle after compute; see core/regime.py)
     tcp_cc: str | None = None  # TCP congestion control of its sockets (None: the namespace's default)
     faults: str = "modern"  # original: all connections share one queue of received messages (server/pysyft.py)
+    warm_torchscript: bool = False  # make the original wire's TorchScript archive before listening (paper regime)
 
 
 def shard_fingerprint(split: dict, index: int) -> dict:
@@ -174,9 +175,10 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         pace_s=spec.pace_s,
     )
     trainer.warm_up()
-    # The original wire's model payload is cut from this model's TorchScript archive (about a second to
-    # make): made now, beside the start, rather than in the first round that needs it.
-    threading.Thread(target=pysyft.warm_up, args=(spec.dataset_key,), name=f"{spec.name}-torchscript", daemon=True).start()
+    if spec.warm_torchscript:
+        # The original wire's model payload is cut from this model's TorchScript archive (about a second to
+        # make, 70 MB of TorchScript): made before listening, not in the first round of a paced run.
+        pysyft.warm_up(spec.dataset_key)
     fingerprint = shard_fingerprint(spec.split, spec.index)
     extra = {"split": spec.split, "index": spec.index, "network": spec.network, "shard_fingerprint": fingerprint}
     sysctls = tcp.sysctls()  # this namespace's: a fresh one has the kernel's defaults, not the host's
