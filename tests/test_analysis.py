@@ -294,3 +294,15 @@ def test_the_study_settings_leave_the_settings_column_empty(tmp_path):
     assert analyze.analyze_run(run)["settings"] == ""
     lr = _variant(tmp_path, "s", 0, _args(lr=0.05, eval_samples=500))
     assert analyze.analyze_run(lr)["settings"] == "lr=0.05 eval_samples=500"
+
+
+def test_the_table_beside_the_paper_relates_each_loss_to_l0():
+    from asyncfl.analysis import verdicts
+    runs = synthetic_grid(lambda loss, d, s, seed: 0.5).assign(
+        f1_last5=lambda r: r["loss"].map({"0%": 0.9, "10%": 0.9, "20%": 0.45}),
+        longest_flat_paper_min=lambda r: r["loss"].map({"0%": 0.5, "10%": 0.5, "20%": 6.0}),
+        rounds_max_min_ratio=1.2)
+    table = verdicts.beside_the_paper(runs).splitlines()
+    assert len(table) == 2 + 3 * 4 * 2  # D x S x (10%, 20%)
+    assert "| 0 | 0 | 20% | 0.50 (0.60) | 6.0 (~12) | 1.20 | 60.0 | 3 |" in table
+    assert "| 600 | inf | 10% | 1.00 (-) | 0.5 (-) | 1.20 | 80.0 | 3 |" in table

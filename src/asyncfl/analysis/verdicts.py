@@ -1,7 +1,7 @@
 """A verdict per claim of the paper from one grid's runs.csv, under a primary measure fixed before the grid
 ran, and how each verdict moves under the secondary measures and under its threshold one step either side.
 
-    python -m asyncfl.analysis.verdicts results/paper-regime/runs.csv     # verdict table + sensitivity table
+    python -m asyncfl.analysis.verdicts results/paper-regime/runs.csv     # verdicts, sensitivity, beside the paper
 
 Each claim (Figs. 3-6 and the conclusion) is read one way first (``Claim.primary``); the other readings
 (``Claim.secondaries``, ``Claim.step``) are printed beside it, never chosen after the fact. Why each
@@ -262,6 +262,35 @@ def sensitivity_table(runs: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
+# Read off the paper's Figs. 4 and 5 (D=0, at 40 minutes): F1 relative to L=0 and the longest flat stretch.
+PAPER_AT_40_MIN = {("10%", 0): ("~1.0", "-"), ("10%", ASYNC): ("~1.0", "-"), ("20%", 0): ("0.60", "~12"),
+                   ("20%", ASYNC): ("0.74", "-")}
+
+
+def beside_the_paper(runs: pd.DataFrame) -> str:
+    """Per D and S, at L=10% and 20%: F1 at the end (mean of the last five scores) relative to L=0, the
+    longest flat stretch (paper-minutes) and the update inequality (largest / smallest rounds per server),
+    means over repeats, with the paper's values where its figures give them."""
+    paced = "longest_flat_paper_min" in runs and runs["longest_flat_paper_min"].notna().any()
+    flat_column, unit = ("longest_flat_paper_min", "paper-min") if paced else ("longest_flat_s", "s")
+    rows = [f"| D | S | L | F1 at the end vs L=0 (paper) | longest flat F1, {unit} (paper, paper-min) | "
+            "largest / smallest rounds | rounds per server | repeats |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for d in sorted(runs["stdev"].dropna().unique()):
+        for s in sorted(runs["staleness"].unique()):
+            base = cell(runs, "0%", d, s)
+            for loss in ("10%", "20%"):
+                c = cell(runs, loss, d, s)
+                if c.empty or base.empty:
+                    continue
+                ratio = c["f1_last5"].mean() / base["f1_last5"].mean()
+                paper_f1, paper_flat = PAPER_AT_40_MIN.get((loss, s), ("-", "-")) if d == 0 else ("-", "-")
+                flat = c[flat_column].mean()
+                rows.append(f"| {d:g} | {'inf' if s == ASYNC else s} | {loss} | {ratio:.2f} ({paper_f1}) | "
+                            f"{flat:.1f} ({paper_flat}) | {c['rounds_max_min_ratio'].mean():.2f} | "
+                            f"{c['rounds_mean'].mean():.1f} | {c['seed'].nunique()} |")
+    return "\n".join(rows)
+
+
 def repeats_line(runs: pd.DataFrame) -> str:
     counts = runs.groupby(["loss", "stdev", "staleness"])["seed"].nunique()
     flags = runs["starved"].astype(object).where(runs["starved"].notna(), "") if "starved" in runs else pd.Series([], dtype=object)
@@ -286,7 +315,8 @@ def main(args: Args) -> int:
             return 2
     print(repeats_line(runs), "\n")
     print(verdict_table(runs), "\n")
-    print(sensitivity_table(runs))
+    print(sensitivity_table(runs), "\n")
+    print(beside_the_paper(runs))
     return 0
 
 
