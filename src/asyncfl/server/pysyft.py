@@ -17,7 +17,6 @@ still waits, it is first in line for the new connection's first message.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict, deque
@@ -200,8 +199,3 @@ def shared_queue_session(conn, queue: SharedQueue, serve) -> tuple[int, str]:
 def warm_up(dataset: str) -> None:
     """Make the TorchScript archive the model payloads are cut from (net/pysyft.py caches it)."""
     pysyft.torchscript_archive(dataset)
-
-
-def stats_of(reply: str) -> dict:
-    """For tests and logs: the statistics in a loss reply's text."""
-    return json.loads(pysyft.from_text(reply)[1][5])
