@@ -96,6 +96,11 @@ def test_unfinished_runs_are_left_out(tmp_path):
     sweep = tmp_path / "sweep"
     done = make_run(sweep / "done", 0, 0, [(0, 0.1), (10, 0.9)], [3, 3])
     running = make_run(sweep / "running", 0, 1, [(0, 0.1)], [1, 1], finished=False)
+    # A run stopped by a signal writes its results too, of a shorter run: it is no repeat of the grid.
+    cut = make_run(sweep / "interrupted", 0, 2, [(0, 0.1), (4, 0.5)], [2, 2])
+    config = json.loads((cut / "config.json").read_text())
+    config["finished"]["stop_reason"] = "interrupted"
+    (cut / "config.json").write_text(json.dumps(config))
     assert analyze.find_runs([sweep]) == [done]
     assert running.exists()
 

@@ -289,11 +289,14 @@ def analyze_run(run_dir: Path) -> dict:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """A run that wrote its final results (not one still running, or killed before the end)."""
+    """A run that trained for its whole duration and wrote its results (not one still running, killed, or
+    stopped early by a signal: those write results too, of a shorter run). Runs from before stop_reason
+    was recorded count as finished if they wrote results."""
     try:
-        return "finished" in json.loads((run_dir / "config.json").read_text())
+        finished = json.loads((run_dir / "config.json").read_text()).get("finished")
     except (OSError, json.JSONDecodeError):
         return False
+    return isinstance(finished, dict) and finished.get("stop_reason", "duration") == "duration"
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
