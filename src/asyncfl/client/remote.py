@@ -290,11 +290,7 @@ class RemoteServer:
                 raise RemoteError(f"server refused {step.name}: {e}") from None
         self.exchange_chars = chars
         after = tcp.info_or_none(ws.sock)
-        self.round_tcp = None if before is None or after is None else RoundTcp(
-            after.total_retrans - before.total_retrans,
-            None if after.total_rto is None else after.total_rto - before.total_rto,
-            max(self._max_backoff, after.backoff), after.rto_us / 1000, after.rtt_us / 1000,
-            fit_first_byte_s, longest_gap_s)
+        self.round_tcp = self._round_tcp(before, after, fit_first_byte_s, longest_gap_s)
         try:
             loss, stats = pysyft.read_loss(replies[4])
             wrapper_id, payload = replies[5][1]
@@ -306,6 +302,15 @@ class RemoteServer:
         except (KeyError, ValueError, TypeError) as e:  # SyftWireError is a ValueError
             raise BadReply(f"fit reply rejected: {e}") from None
         return FitResult(new_weights, loss, n_samples, compute_s, idle_s)
+
+    def _round_tcp(self, before, after, first_byte_s: float, longest_gap_s: float) -> RoundTcp | None:
+        """What TCP did between two TCP_INFO readings of this connection's socket (None: not TCP)."""
+        if before is None or after is None:
+            return None
+        return RoundTcp(after.total_retrans - before.total_retrans,
+                        None if after.total_rto is None else after.total_rto - before.total_rto,
+                        max(self._max_backoff, after.backoff), after.rto_us / 1000, after.rtt_us / 1000,
+                        first_byte_s, longest_gap_s)
 
     def _exchange(self, message, what: str, timeout_s: float | None):
         """Send one message and return the reply's raw frame, under ``timeout_s`` (of silence, or for the
@@ -346,12 +351,8 @@ class RemoteServer:
         before = tcp.info_or_none(ws.sock)
         self._max_backoff = 0
         reply = self._exchange(frame or wire.encode_parts(header, weights), header["type"], timeout_s)
-        after = tcp.info_or_none(ws.sock)
-        self.round_tcp = None if before is None or after is None else RoundTcp(
-            after.total_retrans - before.total_retrans,
-            None if after.total_rto is None else after.total_rto - before.total_rto,
-            max(self._max_backoff, after.backoff), after.rto_us / 1000, after.rtt_us / 1000,
-            ws.first_byte_at - ws.marked_at, ws.longest_gap_s)
+        self.round_tcp = self._round_tcp(before, tcp.info_or_none(ws.sock), ws.first_byte_at - ws.marked_at,
+                                         ws.longest_gap_s)
         try:
             # The weights stay views of the connection's receive buffer, valid until its next request: the
             # caller combines them into the global model first (run_round), which copies what it keeps.
