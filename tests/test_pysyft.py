@@ -3,6 +3,7 @@ message table in docs/departures.md, malformed text through a live server, and t
 ``--faults original``'s server."""
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +65,13 @@ def test_one_round_is_the_seven_exchanges_of_the_message_table(servers):
     assert any(not torch.equal(first.weights[k], weights[k]) for k in weights)
     assert second.n_samples == 32 and second.loss != first.loss
     remote.close()
+
+
+def test_the_loss_archive_names_no_directory_of_this_machine():
+    # Its length is in the message table: it must not move with where the checkout or PyTorch live.
+    archive = pysyft.loss_fn_archive()
+    assert str(ROOT).encode() not in archive and sys.prefix.encode() not in archive
+    assert b"asyncfl/net/_syft_loss.py" in archive and b"torch/nn/functional.py" in archive
 
 
 def test_a_reconnection_sends_no_hello_and_the_next_round_works(servers):

@@ -29,8 +29,11 @@ from __future__ import annotations
 import binascii
 import io
 import json
+import os
 import secrets
+import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -141,11 +144,33 @@ def loss_fn_archive() -> bytes:
 
     from asyncfl.net import _syft_loss
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _file_names_relative_to_sys_path():
         warnings.simplefilter("ignore")
         buffer = io.BytesIO()
         torch.jit.save(torch.jit.script(_syft_loss.loss_fn), buffer)
     return buffer.getvalue()
+
+
+@contextmanager
+def _file_names_relative_to_sys_path():
+    """While compiling: torch.jit writes each compiled function's source file into the archive's debug
+    information, and an absolute path would make the archive's length (and so the message table) depend
+    on where this checkout and PyTorch are installed; record the path below its ``sys.path`` entry."""
+    from torch import _sources
+    from torch.jit import frontend
+
+    real = _sources.get_source_lines_and_file
+
+    def relative(obj, error_msg=None):
+        lines, lineno, filename = real(obj, error_msg)
+        roots = [r for r in map(os.path.abspath, filter(None, sys.path)) if filename.startswith(r + os.sep)]
+        return lines, lineno, os.path.relpath(filename, max(roots, key=len)) if roots else filename
+
+    _sources.get_source_lines_and_file = frontend.get_source_lines_and_file = relative
+    try:
+        yield
+    finally:
+        _sources.get_source_lines_and_file = frontend.get_source_lines_and_file = real
 
 
 def model_payload(weights, dataset: str) -> list:
