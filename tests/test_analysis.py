@@ -301,6 +301,15 @@ def test_the_study_settings_leave_the_settings_column_empty(tmp_path):
     assert analyze.analyze_run(lr)["settings"] == "lr=0.05 eval_samples=500"
 
 
+def test_a_paper_run_whose_servers_kept_another_pace_spread_is_its_own_configuration(tmp_path):
+    def spread(value):
+        def change(config):
+            config["regime"] = {"name": "paper", "time_scale": 10, "pace_spread": value}
+        return change
+    assert analyze.analyze_run(_variant(tmp_path, "a", 0, spread(0.1)))["settings"] == ""
+    assert analyze.analyze_run(_variant(tmp_path, "b", 0, spread(0.0)))["settings"] == "pace_spread=0"
+
+
 def test_the_table_beside_the_paper_relates_each_loss_to_l0():
     from asyncfl.analysis import verdicts
     runs = synthetic_grid(lambda loss, d, s, seed: 0.5).assign(

@@ -46,6 +46,18 @@ def test_server_paces_are_spread_evenly_and_assigned_by_the_seed():
     assert len(orders) > 1  # which server is slow changes with the seed
 
 
+def test_the_pace_spread_is_a_setting_and_can_be_read_back_from_the_paces():
+    assert regime.paper_regime(10).pace_spread == regime.PACE_SPREAD
+    for spread in (0.0, 0.05, 0.2):
+        paces = regime.server_paces(np.random.default_rng(0), 4, 3.0, regime.paper_regime(10, spread).pace_spread)
+        assert regime.pace_spread_of(paces) == pytest.approx(spread) and np.mean(paces) == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        regime.paper_regime(10, 1.0)
+    from asyncfl.settings import ServerArgs, problems
+    assert problems(ServerArgs(pace_spread=0.0)) == []
+    assert [p for p in problems(ServerArgs(pace_spread=1.5)) if p.startswith("--pace-spread: in [0, 1)")]
+
+
 def test_idle_makes_a_round_last_its_pace_times_the_speed_ratio():
     assert regime.paced_idle_s(0.02, 3.0) == pytest.approx(2.98)
     assert regime.paced_idle_s(0.02, 3.0, speed_ratio=2) == pytest.approx(5.98)
@@ -165,11 +177,12 @@ def run_start(run_dir) -> float:
 @needs_root
 def test_two_paced_runs_at_once_keep_their_pace_and_one_transport(tmp_path):
     # Prepare: the paper regime compressed 100x (0.3 s rounds), 12 s of it, two configurations at once,
-    # the second with 30% loss so that the websocket timeout (0.6 s of silence) has something to cut.
+    # the second with 30% loss so that the websocket timeout (0.6 s of silence) has something to cut; the
+    # servers' paces spread twice the regime's (a server flag that must reach them through the launcher).
     sweep = tmp_path / "sweep"
     env = {**os.environ, "REGIME": "paper", "TIME_SCALE": "100", "DURATION_S": "12", "STALENESS": "9999", "REPEATS": "1",
            "LOSSES": "0% 30%", "STDEVS": "600", "JOBS": "2", "DATASET": "mnist-5k", "SWEEP_DIR": str(sweep),
-           "EXTRA_ARGS": "--eval-samples 200"}
+           "EXTRA_ARGS": "--eval-samples 200 --pace-spread 0.2"}
     # Execute
     run = subprocess.run(["./train_batch.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     # Assert: both ran to the end, side by side (their training overlapped in time), each on its own ports.
@@ -194,7 +207,8 @@ def test_two_paced_runs_at_once_keep_their_pace_and_one_transport(tmp_path):
     # One split for the sweep; the clean run keeps its pace (within 2x of duration / pace per server).
     assert clean["dataset"]["fingerprint_digest"] == lossy["dataset"]["fingerprint_digest"]
     paces = [info["pace_s"] for info in clean["server_info"]]
-    assert sorted(paces) == pytest.approx([0.27, 0.29, 0.31, 0.33], abs=1e-3)
+    assert sorted(paces) == pytest.approx([0.24, 0.28, 0.32, 0.36], abs=1e-3)
+    assert clean["regime"]["pace_spread"] == pytest.approx(0.2) and clean["regime"]["paces_s"] == paces
     for rounds, pace in zip(clean["finished"]["rounds_per_server"], paces):
         assert 12 / pace / 2 <= rounds <= 12 / pace + 1
     events = read_csv(sweep / "L30-D600-S9999-speeds_1_1_1_1-r0" / "events.csv")

@@ -45,6 +45,7 @@ class ServerArgs(SplitSettings, LinkSettings):
     die_with_parent: bool = False  # stop (cleanly) when the parent process dies, however it dies (train.sh sets it)
     regime: Literal["fast", "paper"] = "fast"  # fast: rounds as fast as this machine goes; paper: the study's clock (paced rounds, every server in a namespace, TCP's minimum RTO in proportion; see src/asyncfl/core/regime.py)
     time_scale: float = regime_mod.DEFAULT_TIME_SCALE  # --regime paper: K, the paper's durations divided by K (10: its 40-minute runs in 4)
+    pace_spread: float = regime_mod.PACE_SPREAD  # --regime paper: the servers' round paces evenly spread over (1 +- this) x the mean pace (0 = all alike), fraction
 
 
 @dataclass
@@ -116,6 +117,7 @@ def problems(args) -> list[str]:
         "min_shard_samples": (lambda v: v >= 0, "not negative"),
         "stdev": (lambda v: v >= 0, "not negative"),
         "time_scale": (lambda v: 1 <= v <= 100, "in [1, 100]"),
+        "pace_spread": (lambda v: 0 <= v < 1, "in [0, 1), a fraction of the mean pace"),
         "duration_s": (lambda v: v is None or v > 0, "positive, in seconds"),
         "eval_interval_s": (lambda v: v is None or v > 0, "positive, in seconds"),
         "round_timeout_s": (lambda v: v is None or v > 0, "positive, in seconds"),

@@ -191,6 +191,9 @@ def settings_label(config: dict) -> str:
     seed = config.get("dataset", {}).get("split_seed")
     if seed is not None and seed != DEFAULT_SPLIT_SEED:
         changed.append(f"split_seed={seed}")
+    spread = r.get("pace_spread")  # the servers' (a server flag), as they reported their paces
+    if r.get("name") == "paper" and spread is not None and abs(spread - regime_mod.PACE_SPREAD) > 1e-6:
+        changed.append(f"pace_spread={spread:g}")
     return " ".join(changed)
 
 

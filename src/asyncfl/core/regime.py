@@ -56,12 +56,20 @@ class Regime:
         return asdict(self)
 
 
-def paper_regime(time_scale: float = DEFAULT_TIME_SCALE) -> Regime:
+def paper_regime(time_scale: float = DEFAULT_TIME_SCALE, pace_spread: float = PACE_SPREAD) -> Regime:
     if not (1.0 <= time_scale <= 100.0):
         raise ValueError(f"--time-scale must be in [1, 100], got {time_scale:g}")
+    if not (0.0 <= pace_spread < 1.0):
+        raise ValueError(f"--pace-spread must be in [0, 1), got {pace_spread:g}")
     k = float(time_scale)
-    return Regime("paper", k, PACE_S / k, PACE_SPREAD, PAPER_TIMEOUT_S / k, PAPER_EVAL_INTERVAL_S / k,
+    return Regime("paper", k, PACE_S / k, float(pace_spread), PAPER_TIMEOUT_S / k, PAPER_EVAL_INTERVAL_S / k,
                   PAPER_DURATION_S / k, LINUX_RTO_MIN_MS / k)
+
+
+def pace_spread_of(paces_s: list[float]) -> float:
+    """The spread ``server_paces`` drew these paces with: (largest - smallest) / (largest + smallest)."""
+    lo, hi = min(paces_s), max(paces_s)
+    return (hi - lo) / (hi + lo) if hi + lo > 0 else 0.0
 
 
 def client_defaults(name: str, time_scale: float = DEFAULT_TIME_SCALE) -> dict:

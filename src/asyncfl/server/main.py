@@ -70,7 +70,7 @@ def main(args: Args) -> int:
         return 2
     try:
         speeds = parse_speeds(args.speeds, args.n_servers)
-        regime = regime_mod.paper_regime(args.time_scale) if args.regime == "paper" else None
+        regime = regime_mod.paper_regime(args.time_scale, args.pace_spread) if args.regime == "paper" else None
         links_wanted = Links.from_args(args)
         conditions, use_netns = links_wanted.per_server, links_wanted.in_namespaces()
         missing = netem.missing_tools(conditions) if use_netns else []
