@@ -1,6 +1,7 @@
 """src/asyncfl/analysis/analyze.py and src/asyncfl/analysis/plot.py on small synthetic run folders with known answers."""
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -320,3 +321,16 @@ def test_the_table_beside_the_paper_relates_each_loss_to_l0():
     assert len(table) == 2 + 3 * 4 * 2  # D x S x (10%, 20%)
     assert "| 0 | 0 | 20% | 0.50 (0.60) | 6.0 (~12) | 1.20 | 60.0 | 3 |" in table
     assert "| 600 | inf | 10% | 1.00 (-) | 0.5 (-) | 1.20 | 80.0 | 3 |" in table
+
+
+def test_a_connections_first_round_is_counted_apart_from_later_rounds():
+    # Server 0: its first round fails, the new connection's first succeeds, then 3 more, one failing, and
+    # the next connection's first succeeds. Server 1: four rounds on its first connection.
+    rounds = pd.DataFrame({"time_s": [5, 6, 8, 12, 1, 2, 3, 4], "server": [0, 0, 0, 0, 1, 1, 1, 1]})
+    events = pd.DataFrame({"time_s": [2, 3, 9, 10, 11], "server": ["0", "0", "0", "evaluator", "0"],
+                           "event": ["round_abandoned", "reconnected", "round_abandoned", "evaluator_behind",
+                                     "reconnected"]})
+    stats = analyze.connection_stats(events, rounds, 2)
+    assert stats["fresh_fail_frac"] == pytest.approx(1 / 4)  # fresh: s0 fail, s0 ok, s0 ok, s1 ok
+    assert stats["later_fail_frac"] == pytest.approx(1 / 6)  # later: s0 ok, ok, fail; s1 ok, ok, ok
+    assert math.isnan(analyze.connection_stats(None, rounds, 2)["fresh_fail_frac"])

@@ -26,6 +26,9 @@ Per run:
 - retrans_per_round, rtos_per_round, rto_ms_p50, max_backoff_max: the client socket's TCP in the completed
   rounds (rounds.csv): retransmitted segments and retransmission timeouts per round, the median RTO, the
   largest exponential backoff;
+- fresh_fail_frac, later_fail_frac: the share of a connection's first rounds that failed (a connection: the
+  run's start or a ``reconnected`` event) and of its later rounds (timers K does not scale, such as the
+  initial RTO of 1 s, weigh on the first);
 - longest_flat_s: the longest stretch of time-wise evaluations with one F1 (the model unchanged), and
   longest_flat_paper_min the same on the paper's clock (times K, in minutes; paper regime only);
 - fingerprint: the split's fingerprint digest (one split per sweep: the same in every row);
@@ -59,7 +62,8 @@ METRICS = ["final_f1", "f1_last5", "f1_auc_frac", *[f"time_to_f1_{int(t * 100)}_
            "dips", "dips_ge_005", "dips_ge_015", "f1_flat_frac", "f1_mean_abs_step",
            "rounds_mean", "rounds_min", "rounds_max", "rounds_max_min_ratio", "rounds_gini", "max_staleness",
            "gate_wait_frac_mean", "gate_wait_frac_max", "abandoned_rounds", "timeouts", "thread_deaths", "stall_p50_s", "stall_p99_s",
-           "stall_max_s", "retrans_per_round", "rtos_per_round", "rto_ms_p50", "max_backoff_max", "longest_flat_s",
+           "stall_max_s", "retrans_per_round", "rtos_per_round", "rto_ms_p50", "max_backoff_max", "fresh_fail_frac",
+           "later_fail_frac", "longest_flat_s",
            "longest_flat_paper_min"]
 
 
@@ -240,6 +244,34 @@ def run_config(config: dict) -> dict:
     }
 
 
+def connection_stats(events: pd.DataFrame | None, rounds: pd.DataFrame | None, n_servers: int) -> dict:
+    """How often a connection's first round failed against any later round: per server, a connection
+    starts at the run's start and at each ``reconnected``; its rounds are rounds.csv's (done) and the
+    ``round_abandoned`` events (failed), taken in time order. fresh_fail_frac: failed first rounds /
+    connections that tried one; later_fail_frac: the other failures / the other rounds."""
+    if events is None or rounds is None:
+        return {"fresh_fail_frac": float("nan"), "later_fail_frac": float("nan")}
+    ev = events[events["event"].isin(["round_abandoned", "reconnected"])]
+    timeline = pd.concat([pd.DataFrame({"time_s": rounds["time_s"], "server": rounds["server"].astype(str),
+                                        "what": "done"}),
+                          pd.DataFrame({"time_s": ev["time_s"], "server": ev["server"].astype(str),
+                                        "what": ev["event"].map({"round_abandoned": "failed",
+                                                                  "reconnected": "connected"})})])
+    counts = {"fresh": 0, "fresh_failed": 0, "later": 0, "later_failed": 0}
+    for server in map(str, range(n_servers)):
+        fresh = True
+        for what in timeline[timeline["server"] == server].sort_values("time_s", kind="stable")["what"]:
+            if what == "connected":
+                fresh = True
+                continue
+            kind = "fresh" if fresh else "later"
+            counts[kind] += 1
+            counts[f"{kind}_failed"] += what == "failed"
+            fresh = False
+    return {"fresh_fail_frac": counts["fresh_failed"] / counts["fresh"] if counts["fresh"] else float("nan"),
+            "later_fail_frac": counts["later_failed"] / counts["later"] if counts["later"] else float("nan")}
+
+
 def analyze_run(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     f1_time = pd.read_csv(run_dir / "f1_time.csv")
@@ -271,6 +303,7 @@ def analyze_run(run_dir: Path) -> dict:
     rounds = pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None
     row.update(stall_stats(rounds))
     row.update(tcp_stats(rounds))
+    row.update(connection_stats(events, rounds, n_servers))
     row["longest_flat_s"] = longest_flat_s(grid)
     regime = config.get("regime", {})
     row["longest_flat_paper_min"] = row["longest_flat_s"] * regime["time_scale"] / 60 \
