@@ -31,11 +31,11 @@ import io
 import json
 import os
 import secrets
-import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import lz4.frame
 import msgpack
@@ -144,7 +144,7 @@ def loss_fn_archive() -> bytes:
 
     from asyncfl.net import _syft_loss
 
-    with warnings.catch_warnings(), _file_names_relative_to_sys_path():
+    with warnings.catch_warnings(), _file_names_relative_to_install():
         warnings.simplefilter("ignore")
         buffer = io.BytesIO()
         torch.jit.save(torch.jit.script(_syft_loss.loss_fn), buffer)
@@ -152,19 +152,22 @@ def loss_fn_archive() -> bytes:
 
 
 @contextmanager
-def _file_names_relative_to_sys_path():
+def _file_names_relative_to_install():
     """While compiling: torch.jit writes each compiled function's source file into the archive's debug
     information, and an absolute path would make the archive's length (and so the message table) depend
-    on where this checkout and PyTorch are installed; record the path below its ``sys.path`` entry."""
+    on where this checkout and PyTorch are installed; record the path below its install folder instead."""
+    import sysconfig
+
     from torch import _sources
     from torch.jit import frontend
 
+    roots = {str(Path(__file__).resolve().parents[2])} | {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")}
     real = _sources.get_source_lines_and_file
 
     def relative(obj, error_msg=None):
         lines, lineno, filename = real(obj, error_msg)
-        roots = [r for r in map(os.path.abspath, filter(None, sys.path)) if filename.startswith(r + os.sep)]
-        return lines, lineno, os.path.relpath(filename, max(roots, key=len)) if roots else filename
+        under = [r for r in roots if str(Path(filename).resolve()).startswith(r + os.sep)]
+        return lines, lineno, os.path.relpath(Path(filename).resolve(), max(under, key=len)) if under else filename
 
     _sources.get_source_lines_and_file = frontend.get_source_lines_and_file = relative
     try:
