@@ -330,7 +330,7 @@ def test_a_connections_first_round_is_counted_apart_from_later_rounds():
     events = pd.DataFrame({"time_s": [2, 3, 9, 10, 11], "server": ["0", "0", "0", "evaluator", "0"],
                            "event": ["round_abandoned", "reconnected", "round_abandoned", "evaluator_behind",
                                      "reconnected"]})
-    stats = analyze.connection_stats(events, rounds, 2)
+    stats = analyze.connection_stats(events, rounds)
     assert stats["fresh_fail_frac"] == pytest.approx(1 / 4)  # fresh: s0 fail, s0 ok, s0 ok, s1 ok
     assert stats["later_fail_frac"] == pytest.approx(1 / 6)  # later: s0 ok, ok, fail; s1 ok, ok, ok
-    assert math.isnan(analyze.connection_stats(None, rounds, 2)["fresh_fail_frac"])
+    assert math.isnan(analyze.connection_stats(None, rounds)["fresh_fail_frac"])

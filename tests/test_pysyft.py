@@ -35,7 +35,8 @@ def message_table() -> list[tuple[int, int]]:
 
 
 def close_enough(measured: int, table: int) -> bool:
-    # The model rows vary with the weights' compressibility (0.1%),
+    # The model rows vary with the weights' compressibility and the install paths in the traced
+    # archive's debug information (0.1%),
     # the loss reply with the digits of its statistics.
     return abs(measured - table) <= max(16, table // 1000)
 

@@ -244,7 +244,7 @@ def run_config(config: dict) -> dict:
     }
 
 
-def connection_stats(events: pd.DataFrame | None, rounds: pd.DataFrame | None, n_servers: int) -> dict:
+def connection_stats(events: pd.DataFrame | None, rounds: pd.DataFrame | None) -> dict:
     """How often a connection's first round failed against any later round: per server, a connection
     starts at the run's start and at each ``reconnected``; its rounds are rounds.csv's (done) and the
     ``round_abandoned`` events (failed), taken in time order. fresh_fail_frac: failed first rounds /
@@ -257,19 +257,17 @@ def connection_stats(events: pd.DataFrame | None, rounds: pd.DataFrame | None, n
                           pd.DataFrame({"time_s": ev["time_s"], "server": ev["server"].astype(str),
                                         "what": ev["event"].map({"round_abandoned": "failed",
                                                                   "reconnected": "connected"})})])
-    counts = {"fresh": 0, "fresh_failed": 0, "later": 0, "later_failed": 0}
-    for server in map(str, range(n_servers)):
-        fresh = True
-        for what in timeline[timeline["server"] == server].sort_values("time_s", kind="stable")["what"]:
+    tried, failed = {"fresh": 0, "later": 0}, {"fresh": 0, "later": 0}
+    for _, whats in timeline.sort_values("time_s", kind="stable").groupby("server")["what"]:
+        kind = "fresh"
+        for what in whats:
             if what == "connected":
-                fresh = True
+                kind = "fresh"
                 continue
-            kind = "fresh" if fresh else "later"
-            counts[kind] += 1
-            counts[f"{kind}_failed"] += what == "failed"
-            fresh = False
-    return {"fresh_fail_frac": counts["fresh_failed"] / counts["fresh"] if counts["fresh"] else float("nan"),
-            "later_fail_frac": counts["later_failed"] / counts["later"] if counts["later"] else float("nan")}
+            tried[kind] += 1
+            failed[kind] += what == "failed"
+            kind = "later"
+    return {f"{kind}_fail_frac": failed[kind] / tried[kind] if tried[kind] else float("nan") for kind in tried}
 
 
 def analyze_run(run_dir: Path) -> dict:
@@ -303,7 +301,7 @@ def analyze_run(run_dir: Path) -> dict:
     rounds = pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None
     row.update(stall_stats(rounds))
     row.update(tcp_stats(rounds))
-    row.update(connection_stats(events, rounds, n_servers))
+    row.update(connection_stats(events, rounds))
     row["longest_flat_s"] = longest_flat_s(grid)
     regime = config.get("regime", {})
     row["longest_flat_paper_min"] = row["longest_flat_s"] * regime["time_scale"] / 60 \

@@ -89,6 +89,7 @@ def regime_record(name: str, regime, infos: list[dict]) -> dict:
     """The regime as run: the client's durations, and the paces the servers say they keep (their spread is
     a server flag, so it is read from them, not assumed)."""
     record = {"name": name, **(regime.to_dict() if regime else {})}
+    record.pop("pace_spread", None)  # the client's Regime holds only the default
     paces = [info.get("pace_s") for info in infos]
     if regime and paces and all(paces):
         record.update(paces_s=paces, pace_spread=round(regime_mod.pace_spread_of(paces), 6))

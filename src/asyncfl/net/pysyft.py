@@ -166,8 +166,9 @@ def _file_names_relative_to_install():
 
     def relative(obj, error_msg=None):
         lines, lineno, filename = real(obj, error_msg)
-        under = [r for r in roots if str(Path(filename).resolve()).startswith(r + os.sep)]
-        return lines, lineno, os.path.relpath(Path(filename).resolve(), max(under, key=len)) if under else filename
+        path = str(Path(filename).resolve())
+        under = [r for r in roots if path.startswith(r + os.sep)]
+        return lines, lineno, os.path.relpath(path, max(under, key=len)) if under else filename
 
     _sources.get_source_lines_and_file = frontend.get_source_lines_and_file = relative
     try:
