@@ -143,8 +143,17 @@ def summary(run_dir: Path) -> str:
             f"{max(f['max_staleness_per_server'])}, abandoned {sum(f['retries_per_server'])}; cpu {cpu}{warn}")
 
 
+def jobs_now(sweep: Path, jobs: int) -> int:
+    """How many runs may run at once: ``jobs``, or the number in SWEEP_DIR/jobs while that file exists (so a
+    long sweep can make room, or take more, without stopping the runs under way)."""
+    try:
+        return max(int((sweep / "jobs").read_text().strip()), 1)
+    except (OSError, ValueError):
+        return max(jobs, 1)
+
+
 def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
-    """Run the unfinished runs here, ``jobs`` at a time; 130 when interrupted, 1 when any failed."""
+    """Run the unfinished runs here, ``jobs`` at a time (see jobs_now); 130 when interrupted, 1 when any failed."""
     done: queue.Queue = queue.Queue()
     running: dict[str, subprocess.Popen] = {}
     failed, interrupted = 0, False
@@ -184,7 +193,7 @@ def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
             print("  done already", flush=True)
             continue
         shutil.rmtree(sweep / run.name, ignore_errors=True)  # what an interrupted attempt left
-        while len(running) >= max(a.jobs, 1) and not interrupted:
+        while len(running) >= jobs_now(sweep, a.jobs) and not interrupted:
             reap()
         if interrupted:
             break
@@ -205,7 +214,8 @@ def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
     if a.dry_run:
         return 0
     print(f"{ME}: done, {failed} failed; results in {sweep}")
-    configs = [json.loads(p.read_text()) for p in sweep.glob("*/config.json")]
+    configs = [json.loads((sweep / r.name / "config.json").read_text()) for r in runs
+               if (sweep / r.name / "config.json").is_file()]
     starved = [c for c in configs if c.get("finished", {}).get("starved")]
     if starved:
         print(f"{ME}: warning: in {len(starved)} of {len(configs)} runs a process waited for a core >= 5% of the time: "
