@@ -334,3 +334,59 @@ def test_a_connections_first_round_is_counted_apart_from_later_rounds():
     assert stats["fresh_fail_frac"] == pytest.approx(1 / 4)  # fresh: s0 fail, s0 ok, s0 ok, s1 ok
     assert stats["later_fail_frac"] == pytest.approx(1 / 6)  # later: s0 ok, ok, fail; s1 ok, ok, ok
     assert math.isnan(analyze.connection_stats(None, rounds)["fresh_fail_frac"])
+
+
+def sensitivity_rows(auc, stdevs=(0.0, 10000.0), **columns) -> pd.DataFrame:
+    """runs.csv rows at the sensitivity cells (L 0/20%, S 0/inf, seeds 0-2)."""
+    rows = [{"loss": loss, "stdev": d, "staleness": s, "seed": seed, "f1_auc_frac": auc(loss, d, s, seed),
+             "final_f1": auc(loss, d, s, seed), "max_f1_drop": 0.1, "dips": 1, "f1_mean_abs_step": 0.02,
+             "rounds_mean": 70.0, "abandoned_rounds": 0, "thread_deaths": 0, "fresh_fail_frac": 0.5,
+             "later_fail_frac": 0.1, "settings": "", "dataset": "mnist-5k", **columns}
+            for loss in ("0%", "20%") for d in stdevs for s in (0, 9999) for seed in (0, 1, 2)]
+    return pd.DataFrame(rows)
+
+
+def test_a_grid_s_own_d_values_play_the_paper_s_600_and_10000():
+    from asyncfl.analysis import verdicts
+    claim3 = next(c for c in verdicts.CLAIMS if c.name.startswith("3."))
+    claim5 = next(c for c in verdicts.CLAIMS if c.name.startswith("5."))
+    helps_at_20 = lambda loss, d, s, seed: 0.5 + (0.2 + 0.01 * seed if loss == "20%" and s == 9999 else 0.0)  # noqa: E731
+    code = sensitivity_rows(helps_at_20, stdevs=(0.0, 10.0, 1000.0))
+    assert verdicts.d_roles(code) == (10.0, 1000.0)
+    verdict, detail = claim3.judge(code, claim3.primary)
+    assert verdict == "supported" and "D=10:" in detail and "D=600" not in detail
+    assert "L=0%, D=1000" in claim5.judge(code, claim5.primary)[1]
+    two = sensitivity_rows(helps_at_20)  # no middle D: claim 3 is read at D=0 alone
+    assert verdicts.d_roles(two) == (None, 10000.0)
+    verdict, detail = claim3.judge(two, claim3.primary)
+    assert verdict == "supported" and detail.startswith("D=0:") and detail.count("D=") == 1
+
+
+def test_the_sensitivity_table_marks_the_verdicts_a_choice_moves(tmp_path, capsys):
+    from asyncfl.analysis import sensitivity
+    helps = lambda loss, d, s, seed: 0.5 + (0.2 + 0.01 * seed if loss == "20%" and s == 9999 else 0.0)  # noqa: E731
+    alike = lambda loss, d, s, seed: 0.5 + 0.001 * seed  # noqa: E731
+    base = pd.concat([sensitivity_rows(helps, stdevs=(0.0, 600.0, 10000.0)),
+                      sensitivity_rows(helps).assign(seed=3)])  # D=600 and seed 3 are not base's cells
+    base.to_csv(tmp_path / "grid.csv", index=False)
+    for name, frame in (("flat", sensitivity_rows(alike)),
+                        ("code", sensitivity_rows(helps, stdevs=(10.0, 1000.0))),
+                        ("whole", sensitivity_rows(alike, stdevs=(10000.0,), settings="eval_samples=0",
+                                                   dataset="fashion-mnist")),
+                        ("fash", sensitivity_rows(alike, dataset="fashion-mnist"))):
+        (tmp_path / "res" / name).mkdir(parents=True)
+        frame.to_csv(tmp_path / "res" / name / "runs.csv", index=False)
+    assert sensitivity.main(sensitivity.Args(tmp_path / "res", base=tmp_path / "grid.csv", figures=False)) == 0
+    table = (tmp_path / "res" / "verdicts.md").read_text()
+    header, rule, *rows = table.split("\n\n")[1].splitlines()
+    assert header == "| claim | base | code | fash | flat |"  # the whole-test-set variant is no column
+    claim3 = next(r for r in rows if r.startswith("| 3."))
+    assert claim3.split(" | ")[1:] == ["supported", "supported", "**not supported** (moves)", "**not supported** (moves) |"]
+    assert "not judged (no L=10%)" in next(r for r in rows if r.startswith("| 2."))
+    assert rows[-1] == "| runs (repeats) | 24 (3) | 36 (3) | 24 (3) | 24 (3) |"  # code took base's 12 runs at D=0
+    assert "| 2,000 images (fash) | 3 |" in table and "| 10,000 images (whole) | 3 |" in table
+    all_runs = pd.read_csv(tmp_path / "res" / "runs.csv")
+    assert set(all_runs["variant"]) == {"base", "code", "fash", "flat", "whole"}
+    assert len(all_runs[all_runs["variant"] == "base"]) == 24
+    summary = pd.read_csv(tmp_path / "res" / "summary.csv")
+    assert summary.loc[summary["variant"] == "flat", "repeats"].eq(3).all()

@@ -15,6 +15,8 @@ measure and threshold fits the paper's wording: docs/grid.md, "Verdict rules".
    unchanged evaluations (straighter lines: higher), the mean |change| per evaluation (less scribbled).
 3. At L=20%, D=0 and D=600, large S is better: mean F1 over the run of S=inf against S=0 *helps* at both.
    Secondaries: final F1; the same measure under a paired t-test.
+D=600 and D=10000 stand for a grid's middle and largest D (``d_roles``): 10 and 1000 in the original's code;
+a grid without a middle D (a sensitivity variant) reads claim 3 at D=0 alone.
 4. At L=20%, D=10000, most runs show all S alike and some favour large S: per repeat, the range of mean
    F1 over the four S is below ``size`` (alike), or S=inf - S=0 is ``size`` or more (favours large S);
    supported when more than half the repeats are alike, at least one favours large S and none small S.
@@ -110,6 +112,13 @@ def async_vs_sync(runs, loss: str, d: float, metric: str) -> Comparison | None:
     return compare(cell(runs, loss, d, ASYNC), cell(runs, loss, d, 0), metric)
 
 
+def d_roles(runs: pd.DataFrame) -> tuple[float | None, float]:
+    """(middle D, largest D): the D of this grid playing the paper's 600 and 10000 (the original's code
+    ran 10 and 1000; a sensitivity variant may run no middle D: None). docs/grid.md, "Sensitivity"."""
+    ds = sorted(float(d) for d in runs["stdev"].dropna().unique() if d > 0)
+    return (ds[0] if len(ds) > 1 else None), (ds[-1] if ds else 10000.0)
+
+
 def effect(c: Comparison, reading: Reading) -> str:
     if abs(c.diff) < reading.size - EPS:
         return "nothing"
@@ -130,15 +139,16 @@ def claim1(runs, reading: Reading) -> Verdict:
     metric = dips_column(reading.size) if reading.measure == "dips" else reading.measure
     worse = -1.0 if reading.measure in ("f1_auc_frac", "final_f1", "f1_last5") else 1.0  # higher = worse?
     parts, gaps, held = [], {}, {}
-    for d in (0.0, 600.0, 10000.0):
+    mid, large = d_roles(runs)
+    for d in (0.0, *([mid] if mid is not None else []), large):
         c = async_vs_sync(runs, "0%", d, metric)
         if c is None:
             return "missing cells", f"L=0, D={d:g} not run yet (or no column {metric})"
         gaps[d] = worse * c.diff
         held[d] = c.holds(reading.test) and gaps[d] > 0
         parts.append(f"D={d:g}: {metric} S=inf {c.text(fmt='.3g')} S=0")
-    verdict = ("supported" if held[10000.0] and gaps[10000.0] > gaps[0.0] else
-               "partly" if held[10000.0] else "not supported")
+    verdict = ("supported" if held[large] and gaps[large] > gaps[0.0] else
+               "partly" if held[large] else "not supported")
     return verdict, "; ".join(parts)
 
 
@@ -162,7 +172,8 @@ def claim2(runs, reading: Reading) -> Verdict:
 
 def claim3(runs, reading: Reading) -> Verdict:
     parts, helps = [], []
-    for d in (0.0, 600.0):
+    mid = d_roles(runs)[0]
+    for d in (0.0, *([mid] if mid is not None else [])):  # no middle D: read at D=0 alone
         c = async_vs_sync(runs, "20%", d, reading.measure)
         if c is None:
             return "missing cells", f"L=20%, D={d:g} not run yet"
@@ -173,9 +184,10 @@ def claim3(runs, reading: Reading) -> Verdict:
 
 
 def claim4(runs, reading: Reading) -> Verdict:
-    c = cell(runs, "20%", 10000.0)
+    large = d_roles(runs)[1]
+    c = cell(runs, "20%", large)
     if c.empty or reading.measure not in c:
-        return "missing cells", "L=20%, D=10000 not run yet"
+        return "missing cells", f"L=20%, D={large:g} not run yet"
     kinds, parts = [], []
     for seed, rep in c.groupby("seed"):
         per_s = rep.set_index("staleness")[reading.measure]
@@ -198,7 +210,9 @@ CASES = [("20%", 0.0, "helps", "unequal frequency, balanced"), ("20%", 10000.0, 
 
 def claim5(runs, reading: Reading) -> Verdict:
     parts, agree = [], 0
+    large = d_roles(runs)[1]
     for loss, d, paper, name in CASES:
+        d = large if d else 0.0
         c = async_vs_sync(runs, loss, d, reading.measure)
         if c is None:
             return "missing cells", f"L={loss}, D={d:g} not run yet"
