@@ -25,7 +25,8 @@ def test_synchronous_run_writes_every_file_and_keeps_rounds_in_step(tmp_path):
     assert "f1=" in run.stdout
     rounds = read_csv(tmp_path / "rounds.csv")
     assert list(rounds[0]) == ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s",
-                               "idle_s", "retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s"]
+                               "idle_s", "retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s", "start_s",
+                               "applied_s"]
     assert len(rounds) > 50
     assert max(int(r["staleness"]) for r in rounds) <= 1  # S=0: never more than one round apart
     f1_time = read_csv(tmp_path / "f1_time.csv")

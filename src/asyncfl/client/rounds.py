@@ -71,7 +71,8 @@ def run_round(ctx: RunContext, server: int) -> bool:
                          result.loss, round(round_s, 6), round(result.compute_s, 6), round(result.idle_s, 6),
                          *(("",) * 6 if net is None else (
                              net.retrans_segs, "" if net.rtos is None else net.rtos, net.max_backoff, round(net.rto_ms, 3),
-                             round(net.srtt_ms, 3), round(net.stall_s(result.compute_s + result.idle_s), 6))))
+                             round(net.srtt_ms, 3), round(net.stall_s(result.compute_s + result.idle_s), 6))),
+                         f"{snap.taken_at - ctx.t0:.6f}", f"{info.applied_at - ctx.t0:.6f}")  # microseconds: their order is the lock's
     # eval_every_rounds 0: every advance, the newest waiting replacing an older one (the feed's latest_only)
     if info.min_advanced and info.min_round % (ctx.eval_every_rounds or 1) == 0:
         ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)

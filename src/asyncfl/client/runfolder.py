@@ -24,7 +24,7 @@ from asyncfl.process import cpu
 
 ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s", "idle_s",
                  # the client socket's TCP over the round (empty off TCP): see remote.RoundTcp
-                 "retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s"]
+                 "retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s", "start_s", "applied_s"]
 EVENTS_HEADER = ["time_s", "server", "event", "detail", "silence_s", "round_s"]  # the last two: abandoned rounds
 
 

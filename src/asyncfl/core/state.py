@@ -43,6 +43,7 @@ class Snapshot:
     version: int  # global updates applied before this snapshot
     min_round: int  # smallest completed round at snapshot time
     max_round: int  # largest completed round at snapshot time
+    taken_at: float = 0.0  # time.monotonic() under the lock: snapshots and updates are ordered by it
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class UpdateInfo:
     weights: StateDict  # the global model right after this update
     rejoined: int | None = None  # rounds skipped if this update brought a left-out server back, else None
     applied: bool = True  # did the global model change (False: the rule buffered the result)
+    applied_at: float = 0.0  # time.monotonic() under the lock (see Snapshot.taken_at)
 
 
 class TrainingState:
@@ -86,7 +88,8 @@ class TrainingState:
 
     def snapshot(self) -> Snapshot:
         with self._cond:
-            return Snapshot(self._weights, self._version, gate_min(self._completed, self._left_out), max(self._completed))
+            return Snapshot(self._weights, self._version, gate_min(self._completed, self._left_out), max(self._completed),
+                            time.monotonic())
 
     def apply(self, server: int, prepared, snapshot: Snapshot) -> UpdateInfo:
         """Combine a server's result (``rule.prepare``'s output) into the global model under the lock (a
@@ -107,7 +110,7 @@ class TrainingState:
             if new_min > old_min:
                 self._cond.notify_all()
             return UpdateInfo(self._completed[server], staleness, updates_behind, new_min, new_max, new_min > old_min,
-                              self._weights, rejoined, new_weights is not None)
+                              self._weights, rejoined, new_weights is not None, time.monotonic())
 
     def leave_out_silent(self, timeout_s: float, now: float | None = None) -> list[int]:
         """Leave out of the gate's minimum every server whose round has been out for more than

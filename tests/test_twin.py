@@ -1,0 +1,99 @@
+"""The virtual clock (core/virtualclock.py) and the twin of a real run (analysis/twin.py)."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from asyncfl.core import virtualclock
+from asyncfl.core.rules.ssp import SSPRule
+from asyncfl.core.state import TrainingState
+from asyncfl.core.virtualclock import Timing
+from tests.helpers import ROOT, run_script
+
+
+def clock_run(staleness, timings, duration_s, evals=()):
+    """Two servers whose results add their number + 1 to every weight; returns (updates, evaluations)."""
+    state = TrainingState({"w": torch.zeros(1)}, 2, staleness, SSPRule(2))
+    updates, scores = [], []
+    virtualclock.run(state, lambda i, w: SimpleNamespace(weights={"w": w["w"] + 2 * (i + 1)}, n_samples=1, loss=0.0),
+                     lambda i, r: timings(i, r), duration_s, list(evals),
+                     lambda t, w: scores.append((t, float(w["w"]))), updates.append)
+    return updates, scores
+
+
+def test_the_gate_holds_a_fast_server_back_on_the_virtual_clock():
+    # Server 0's rounds take 1 s, server 1's 3 s. S=0: server 0 waits for server 1 after every round.
+    updates, _ = clock_run(0, lambda i, r: Timing(1.0 if i == 0 else 3.0), 10.0)
+    assert [(u.time_s, u.server, u.round) for u in updates] == [
+        (1.0, 0, 1), (3.0, 1, 1), (4.0, 0, 2), (6.0, 1, 2), (7.0, 0, 3), (9.0, 1, 3), (10.0, 0, 4)]
+    assert [u.start_s for u in updates[:3]] == [0.0, 0.0, 3.0]  # released when server 1's round 1 came in
+    free, _ = clock_run(9999, lambda i, r: Timing(1.0 if i == 0 else 3.0), 10.0)
+    assert [u.server for u in free].count(0) == 10 and [u.server for u in free].count(1) == 3
+
+
+def test_gaps_stopped_servers_and_evaluations_before_events_at_the_same_instant():
+    # Server 1 has two rounds only; server 0's snapshots come 0.5 s after the gate lets it go.
+    updates, scores = clock_run(9999, lambda i, r: Timing(1.0, 0.5) if i == 0 else (Timing(2.0) if r <= 2 else None),
+                                5.0, evals=[0.0, 2.0, 4.0])
+    assert [(u.time_s, u.server) for u in updates] == [(1.5, 0), (2.0, 1), (3.0, 0), (4.0, 1), (4.5, 0)]
+    # SSP adds (new - old) / 2: server 0 adds 1, server 1 adds 2. At t=2 server 1's first update is not in yet.
+    assert scores == [(0.0, 0.0), (2.0, 1.0), (4.0, 4.0), (5.0, 7.0)]
+    # Server 0's second snapshot (t=2.0) and server 1's update (t=2.0) tie: the update goes first.
+    assert updates[2].start_s == 2.0 and updates[2].updates_behind == 0
+    assert updates[4].updates_behind == 1  # snapshot at 3.5, server 1's second update at 4.0
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """A short real run: 4 servers of unequal speed at S=1, so the gate acts."""
+    out = tmp_path_factory.mktemp("twin") / "run"
+    run = run_script(["./train.sh", "--base-port", "0", "--out-dir", str(out), "--n-servers", "4", "--staleness-threshold",
+                      "1", "--speeds", "1 1 2 3", "--compute-s", "0.03", "--duration-s", "5", "--eval-interval-s", "1",
+                      "--no-profile"], 180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return out
+
+
+def twin(run, *flags):
+    return subprocess.run([sys.executable, "-m", "asyncfl.analysis.twin", str(run), *flags], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+
+
+def test_the_replay_twin_puts_a_real_run_s_updates_in_its_order_and_ends_with_its_model(real_run):
+    made = twin(real_run, "--mode", "replay")
+    assert made.returncode == 0, made.stderr
+    real = pd.read_csv(real_run / "rounds.csv").sort_values("applied_s")
+    replay = pd.read_csv(real_run / "twin-replay" / "rounds.csv")
+    assert len(real) > 40 and max(real["staleness"]) == 2  # the gate held servers back
+    assert list(zip(replay["server"], replay["round"])) == list(zip(real["server"], real["round"]))
+    assert (replay["time_s"] - real["applied_s"].to_numpy()).abs().max() < 1e-5
+    assert list(replay["updates_behind"]) == list(real["updates_behind"])
+    ours, theirs = load_file(real_run / "twin-replay" / "model.safetensors"), load_file(real_run / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)  # bit for bit: the same updates, in the same order
+    f1_real = pd.read_csv(real_run / "f1_time.csv")
+    f1_twin = pd.read_csv(real_run / "twin-replay" / "f1_time.csv")
+    assert f1_twin["f1"].iloc[-1] == f1_real["f1"].iloc[-1]
+
+
+def test_the_formula_twin_models_speed_and_links_and_bad_folders_exit_2(real_run, tmp_path):
+    made = twin(real_run, "--mode", "formula")
+    assert made.returncode == 0, made.stderr
+    record = json.loads((real_run / "twin-formula" / "config.json").read_text())
+    round_s = record["model"]["round_s"]
+    assert round_s[2] / round_s[0] == pytest.approx(2, rel=0.05) and round_s[3] / round_s[0] == pytest.approx(3, rel=0.05)
+    rounds = pd.read_csv(real_run / "twin-formula" / "rounds.csv")
+    per_server = rounds.groupby("server")["round"].max()
+    assert per_server[0] > per_server[3] and rounds["time_s"].max() <= 5.0
+    assert list(pd.read_csv(real_run / "twin-formula" / "f1_time.csv")["time_s"]) == [0, 1, 2, 3, 4, 5]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text((real_run / "config.json").read_text())
+    pd.read_csv(real_run / "rounds.csv").drop(columns=["start_s", "applied_s"]).to_csv(tmp_path / "old" / "rounds.csv")
+    old = twin(tmp_path / "old", "--mode", "replay")
+    assert old.returncode == 2 and "no start_s/applied_s" in old.stderr and "Traceback" not in old.stderr
+    assert twin(tmp_path / "absent").returncode == 2
