@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sweep a grid of configurations with train.sh, one run folder (and log) per combination, all in one
 # sweep folder. The grid is the variables below: edit them, or override the scalars from the environment
-# (DURATION_S=120 STALENESS="0 9999" ./train_batch.sh). `./train_batch.sh --dry-run` lists the runs without starting them.
+# (DURATION_S=120 STALENESS="0 9999" ./train_batch.sh), the lists too, one entry per line (RULES=$'ssp\nfedavg'). `./train_batch.sh --dry-run` lists the runs without starting them.
 # An interrupted sweep resumes: run it again with the same SWEEP_DIR and finished runs are skipped.
 #
 # The paper's grid: L in {0%, 10%, 20%}, D in {0, 600, 10000}, S in {0, 6, 12, inf}, 3 repeats, 40 min
@@ -14,16 +14,22 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
+list() {  # list NAME DEFAULT...: an array, from the environment one entry per line (RULES=$'ssp\nfedavg'), else DEFAULT
+  if [[ -n ${!1+set} ]]; then mapfile -t "$1" <<< "${!1}"; else local -n _list=$1; _list=("${@:2}"); fi
+}
+
 LOSSES="${LOSSES:-0% 10% 20%}"   # network loss L on every link (see docs/network.md)
-LINK_SETS=()                     # more per-server link conditions, each "losses;delays_ms;rates_mbit",
+list LINK_SETS                   # more per-server link conditions, each "losses;delays_ms;rates_mbit",
                                  #   e.g. ("0 0 10 20;0 0 0 0;0 0 0 0" "0 0 0 0;0 0 50 200;0 0 100 10")
 STDEVS="${STDEVS:-0 600 10000}"  # data imbalance D, in the paper's units (samples of an MNIST class of 6,000)
 STALENESS="${STALENESS:-0 6 12 9999}"  # SSP staleness threshold S, in rounds
-SPEED_SETS=("1 1 1 1")           # per-server speed ratios (one entry per server), e.g. ("1 1 1 1" "1 1 1 4")
-RULES=("ssp")                    # aggregation rules (src/asyncfl/core/rules/), each "rule [its client flags]", e.g.
+list SPEED_SETS "1 1 1 1"        # per-server speed ratios (one entry per server), e.g. ("1 1 1 1" "1 1 1 4"), or
+                                 #   "halfnormal:SD" (each 1 + |N(0, SD)|, drawn from the run's seed)
+list RULES ssp                   # aggregation rules (src/asyncfl/core/rules/), each "rule [its client flags]", e.g.
                                  #   ("ssp" "fedavg" "fedasync --alpha 0.6 --staleness-fn polynomial --staleness-a 0.5"
-                                 #   "fedbuff --buffer-size 4 --server-lr 1"); fedavg runs once per cell (no S)
-PARTITIONS=("gaussian")          # splits, each "partition [its server flags]", e.g. ("gaussian"
+                                 #   "fedbuff --buffer-size 4 --server-lr 1"); fedavg runs once per cell (no S), and
+                                 #   an entry with "--staleness-threshold X" once, at X
+list PARTITIONS gaussian         # splits, each "partition [its server flags]", e.g. ("gaussian"
                                  #   "dirichlet --alpha-dirichlet 0.3" "shards --shards-per-server 2");
                                  #   only gaussian uses STDEVS (the others run with the first D)
 REPEATS=${REPEATS:-3}            # runs per combination (seeds 0, 1, 2, ...)

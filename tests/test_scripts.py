@@ -79,6 +79,11 @@ def test_bad_settings_stop_before_starting_anything(tmp_path):
     bad_speeds = train(tmp_path / "speeds", "--n-servers", "2", "--speeds", "1 2 3", timeout_s=60)
     assert bad_speeds.returncode != 0 and "--speeds has 3 values for 2 servers" in bad_speeds.stderr
     assert not (tmp_path / "speeds" / "rounds.csv").exists()
+    for flags, says in ((["--speeds", "halfnormal:fast"], "halfnormal:SD takes a number"),
+                        (["--regime", "paper", "--compute-s", "0.5"], "--compute-s: the paper regime sets")):
+        bad = train(tmp_path / "bad", *flags, timeout_s=30)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
 
 
 def test_split_dataset_prints_the_table():
@@ -93,27 +98,36 @@ def test_split_dataset_prints_the_table():
 
 
 def test_batch_grid_with_rules_and_partitions(tmp_path):
-    # Prepare: train_batch.sh with its arrays edited, as a user would, in a copy.
-    text = (ROOT / "train_batch.sh").read_text()
-    for old, new in [('"${LOSSES:-0% 10% 20%}"', '"0%"'), ('"${STDEVS:-0 600 10000}"', '"0 10000"'),
-                     ('"${STALENESS:-0 6 12 9999}"', '"0 9999"'), ('${REPEATS:-3}', '1'),
-                     ('RULES=("ssp")', 'RULES=("ssp" "fedavg" "fedbuff --buffer-size 4")'),
-                     ('PARTITIONS=("gaussian")', 'PARTITIONS=("gaussian" "shards --shards-per-server 2")')]:
-        assert old in text
-        text = text.replace(old, new)
-    script = tmp_path / "train_batch.sh"
-    script.write_text(text)
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the copy runs this checkout's package
+    # Prepare: train_batch.sh's lists from the environment, one entry per line, as a user would set them.
+    env = {**os.environ, "SWEEP_DIR": str(tmp_path / "sweep"), "LOSSES": "0%", "STDEVS": "0 10000",
+           "STALENESS": "0 9999", "REPEATS": "1", "SPEED_SETS": "halfnormal:1",
+           "RULES": "ssp\nfedavg\nfedbuff --buffer-size 4\nfedasync --staleness-threshold 9999 --alpha 0.6",
+           "PARTITIONS": "gaussian\nshards --shards-per-server 2"}
     # Execute
-    run = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "SWEEP_DIR": str(tmp_path / "sweep")})
-    # Assert: ssp and fedbuff per S, fedavg once (its S is 0); the shards split only with the first D.
+    run = subprocess.run(["./train_batch.sh", "--dry-run"], capture_output=True, text=True, timeout=30, env=env, cwd=ROOT)
+    # Assert: ssp and fedbuff per S, fedavg once (its S is 0), fedasync once at the S its entry pins; the
+    # shards split only with the first D.
     assert run.returncode == 0, run.stderr
     names = [line.split("] ", 1)[1] for line in run.stdout.splitlines() if line.startswith("[")]
-    assert len(names) == 2 * 5 + 5
-    assert "fedavg-L0-D0-S0-speeds_1_1_1_1-r0" in names and "fedbuff_buffer-size-4-L0-D10000-S9999-speeds_1_1_1_1-r0" in names
-    assert "shards_shards-per-server-2-L0-D0-S0-speeds_1_1_1_1-r0" in names
+    assert len(names) == 3 * 6
+    assert "fedavg-L0-D0-S0-speeds_halfnormal-1-r0" in names
+    assert "fedbuff_buffer-size-4-L0-D10000-S9999-speeds_halfnormal-1-r0" in names
+    assert [n for n in names if n.startswith("fedasync") and "D0" in n and "shards" not in n] == [
+        "fedasync_alpha-0.6-L0-D0-S9999-speeds_halfnormal-1-r0"]
+    assert "shards_shards-per-server-2-L0-D0-S0-speeds_halfnormal-1-r0" in names
     assert not any(n.startswith("shards") and "D10000" in n for n in names)
+    unset = {k: v for k, v in env.items() if k not in ("RULES", "PARTITIONS", "SPEED_SETS")}
+    default = subprocess.run(["./train_batch.sh", "--dry-run"], capture_output=True, text=True, timeout=30, env=unset,
+                             cwd=ROOT)
+    assert "[4/4] L0-D10000-S9999-speeds_1_1_1_1-r0" in default.stdout  # the lists' defaults
+
+
+def test_halfnormal_speeds_are_drawn_once_per_server_from_the_seed():
+    from asyncfl.settings import parse_speeds
+    a, b = parse_speeds("halfnormal:1", 8, seed=0), parse_speeds("halfnormal:1", 8, seed=1)
+    assert a == parse_speeds("halfnormal:1", 8, seed=0) and a != b and len(a) == 8
+    assert all(r >= 1 for r in a + b) and max(a) > 1.5  # 1 + |N(0, 1)|: most above 1, some well above
+    assert parse_speeds("halfnormal:0", 3) == [1.0, 1.0, 1.0]
 
 
 def test_an_unwritable_run_folder_stops_with_a_message_not_a_traceback(tmp_path):

@@ -82,11 +82,16 @@ def test_the_replay_twin_puts_a_real_run_s_updates_in_its_order_and_ends_with_it
 
 
 def test_the_formula_twin_models_speed_and_links_and_bad_folders_exit_2(real_run, tmp_path):
+    real = pd.read_csv(real_run / "rounds.csv")  # --compute-s 0.03 with ratio 3: rounds of at least 90 ms
+    assert ((real["compute_s"] + real["idle_s"])[real["server"] == 3] >= 0.09 - 1e-6).all()
     made = twin(real_run, "--mode", "formula")
     assert made.returncode == 0, made.stderr
     record = json.loads((real_run / "twin-formula" / "config.json").read_text())
     round_s = record["model"]["round_s"]
-    assert round_s[2] / round_s[0] == pytest.approx(2, rel=0.05) and round_s[3] / round_s[0] == pytest.approx(3, rel=0.05)
+    # ratio x compute + the same transfer on every unlimited link: the compute parts go 1 : 2 : 3
+    assert round_s[0] == round_s[1] and (round_s[3] - round_s[0]) / (round_s[2] - round_s[0]) == pytest.approx(2)
+    transfer = 2 * record["weights_bytes"] / (10000e6 / 8)
+    assert round_s[0] == pytest.approx(transfer + max(0.03, record["model"]["compute_s_measured"]))
     rounds = pd.read_csv(real_run / "twin-formula" / "rounds.csv")
     per_server = rounds.groupby("server")["round"].max()
     assert per_server[0] > per_server[3] and rounds["time_s"].max() <= 5.0

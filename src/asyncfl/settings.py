@@ -28,7 +28,8 @@ class ServerArgs(SplitSettings, LinkSettings):
     dataset: datasets.Name = datasets.DEFAULT  # a registered dataset (core/datasets.py): mnist-5k (offline), mnist (download), fashion-mnist
     data_dir: str = "data"  # where downloaded datasets are stored
     seed: int = 0  # seed of each server's batch order (the split has --split-seed)
-    speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1)
+    speeds: str = ""  # per-server speed ratios, e.g. "1 1 1 4": server i takes ratio_i x its compute time per round (empty = all 1); "halfnormal:0.5" draws each as 1 + |N(0, 0.5)| from --seed (FLSim's half-normal durations)
+    compute_s: float = 0.0  # fast regime: a round's training lasts at least this long at speed 1 (an emulated device, FLSim's training duration; --speeds multiply it), seconds; 0 = this machine's own compute
     tcp_cc: str = tcp.DEFAULT_CC  # TCP congestion control of every server socket (cubic: Linux's default, the paper's); any this kernel offers
     faults: Literal["modern", "original"] = "modern"  # original: all of an owner's connections share one queue of received messages, as PySyft 0.2's server did (server/pysyft.py)
     host: str = "127.0.0.1"  # interface to listen on (servers in namespaces listen on their link's address); beyond loopback a token is required
@@ -118,6 +119,7 @@ def problems(args) -> list[str]:
         "stdev": (lambda v: v >= 0, "not negative"),
         "time_scale": (lambda v: 1 <= v <= 100, "in [1, 100]"),
         "pace_spread": (lambda v: 0 <= v < 1, "in [0, 1), a fraction of the mean pace"),
+        "compute_s": (lambda v: 0 <= v <= 3600, "in [0, 3600] seconds"),
         "duration_s": (lambda v: v is None or v > 0, "positive, in seconds"),
         "eval_interval_s": (lambda v: v is None or v > 0, "positive, in seconds"),
         "round_timeout_s": (lambda v: v is None or v > 0, "positive, in seconds"),
@@ -138,9 +140,11 @@ def problems(args) -> list[str]:
              if hasattr(args, name) and not ok(getattr(args, name))]
     if hasattr(args, "tcp_cc") and (why := tcp.problem(args.tcp_cc)):
         found.append(why)
+    if getattr(args, "compute_s", 0) and getattr(args, "regime", "fast") == "paper":
+        found.append("--compute-s: the paper regime sets each round's pace itself (--pace-spread); use --regime fast")
     if hasattr(args, "loss") and not found:  # the data owners' per-server lists, as server/main.py reads them
         for check in (lambda: Links.from_args(args),
-                      lambda: parse_speeds(args.speeds, args.n_servers)):
+                      lambda: parse_speeds(args.speeds, args.n_servers, args.seed)):
             try:
                 check()
             except ValueError as e:
@@ -148,8 +152,23 @@ def problems(args) -> list[str]:
     return found
 
 
-def parse_speeds(text: str, n_servers: int) -> list[float]:
-    """'1 1 1 4' (spaces or commas) -> [1.0, 1.0, 1.0, 4.0]; empty -> all 1. Ratios below 1 are refused."""
+HALFNORMAL = "halfnormal:"
+
+
+def parse_speeds(text: str, n_servers: int, seed: int = 0) -> list[float]:
+    """'1 1 1 4' (spaces or commas) -> [1.0, 1.0, 1.0, 4.0]; empty -> all 1. Ratios below 1 are refused.
+    'halfnormal:SD' -> each server's ratio 1 + |N(0, SD)|, drawn once per server from ``seed`` (FLSim's
+    PerUserHalfNormalDurationDistribution: a minimum plus a half-normal; docs/rules.md)."""
+    if text.strip().startswith(HALFNORMAL):
+        try:
+            sd = float(text.strip()[len(HALFNORMAL):])
+        except ValueError:
+            raise ValueError(f"--speeds {text!r}: halfnormal:SD takes a number, e.g. halfnormal:0.5") from None
+        if not 0 <= sd <= 100:
+            raise ValueError(f"--speeds {text!r}: the half-normal's SD must be in [0, 100]")
+        import numpy as np  # here: --help stays instant
+
+        return [round(1.0 + abs(float(x)), 6) for x in np.random.default_rng([seed, 2]).normal(0.0, sd, n_servers)]
     parts = text.replace(",", " ").split()
     if not parts:
         return [1.0] * n_servers

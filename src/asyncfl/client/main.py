@@ -75,9 +75,9 @@ def check_servers(args: Args, infos: list[dict]) -> None:
         if server_cc and server_cc != args.tcp_cc:
             raise RemoteError(f"{info.get('server')}'s sockets use TCP {server_cc} and this client --tcp-cc {args.tcp_cc}: "
                               "start both with the same --tcp-cc")
-        paced = bool(info.get("pace_s"))
-        if paced != (args.regime == "paper"):
-            raise RemoteError(f"{info.get('server')} was started {'with' if paced else 'without'} --regime paper and "
+        paper = info.get("regime", "paper" if info.get("pace_s") else "fast") == "paper"  # older servers: by their pace
+        if paper != (args.regime == "paper"):
+            raise RemoteError(f"{info.get('server')} was started {'with' if paper else 'without'} --regime paper and "
                               f"this client runs --regime {args.regime}: start both in the same regime")
 
 

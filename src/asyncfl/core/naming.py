@@ -22,7 +22,7 @@ def run_name(link: str, stdev: float | str | None, staleness: int, *, speeds: st
     d = "own" if stdev is None else stdev if isinstance(stdev, str) else f"{stdev:g}"
     name = f"{link if link.startswith('links') else 'L' + link}-D{d}-S{staleness}"
     if speeds is not None:
-        name += f"-speeds_{speeds.replace(' ', '_')}"
+        name += f"-speeds_{speeds.replace(' ', '_').replace(':', '-')}"
     if repeat is not None:
         name += f"-r{repeat}"
     if when is not None:

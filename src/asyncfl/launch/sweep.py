@@ -98,9 +98,20 @@ def link_flags(link: str, link_sets: list[str]) -> list[str]:
     return [x for flag, v in zip(("--losses", "--delays-ms", "--rates-mbit"), values) for x in (flag, v)]
 
 
+def pinned(rule: str) -> tuple[str, str | None]:
+    """A RULES entry may pin its own S ("fedasync --staleness-threshold 9999 --alpha 0.6": an asynchronous
+    rule run only asynchronously): the entry without that flag, and the S (None: the grid's)."""
+    words = rule.split()
+    if "--staleness-threshold" not in words:
+        return rule, None
+    at = words.index("--staleness-threshold")
+    return " ".join(words[:at] + words[at + 2:]), words[at + 1]
+
+
 def grid(a: SweepArgs) -> list[Run]:
     """Every run of the grid, repeat by repeat, with its train.sh flags. Only gaussian splits take every
-    D (the others the first); a rule with a barrier of its own runs at S=0 only."""
+    D (the others the first); a rule with a barrier of its own runs at S=0 only, a rule entry that pins
+    its S at that S only."""
     link_sets, stdevs = lines(a.link_sets), a.stdevs.split()
     links = [f"L{loss.rstrip('%')}" for loss in a.losses.split()] + [f"links{k}" for k in range(len(link_sets))]
     fixed = ["--netns", "always" if a.transport == "netns" else "never", "--no-shared-memory",
@@ -112,10 +123,11 @@ def grid(a: SweepArgs) -> list[Run]:
     runs = []
     for rep, link, part, stdev, speeds, rule, s in itertools.product(
             range(a.repeats), links, lines(a.partitions), stdevs, lines(a.speed_sets), lines(a.rules), a.staleness.split()):
-        if (part.split()[0] != "gaussian" and stdev != stdevs[0]) or \
-                (not rules.get(rule.split()[0]).has_threshold and s != a.staleness.split()[0]):
+        rule, pin = pinned(rule)
+        once = pin is not None or not rules.get(rule.split()[0]).has_threshold
+        if (part.split()[0] != "gaussian" and stdev != stdevs[0]) or (once and s != a.staleness.split()[0]):
             continue
-        s = s if rules.get(rule.split()[0]).has_threshold else "0"
+        s = pin if pin is not None else s if rules.get(rule.split()[0]).has_threshold else "0"
         name = run_name(link[1:] if link.startswith("L") else link, stdev, int(s), speeds=speeds, repeat=rep,
                         rule=rule, partition=part)
         args = [*link_flags(link, link_sets), *fixed, "--stdev", stdev, "--staleness-threshold", s,

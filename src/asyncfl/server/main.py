@@ -69,7 +69,7 @@ def main(args: Args) -> int:
             log.error("%s", line)
         return 2
     try:
-        speeds = parse_speeds(args.speeds, args.n_servers)
+        speeds = parse_speeds(args.speeds, args.n_servers, args.seed)
         regime = regime_mod.paper_regime(args.time_scale, args.pace_spread) if args.regime == "paper" else None
         links_wanted = Links.from_args(args)
         conditions, use_netns = links_wanted.per_server, links_wanted.in_namespaces()
@@ -106,7 +106,7 @@ def main(args: Args) -> int:
     try:
         links = lab.create(conditions, regime.rto_min_ms if regime else 0.0) if use_netns else []
         paces = regime_mod.server_paces(np.random.default_rng([args.seed, 1]), args.n_servers, regime.pace_s,
-                                        regime.pace_spread) if regime else [0.0] * args.n_servers
+                                        regime.pace_spread) if regime else [args.compute_s] * args.n_servers
         return _serve(args, ds, shards, split, speeds, paces, conditions, links, token)
     except netem.NetemError as e:
         log.error("%s; nothing was started", e)
@@ -170,6 +170,7 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
             tcp_cc=args.tcp_cc,
             faults=args.faults,
             warm_torchscript=args.regime == "paper",  # its default wire is the original's
+            regime=args.regime,
         )
         specs.append(spec)
         procs.append(_start(ctx, spec, ready_queue))

@@ -140,6 +140,7 @@ class ServerSpec:
     tcp_cc: str | None = None  # TCP congestion control of its sockets (None: the namespace's default)
     faults: str = "modern"  # original: all connections share one queue of received messages (server/pysyft.py)
     warm_torchscript: bool = False  # make the original wire's TorchScript archive before listening (paper regime)
+    regime: str = "fast"  # reported by hello, so a client of the other regime refuses it
 
 
 def shard_fingerprint(split: dict, index: int) -> dict:
@@ -180,7 +181,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         # make, 70 MB of TorchScript): made before listening, not in the first round of a paced run.
         pysyft.warm_up(spec.dataset_key)
     fingerprint = shard_fingerprint(spec.split, spec.index)
-    extra = {"split": spec.split, "index": spec.index, "network": spec.network, "shard_fingerprint": fingerprint}
+    extra = {"split": spec.split, "index": spec.index, "network": spec.network, "shard_fingerprint": fingerprint,
+             "regime": spec.regime}
     sysctls = tcp.sysctls()  # this namespace's: a fresh one has the kernel's defaults, not the host's
 
     store = pysyft.ObjectStore()  # the original wire's objects: one registry for every connection
