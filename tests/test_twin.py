@@ -102,3 +102,47 @@ def test_the_formula_twin_models_speed_and_links_and_bad_folders_exit_2(real_run
     old = twin(tmp_path / "old", "--mode", "replay")
     assert old.returncode == 2 and "no start_s/applied_s" in old.stderr and "Traceback" not in old.stderr
     assert twin(tmp_path / "absent").returncode == 2
+
+
+def fake_run(root, name, rule, staleness, seed, f1_times, formula_times=None, duration=20.0, loss=0.0):
+    """A run folder with what analysis/realnet.py reads: F1 reaches 0.8 and 0.9 at the given times (None: never)."""
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    config = {"args": {"duration_s": duration, "seed": seed, "dataset": "mnist-5k"}, "n_servers": 2,
+              "dataset": {"partition": "gaussian"}, "aggregation": {"aggregation": rule}, "staleness_threshold": staleness,
+              "server_info": [{"speed_ratio": 1.0, "network": {"loss_pct": loss}}] * 2,
+              "finished": {"retries_per_server": [0, 0], "starved": []}}
+    (run / "config.json").write_text(json.dumps(config))
+
+    def curve(folder, times):
+        folder.mkdir(exist_ok=True)
+        rows = ["time_s,f1", "0,0.1"] + [f"{t},{f}" for t, f in zip(times, (0.8, 0.9)) if t is not None]
+        (folder / "f1_time.csv").write_text("\n".join(rows) + f"\n{duration},0.5\n")
+    curve(run, f1_times)
+    if formula_times:
+        curve(run / "twin-formula", formula_times)
+    (run / "rounds.csv").write_text("time_s,server,round,retrans_segs\n1,0,1,2\n5,1,1,3\n15,0,2,0\n")
+
+
+def test_speed_ups_over_fedavg_are_paired_by_seed_and_bounded_where_a_run_never_got_there(tmp_path, capsys):
+    from asyncfl.analysis import realnet
+    for seed in (0, 1):
+        fake_run(tmp_path, f"fedavg-{seed}", "fedavg", 0, seed, (8.0, None), (10.0, 16.0))
+        fake_run(tmp_path, f"ssp-{seed}", "ssp", 9999, seed, (4.0 if seed == 0 else 2.0, 10.0), (5.0, 8.0))
+        fake_run(tmp_path, f"lossy-fedavg-{seed}", "fedavg", 0, seed, (None, None), loss=20.0)
+        fake_run(tmp_path, f"lossy-ssp-{seed}", "ssp", 9999, seed, (5.0, None), loss=20.0)
+    assert realnet.main(realnet.Args(tmp_path, figures=False)) == 0
+    table = (tmp_path / "realnet.md").read_text()
+    ssp = next(line for line in table.splitlines() if line.startswith("| ssp S=inf"))
+    cells = [c.strip() for c in ssp.split("|")[2:-1]]
+    # speeds only, F1 0.8: 8/4 and 8/2 -> median 3; the formula twin 10/5 = 2
+    assert cells[0] == "3.00x (2.00-4.00) (2.00x (2.00-2.00))"
+    assert cells[1].startswith(">2.00x")  # FedAvg never reached 0.9 in 20 s: 20/10 is a lower bound
+    assert cells[2].startswith(">4.00x") and cells[3].startswith("neither reached")  # lossy links
+    runs = pd.read_csv(tmp_path / "realnet_runs.csv")
+    row = runs[runs["run"] == "ssp-0"].iloc[0]
+    assert (row["updates_to_80"], row["retrans_to_80"], row["updates_to_90"], row["retrans_to_90"]) == (1, 2, 2, 5)
+    assert row["link"] == "speeds" and runs[runs["run"] == "lossy-ssp-0"]["link"].iloc[0].startswith("speeds + loss 20 20")
+    errors = next(line for line in table.splitlines() if "| speeds only | ssp S=inf |" in line)
+    assert "| +88% (2 of 2 runs) | -20% (2 of 2 runs) |" in errors  # 5 s vs 4 s and 2 s: +25%, +150%; 8 s vs 10 s
+    assert realnet.main(realnet.Args(tmp_path / "nothing")) == 2

@@ -3,7 +3,8 @@
     python -m asyncfl.analysis.collect sweeps/20261128-143000 results/paper-regime
 
 For every finished run in the sweep: config.json, f1_time.csv, f1_epoch.csv, events.csv, rounds.csv (its
-stalls) and yappi.csv go to DEST/runs/<run>/ (the logs and the model stay in the sweep folder); then analysis/analyze.py writes
+stalls) and yappi.csv go to DEST/runs/<run>/ (with its twins' config.json, f1_time.csv and rounds.csv, if
+analysis/twin.py made them) (the logs and the model stay in the sweep folder); then analysis/analyze.py writes
 DEST/summary.csv and DEST/runs.csv and analysis/plot.py DEST/fig3..fig6. Run it as often as runs finish: it
 copies only what is new or changed, so an interrupted sweep's committed results lose nothing.
 """
@@ -20,6 +21,7 @@ import tyro
 from asyncfl.analysis import analyze, plot
 
 SMALL_FILES = ("config.json", "f1_time.csv", "f1_epoch.csv", "events.csv", "rounds.csv", "yappi.csv")
+TWINS = ("twin-formula", "twin-replay")  # analysis/twin.py's folders inside a run: their config.json and CSVs
 
 
 @dataclass
@@ -35,9 +37,10 @@ def main(args: Args) -> int:
     for run in finished:
         target = args.dest / "runs" / run.name
         target.mkdir(parents=True, exist_ok=True)
-        for name in SMALL_FILES:
+        for name in (*SMALL_FILES, *(f"{twin}/{f}" for twin in TWINS for f in ("config.json", "f1_time.csv", "rounds.csv"))):
             src, dst = run / name, target / name
             if src.exists() and (not dst.exists() or dst.read_bytes() != src.read_bytes()):
+                dst.parent.mkdir(exist_ok=True)
                 shutil.copyfile(src, dst)
                 copied += 1
     print(f"collect: {len(finished)} finished runs, {copied} files copied into {args.dest / 'runs'}")

@@ -1,0 +1,226 @@
+"""Asynchronous rules on real links (issue 27): each rule's wall-clock time to an F1 against strict FedAvg's,
+beside what the simulators' published figures say and what a simulator's formula (analysis/twin.py) says
+for the same runs.
+
+    python -m asyncfl.analysis.realnet results/rules-real-net        # after collect (and twin on every run)
+
+Reads ``DIR/runs/<run>/`` (config.json, f1_time.csv, rounds.csv, and twin-formula/ and twin-replay/ where
+made). Writes ``DIR/realnet_runs.csv`` (one row per run: times to F1 0.80 and 0.90, real and both twins',
+and the updates, bytes and retransmissions it took), ``DIR/realnet.md`` (the tables) and prints them.
+A run that never reached a threshold counts as reaching it at its end: a ratio built on it is a bound
+(marked >, or <).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tyro
+
+from asyncfl.analysis.analyze import partition_label
+from asyncfl.core import rules
+from asyncfl.core.model import weight_spec
+
+THRESHOLDS = (0.80, 0.90)
+SOURCES = ("real", "formula", "replay")
+# The simulators' published speed-ups over synchronous FedAvg (time to a target accuracy), as issue 27 quotes
+# them: FedBuff's paper (Nguyen et al., AISTATS 2022, FLSim, half-normal client durations) and FedScale's
+# FedBuff example (its virtual clock).
+PUBLISHED = {"fedbuff": "3.3x (FedBuff paper, FLSim); 1.46x (FedScale example)",
+             "fedasync": "FedBuff 2.5x faster than FedAsync (FedBuff paper)"}
+
+
+def rule_label(config: dict) -> str:
+    record = config.get("aggregation", {"aggregation": "ssp"})
+    if record["aggregation"] == "ssp":
+        s = config["staleness_threshold"]
+        return f"ssp S={'inf' if s >= 9999 else s}"
+    return rules.label(record)
+
+
+def link_setting(config: dict) -> str:
+    nets = [info.get("network", {}) for info in config["server_info"]]
+    if not any(n.get("loss_pct") or n.get("rate_mbit") or n.get("delay_ms") for n in nets):
+        return "speeds"
+    loss = " ".join(f"{n.get('loss_pct', 0):g}" for n in nets)
+    rate = " ".join(f"{n.get('rate_mbit', 0):g}" for n in nets)
+    return f"speeds + loss {loss} % + rate {rate} Mbit/s"
+
+
+def first_time(f1: pd.DataFrame, threshold: float) -> float:
+    hit = f1[f1["f1"] >= threshold]
+    return float(hit["time_s"].iloc[0]) if len(hit) else float("nan")
+
+
+def run_row(run: Path) -> dict:
+    config = json.loads((run / "config.json").read_text())
+    duration = float(config["args"]["duration_s"])
+    weights_bytes = sum(int(np.prod(shape)) for shape, _ in weight_spec(config["args"]["dataset"]).values()) * 4
+    rounds = pd.read_csv(run / "rounds.csv")
+    row = {"run": run.name, "seed": config["args"]["seed"], "partition": partition_label(config["dataset"]),
+           "link": link_setting(config), "rule": rule_label(config), "n_servers": config["n_servers"],
+           "duration_s": duration, "speeds": " ".join(f"{i.get('speed_ratio', 1):g}" for i in config["server_info"]),
+           "updates": len(rounds), "abandoned_rounds": sum(config["finished"].get("retries_per_server", [])),
+           "starved": " ".join(config["finished"].get("starved", []))}
+    for source in SOURCES:
+        folder = run if source == "real" else run / f"twin-{source}"
+        f1 = pd.read_csv(folder / "f1_time.csv") if (folder / "f1_time.csv").is_file() else None
+        for t in THRESHOLDS:
+            row[f"{source}_t{round(t * 100)}_s"] = first_time(f1, t) if f1 is not None else float("nan")
+            row[f"{source}_reached_{round(t * 100)}"] = f1 is not None and not np.isnan(row[f"{source}_t{round(t * 100)}_s"])
+    for t in THRESHOLDS:
+        until = row[f"real_t{round(t * 100)}_s"]
+        upto = rounds[rounds["time_s"] <= (until if not np.isnan(until) else duration)]
+        row[f"updates_to_{round(t * 100)}"] = len(upto)
+        row[f"mb_to_{round(t * 100)}"] = round(len(upto) * 2 * weights_bytes / 1e6, 2)  # the model each way a round
+        row[f"retrans_to_{round(t * 100)}"] = int(pd.to_numeric(upto.get("retrans_segs"), errors="coerce").fillna(0).sum())
+    replay = run / "twin-replay" / "rounds.csv"
+    if replay.is_file() and "applied_s" in rounds:
+        mine = pd.read_csv(replay)
+        real = rounds.sort_values("applied_s")
+        row["replay_same_order"] = list(zip(mine["server"], mine["round"])) == list(zip(real["server"], real["round"]))
+    return row
+
+
+def load(results: Path) -> pd.DataFrame:
+    runs = sorted(p for p in (results / "runs").iterdir() if (p / "config.json").is_file())
+    return pd.DataFrame([run_row(r) for r in runs])
+
+
+def speedups(runs: pd.DataFrame, source: str, t: int) -> pd.DataFrame:
+    """Per run: FedAvg's time to F1 over the rule's, paired by partition, link and seed (> 1: faster)."""
+    col = f"{source}_t{t}_s"
+    times = runs.assign(time=runs[col].fillna(runs["duration_s"]), censored=runs[col].isna())
+    base = times[times["rule"] == "fedavg"][["partition", "link", "seed", "time", "censored"]]
+    paired = times.merge(base, on=["partition", "link", "seed"], suffixes=("", "_fedavg"))
+    return paired.assign(speedup=paired["time_fedavg"] / paired["time"])
+
+
+def bound(values: pd.DataFrame) -> str:
+    """The median speed-up over seeds, marked as a bound where a censored time went into it."""
+    if values.empty:
+        return "-"
+    med = float(values["speedup"].median())
+    lower = values["censored_fedavg"].any() and not values["censored"].any()
+    upper = values["censored"].any() and not values["censored_fedavg"].any()
+    if values["censored"].all() and values["censored_fedavg"].all():
+        return "neither reached"
+    return f"{'>' if lower else '<' if upper else ''}{med:.2f}x ({values['speedup'].min():.2f}-{values['speedup'].max():.2f})"
+
+
+def ratio_table(runs: pd.DataFrame, partition: str) -> str:
+    links = sorted(runs["link"].unique(), key=len)
+    head = [f"{'speeds only' if link == 'speeds' else 'speeds + loss + rate'}, F1 {t / 100:.2f}: real (formula twin)"
+            for link in links for t in (80, 90)]
+    rows = ["| rule | " + " | ".join(head) + " | published |", "| --- |" + " --- |" * (len(head) + 1)]
+    tables = {(s, t): speedups(runs[runs["partition"] == partition], s, t) for s in ("real", "formula") for t in (80, 90)}
+    for rule in sorted(runs["rule"].unique(), key=lambda r: (r != "fedavg", r)):
+        cells = []
+        for link in links:
+            for t in (80, 90):
+                pick = [tables[(s, t)][(tables[(s, t)]["rule"] == rule) & (tables[(s, t)]["link"] == link)]
+                        for s in ("real", "formula")]
+                cells.append(f"{bound(pick[0])} ({bound(pick[1])})")
+        rows.append(f"| {rule} | " + " | ".join(cells) + f" | {PUBLISHED.get(rule.split('(')[0], '-')} |")
+    return "\n".join(rows)
+
+
+def twin_error_table(runs: pd.DataFrame) -> str:
+    """The formula twin's error in time to F1 (formula / real - 1), per rule and link setting."""
+    rows = ["| partition | link | rule | F1 0.80: formula / real − 1 | F1 0.90 | replay in the real order |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for (part, link, rule), g in runs.groupby(["partition", "link", "rule"]):
+        cells = []
+        for t in (80, 90):
+            both = g.dropna(subset=[f"real_t{t}_s", f"formula_t{t}_s"])
+            err = both[f"formula_t{t}_s"] / both[f"real_t{t}_s"] - 1
+            cells.append(f"{err.median():+.0%} ({len(both)} of {len(g)} runs)" if len(both) else f"- (0 of {len(g)})")
+        same = g["replay_same_order"].dropna() if "replay_same_order" in g else pd.Series([], dtype=bool)
+        label = "speeds only" if link == "speeds" else "speeds + loss + rate"
+        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} | "
+                    f"{int(same.sum())} of {len(same)} |")
+    return "\n".join(rows)
+
+
+def ranking_table(runs: pd.DataFrame) -> str:
+    """The rules ordered by median time to each F1 (censored at the run's end), real against the formula twin."""
+    from scipy.stats import kendalltau
+
+    rows = ["| partition | link | F1 | real order (fastest first) | formula twin's order | Kendall tau |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for (part, link), g in runs.groupby(["partition", "link"]):
+        for t in (80, 90):
+            med = {s: g.assign(t=g[f"{s}_t{t}_s"].fillna(g["duration_s"])).groupby("rule")["t"].median()
+                   for s in ("real", "formula")}
+            order = {s: " < ".join(f"{rule} ({v:.0f} s)" for rule, v in med[s].sort_values(kind="stable").items())
+                     for s in med}
+            tau = kendalltau(med["real"], med["formula"].reindex(med["real"].index)).statistic
+            label = "speeds only" if link == "speeds" else "speeds + loss + rate"
+            rows.append(f"| {part} | {label} | {t / 100:.2f} | {order['real']} | {order['formula']} | {tau:+.2f} |")
+    return "\n".join(rows)
+
+
+def figure(results: Path, runs: pd.DataFrame, partition: str, seed: int = 0) -> Path:
+    """F1 over time of one repeat, real (solid) against the formula twin (dashed), one panel per link setting."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pick = runs[(runs["partition"] == partition) & (runs["seed"] == seed)]
+    links = sorted(pick["link"].unique(), key=len)
+    fig, axes = plt.subplots(1, len(links), figsize=(6.5 * len(links), 4.2), sharey=True, squeeze=False)
+    for ax, link in zip(axes[0], links):
+        for k, row in enumerate(pick[pick["link"] == link].sort_values("rule").itertuples()):
+            color = f"C{k}"
+            for source, style in (("", "-"), ("twin-formula", "--")):
+                path = results / "runs" / row.run / source / "f1_time.csv"
+                if path.is_file():
+                    f1 = pd.read_csv(path)
+                    ax.plot(f1["time_s"], f1["f1"], style, color=color, lw=1.2,
+                            label=row.rule if not source else None)
+        ax.set_title(("speeds only" if link == "speeds" else "speeds + loss + rate") + f" ({partition}, seed {seed})",
+                     fontsize=9)
+        ax.set_xlabel("wall-clock time, s (dashed: the formula twin's virtual clock)")
+        ax.axhline(0.9, color="grey", lw=0.5)
+    axes[0][0].set_ylabel("F1")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out = results / f"realnet_{partition.replace('(', '_').replace(')', '')}.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+@dataclass
+class Args:
+    results: tyro.conf.Positional[Path]  # a collected grid: DIR/runs/<run>/ (e.g. results/rules-real-net)
+    figures: bool = True  # realnet_<partition>.png: F1 over time of seed 0, real and formula twin
+
+
+def main(args: Args) -> int:
+    if not (args.results / "runs").is_dir():
+        print(f"realnet: no runs/ in {args.results} (collect the sweep first)", file=sys.stderr)
+        return 2
+    runs = load(args.results)
+    runs.to_csv(args.results / "realnet_runs.csv", index=False)
+    parts = []
+    for partition in sorted(runs["partition"].unique()):
+        parts += [f"## Speed-up over strict FedAvg, {partition} (median over seeds, range)", ratio_table(runs, partition)]
+    parts += ["## The formula twin's error in time to F1", twin_error_table(runs),
+              "## The rules' ranking, real and formula", ranking_table(runs)]
+    text = "\n\n".join(parts)
+    (args.results / "realnet.md").write_text(text + "\n")
+    print(text)
+    if args.figures:
+        for partition in sorted(runs["partition"].unique()):
+            figure(args.results, runs, partition)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.realnet", description=__doc__)))
