@@ -60,8 +60,8 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     out = grouped[present].agg(["mean", "std"])
     out.columns = [f"{m}_{stat}" for m, stat in out.columns]
     out.insert(0, "repeats", grouped["seed"].nunique())
-    out.insert(1, "starved", grouped["starved"].apply(lambda s: int(s.fillna("").astype(str).str.len().gt(0).sum()))
-               if "starved" in runs else 0)
+    out.insert(1, "starved", grouped["starved"].apply(lambda s: int(s.astype(object).where(s.notna(), "").astype(str)
+                                                                      .str.len().gt(0).sum())) if "starved" in runs else 0)
     return out.reset_index()
 
 
@@ -87,7 +87,8 @@ def claims_table(runs: pd.DataFrame) -> str:
     rows = ["| claim | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for claim in v.CLAIMS:
         seen = {n: verdict(runs[runs["variant"] == n], claim) for n in names}
-        cells = [seen[n] if n == BASE or seen[n] == seen[BASE] else f"**{seen[n]}** (moves)" for n in names]
+        cells = [seen[n] if n == BASE or seen[n] == seen[BASE] or seen[n].startswith(("missing", "undecided"))
+                 else f"**{seen[n]}** (moves)" for n in names]
         rows.append(f"| {claim.name} | " + " | ".join(cells) + " |")
     repeats = runs.groupby("variant")["seed"].nunique()
     rows.append("| runs (repeats) | " + " | ".join(f"{(runs['variant'] == n).sum()} ({repeats[n]})" for n in names) + " |")
