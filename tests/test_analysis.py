@@ -169,7 +169,8 @@ def test_verdicts_follow_the_stated_rules():
     # Repeats that disagree in sign do not make a difference: 0.2 in one repeat of three is 0.067 on average.
     noisy = synthetic_grid(lambda loss, d, s, seed: 0.5 + (0.2 if seed == 0 and s == 9999 else 0.0))
     assert primary["3"](noisy) == "not supported"
-    assert "missing" in primary["1"](runs[runs["stdev"] != 10000.0])
+    assert "missing" in primary["1"](runs[runs["loss"] != "0%"])
+    assert "missing" in primary["1"](runs[runs["staleness"] != 9999])
 
 
 def test_the_sensitivity_table_moves_with_the_threshold_and_the_test():
