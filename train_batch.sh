@@ -48,6 +48,8 @@ EXCLUSIVE=${EXCLUSIVE:-0}        # LAUNCHER=slurm: 1 = a whole node per run (sba
 SBATCH_ARGS=${SBATCH_ARGS:-}     # LAUNCHER=slurm: more sbatch options, e.g. "--partition=short --time=00:10:00"
 EXTRA_ARGS=${EXTRA_ARGS:-}       # more train.sh/client flags for every run, e.g. "--eval-samples 500"
 SWEEP_DIR=${SWEEP_DIR:-}         # where the run folders go (empty: sweeps/<date>-<time>)
+DONE_IN=${DONE_IN:-}             # a results folder (analysis.collect's): runs collected there are skipped, so a
+                                 #   sweep resumes from committed results on another machine or in a fresh clone
 
 case ${1:-} in
   --dry-run) dry=(--dry-run) ;;
@@ -63,5 +65,5 @@ exec .venv/bin/python -m asyncfl.launch.sweep --losses="$LOSSES" --link-sets="$(
   --partitions="$(each "${PARTITIONS[@]}")" --repeats="$REPEATS" --n-servers="$N_SERVERS" --regime="$REGIME" \
   --time-scale="$TIME_SCALE" --duration-s="$DURATION_S" --dataset="$DATASET" --eval-interval-s="$EVAL_INTERVAL_S" \
   --split-seed="$SPLIT_SEED" --transport="$TRANSPORT" --launcher="$LAUNCHER" --jobs="${JOBS:-0}" \
-  --cpus-per-task="$CPUS_PER_TASK" --sbatch-args="$SBATCH_ARGS" --extra-args="$EXTRA_ARGS" --sweep-dir="$SWEEP_DIR" \
+  --cpus-per-task="$CPUS_PER_TASK" --sbatch-args="$SBATCH_ARGS" --extra-args="$EXTRA_ARGS" --sweep-dir="$SWEEP_DIR" --done-in="$DONE_IN" \
   ${dry[@]+"${dry[@]}"}

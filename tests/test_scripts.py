@@ -120,6 +120,14 @@ def test_batch_grid_with_rules_and_partitions(tmp_path):
     default = subprocess.run(["./train_batch.sh", "--dry-run"], capture_output=True, text=True, timeout=30, env=unset,
                              cwd=ROOT)
     assert "[4/4] L0-D10000-S9999-speeds_1_1_1_1-r0" in default.stdout  # the lists' defaults
+    # A run collected into a results folder (DONE_IN) is not run again: a sweep resumes from committed results.
+    collected = tmp_path / "results" / "runs" / "L0-D0-S9999-speeds_1_1_1_1-r0"
+    collected.mkdir(parents=True)
+    (collected / "config.json").write_text(json.dumps({"finished": {"stop_reason": "duration"}}))
+    resumed = subprocess.run(["./train_batch.sh", "--dry-run"], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                             env={**unset, "DONE_IN": str(tmp_path / "results")})
+    assert "[2/4] L0-D0-S9999-speeds_1_1_1_1-r0\n  done already\n[3/4]" in resumed.stdout, resumed.stdout
+    assert resumed.stdout.count("done already") == 1
 
 
 def test_halfnormal_speeds_are_drawn_once_per_server_from_the_seed():

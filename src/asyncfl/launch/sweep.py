@@ -61,6 +61,7 @@ class SweepArgs:
     sbatch_args: str = ""  # slurm: more sbatch options, e.g. "--partition=short --time=00:10:00"
     extra_args: str = ""  # more train.sh flags for every run, e.g. "--eval-samples 500"
     sweep_dir: str = ""  # where the run folders go (empty: sweeps/<timestamp>)
+    done_in: str = ""  # a results folder analysis.collect fills (e.g. results/rules-real-net): a run collected there is not run again
     dry_run: bool = False  # list the runs without starting them
     slurm_task: int = -1  # set by the array's task script: run line N of SWEEP_DIR/runs.json
 
@@ -199,10 +200,10 @@ def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
         if interrupted:
             break
         print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
-        if a.dry_run:
-            continue
-        if finished(sweep / run.name):
+        if finished(sweep / run.name) or (a.done_in and finished(Path(a.done_in) / "runs" / run.name)):
             print("  done already", flush=True)
+            continue
+        if a.dry_run:
             continue
         shutil.rmtree(sweep / run.name, ignore_errors=True)  # what an interrupted attempt left
         while len(running) >= jobs_now(sweep, a.jobs) and not interrupted:
