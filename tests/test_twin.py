@@ -145,4 +145,8 @@ def test_speed_ups_over_fedavg_are_paired_by_seed_and_bounded_where_a_run_never_
     assert row["link"] == "speeds" and runs[runs["run"] == "lossy-ssp-0"]["link"].iloc[0].startswith("speeds + loss 20 20")
     errors = next(line for line in table.splitlines() if "| speeds only | ssp S=inf |" in line)
     assert "| +88% (2 of 2 runs) | -20% (2 of 2 runs) |" in errors  # 5 s vs 4 s and 2 s: +25%, +150%; 8 s vs 10 s
+    owners = table.split("## What the links did to each owner")[1].splitlines()
+    # owner 0: updates at 1 s and 15 s of 20 (retransmissions 2, 0); owner 1: one at 5 s (3)
+    assert owners[4] == "| (loss %, rate Mbit/s) | 20, - | 20, - |"
+    assert owners[5] == "| fedavg | 2 rounds, longest gap 14.0 s, 1.0 retr./round | 1 rounds, longest gap 15.0 s, 3.0 retr./round |"
     assert realnet.main(realnet.Args(tmp_path / "nothing")) == 2

@@ -196,6 +196,36 @@ def figure(results: Path, runs: pd.DataFrame, partition: str, seed: int = 0) -> 
     return out
 
 
+def owners_table(results: Path, runs: pd.DataFrame) -> str:
+    """What each owner's link did to it, per rule (means over the runs with links): rounds, the longest time
+    between two of its updates (from the run's start, its first), and retransmitted segments per round."""
+    rows = ["| rule | " + " | ".join(f"owner {i}" for i in range(int(runs["n_servers"].max()))) + " |",
+            "| --- |" + " --- |" * int(runs["n_servers"].max())]
+    lossy = runs[runs["link"] != "speeds"]
+    if lossy.empty:
+        return "no run with lossy or rate-limited links"
+    links = json.loads((results / "runs" / lossy["run"].iloc[0] / "config.json").read_text())["server_info"]
+    rows.insert(2, "| (loss %, rate Mbit/s) | " + " | ".join(
+        f"{i['network'].get('loss_pct', 0):g}, {i['network'].get('rate_mbit', 0) or '-'}" for i in links) + " |")
+    for rule, g in lossy.groupby("rule"):
+        per_owner = []
+        for run in g["run"]:
+            rounds = pd.read_csv(results / "runs" / run / "rounds.csv")
+            duration = g.loc[g["run"] == run, "duration_s"].iloc[0]
+            stats = []
+            for owner in range(len(links)):
+                times = np.concatenate([[0.0], np.sort(rounds.loc[rounds["server"] == owner, "time_s"].to_numpy(float)),
+                                        [duration]])
+                mine = rounds[rounds["server"] == owner]
+                retrans = pd.to_numeric(mine.get("retrans_segs"), errors="coerce").fillna(0)
+                stats.append((len(mine), float(np.diff(times).max()), float(retrans.mean()) if len(mine) else 0.0))
+            per_owner.append(stats)
+        mean = np.array(per_owner).mean(axis=0)
+        rows.append(f"| {rule} | " + " | ".join(f"{r:.0f} rounds, longest gap {gap:.1f} s, {rt:.1f} retr./round"
+                                                 for r, gap, rt in mean) + " |")
+    return "\n".join(rows)
+
+
 @dataclass
 class Args:
     results: tyro.conf.Positional[Path]  # a collected grid: DIR/runs/<run>/ (e.g. results/rules-real-net)
@@ -211,7 +241,8 @@ def main(args: Args) -> int:
     parts = []
     for partition in sorted(runs["partition"].unique()):
         parts += [f"## Speed-up over strict FedAvg, {partition} (median over seeds, range)", ratio_table(runs, partition)]
-    parts += ["## The formula twin's error in time to F1", twin_error_table(runs),
+    parts += ["## What the links did to each owner (runs with loss and rate limits)", owners_table(args.results, runs),
+              "## The formula twin's error in time to F1", twin_error_table(runs),
               "## The rules' ranking, real and formula", ranking_table(runs)]
     text = "\n\n".join(parts)
     (args.results / "realnet.md").write_text(text + "\n")
