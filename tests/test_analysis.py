@@ -357,6 +357,10 @@ def test_a_grid_s_own_d_values_play_the_paper_s_600_and_10000():
     verdict, detail = claim3.judge(code, claim3.primary)
     assert verdict == "supported" and "D=10:" in detail and "D=600" not in detail
     assert "L=0%, D=1000" in claim5.judge(code, claim5.primary)[1]
+    claim1 = next(c for c in verdicts.CLAIMS if c.name.startswith("1."))
+    no_mid_at_0 = code[~((code["loss"] == "0%") & (code["stdev"] == 10.0))]  # d-code runs D=10 at L=20% only
+    assert claim1.judge(no_mid_at_0, claim1.primary)[1].startswith("D=0: dips") and "D=10:" not in \
+        claim1.judge(no_mid_at_0, claim1.primary)[1]
     two = sensitivity_rows(helps_at_20)  # no middle D: claim 3 is read at D=0 alone
     assert verdicts.d_roles(two) == (None, 10000.0)
     verdict, detail = claim3.judge(two, claim3.primary)
