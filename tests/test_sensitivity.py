@@ -60,6 +60,11 @@ def test_collected_runs_are_not_run_again_and_bad_names_exit_2(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "24 runs in 1 variants, 1 collected already" in out.stdout
     assert run.name not in out.stdout and "[23/23]" in out.stdout
+    others = plan(SensitivityArgs(dry_run=True, only="k5"))[1:3]
+    skipped = subprocess.run([sys.executable, "-m", "asyncfl.launch.sensitivity", "--dry-run", "--only", "k5", "--results",
+                              str(tmp_path), "--skip", " ".join(r.name for r in others)],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "[21/21]" in skipped.stdout and not any(r.name in skipped.stdout for r in others)
     bad = subprocess.run([sys.executable, "-m", "asyncfl.launch.sensitivity", "--only", "nope"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "unknown variant 'nope'" in bad.stderr and "Traceback" not in bad.stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import signal
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tyro
@@ -92,7 +92,7 @@ class SensitivityArgs:
     sweep_dir: str = "sweeps/sensitivity"  # raw run folders, one subfolder per variant
     results: str = "results/sensitivity"  # collected runs: a run found finished here is not run again
     dry_run: bool = False  # list the runs without starting them
-    skip: list[str] = field(default_factory=list)  # run names (<variant>/<run>) not to run, e.g. ones known to fail
+    skip: str = ""  # space-separated run names (<variant>/<run>) not to run now, e.g. ones another sweep is running
 
 
 def problems(a: SensitivityArgs) -> list[str]:
@@ -107,7 +107,7 @@ def main(a: SensitivityArgs) -> int:
         print("sensitivity: " + "\nsensitivity: ".join(bad), file=sys.stderr)
         return 2
     sweep, results = Path(a.sweep_dir).resolve(), Path(a.results).resolve()
-    runs = [r for r in plan(a) if r.name not in a.skip]
+    runs = [r for r in plan(a) if r.name not in a.skip.split()]
     collected = [r for r in runs if sweep_mod.finished(results / r.name.split("/")[0] / "runs" / r.name.split("/")[1])]
     todo = [r for r in runs if r not in collected]
     print(f"sensitivity: {len(runs)} runs in {len({r.name.split('/')[0] for r in runs})} variants, "
