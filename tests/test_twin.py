@@ -139,6 +139,7 @@ def test_speed_ups_over_fedavg_are_paired_by_seed_and_bounded_where_a_run_never_
     assert cells[0] == "3.00x (2.00-4.00) (2.00x (2.00-2.00))"
     assert cells[1].startswith(">2.00x")  # FedAvg never reached 0.9 in 20 s: 20/10 is a lower bound
     assert cells[2].startswith(">4.00x") and cells[3].startswith("neither reached")  # lossy links
+    assert cells[2].endswith("(-)")  # their formula twins were not made: missing, not "never got there"
     runs = pd.read_csv(tmp_path / "realnet_runs.csv")
     row = runs[runs["run"] == "ssp-0"].iloc[0]
     assert (row["updates_to_80"], row["retrans_to_80"], row["updates_to_90"], row["retrans_to_90"]) == (1, 2, 2, 5)

@@ -70,6 +70,7 @@ def run_row(run: Path) -> dict:
     for source in SOURCES:
         folder = run if source == "real" else run / f"twin-{source}"
         f1 = pd.read_csv(folder / "f1_time.csv") if (folder / "f1_time.csv").is_file() else None
+        row[f"{source}_made"] = f1 is not None  # a twin not made yet is missing, not a run that never got there
         for t in THRESHOLDS:
             row[f"{source}_t{round(t * 100)}_s"] = first_time(f1, t) if f1 is not None else float("nan")
             row[f"{source}_reached_{round(t * 100)}"] = f1 is not None and not np.isnan(row[f"{source}_t{round(t * 100)}_s"])
@@ -95,7 +96,8 @@ def load(results: Path) -> pd.DataFrame:
 def speedups(runs: pd.DataFrame, source: str, t: int) -> pd.DataFrame:
     """Per run: FedAvg's time to F1 over the rule's, paired by partition, link and seed (> 1: faster)."""
     col = f"{source}_t{t}_s"
-    times = runs.assign(time=runs[col].fillna(runs["duration_s"]), censored=runs[col].isna())
+    made = runs[runs[f"{source}_made"]]
+    times = made.assign(time=made[col].fillna(made["duration_s"]), censored=made[col].isna())
     base = times[times["rule"] == "fedavg"][["partition", "link", "seed", "time", "censored"]]
     paired = times.merge(base, on=["partition", "link", "seed"], suffixes=("", "_fedavg"))
     return paired.assign(speedup=paired["time_fedavg"] / paired["time"])
@@ -153,7 +155,7 @@ def ranking_table(runs: pd.DataFrame) -> str:
 
     rows = ["| partition | link | F1 | real order (fastest first) | formula twin's order | Kendall tau |",
             "| --- | --- | --- | --- | --- | --- |"]
-    for (part, link), g in runs.groupby(["partition", "link"]):
+    for (part, link), g in runs[runs["formula_made"]].groupby(["partition", "link"]):
         for t in (80, 90):
             med = {s: g.assign(t=g[f"{s}_t{t}_s"].fillna(g["duration_s"])).groupby("rule")["t"].median()
                    for s in ("real", "formula")}
