@@ -73,13 +73,19 @@ def run_row(run: Path) -> dict:
         row[f"{source}_made"] = f1 is not None  # a twin not made yet is missing, not a run that never got there
         for t in THRESHOLDS:
             row[f"{source}_t{round(t * 100)}_s"] = first_time(f1, t) if f1 is not None else float("nan")
-            row[f"{source}_reached_{round(t * 100)}"] = f1 is not None and not np.isnan(row[f"{source}_t{round(t * 100)}_s"])
     for t in THRESHOLDS:
         until = row[f"real_t{round(t * 100)}_s"]
         upto = rounds[rounds["time_s"] <= (until if not np.isnan(until) else duration)]
         row[f"updates_to_{round(t * 100)}"] = len(upto)
         row[f"mb_to_{round(t * 100)}"] = round(len(upto) * 2 * weights_bytes / 1e6, 2)  # the model each way a round
         row[f"retrans_to_{round(t * 100)}"] = int(pd.to_numeric(upto.get("retrans_segs"), errors="coerce").fillna(0).sum())
+    for owner in range(config["n_servers"]):  # what its link did to each owner (owners_table)
+        mine = rounds[rounds["server"] == owner]
+        times = np.concatenate([[0.0], np.sort(mine["time_s"].to_numpy(float)), [duration]])
+        retrans = pd.to_numeric(mine.get("retrans_segs"), errors="coerce").fillna(0)
+        row[f"owner{owner}_rounds"] = len(mine)
+        row[f"owner{owner}_longest_gap_s"] = float(np.diff(times).max())
+        row[f"owner{owner}_retrans_per_round"] = float(retrans.mean()) if len(mine) else 0.0
     replay = run / "twin-replay" / "rounds.csv"
     if replay.is_file() and "applied_s" in rounds:
         mine = pd.read_csv(replay)
@@ -199,8 +205,9 @@ def figure(results: Path, runs: pd.DataFrame, partition: str, seed: int = 0) -> 
 
 
 def owners_table(results: Path, runs: pd.DataFrame) -> str:
-    """What each owner's link did to it, per rule (means over the runs with links): rounds, the longest time
-    between two of its updates (from the run's start, its first), and retransmitted segments per round."""
+    """What each owner's link did to it, per rule (means over the runs with links of run_row's owner columns):
+    rounds, the longest time between two of its updates (from the run's start, its first), and
+    retransmitted segments per round."""
     rows = ["| rule | " + " | ".join(f"owner {i}" for i in range(int(runs["n_servers"].max()))) + " |",
             "| --- |" + " --- |" * int(runs["n_servers"].max())]
     lossy = runs[runs["link"] != "speeds"]
@@ -210,21 +217,9 @@ def owners_table(results: Path, runs: pd.DataFrame) -> str:
     rows.insert(2, "| (loss %, rate Mbit/s) | " + " | ".join(
         f"{i['network'].get('loss_pct', 0):g}, {i['network'].get('rate_mbit', 0) or '-'}" for i in links) + " |")
     for rule, g in lossy.groupby("rule"):
-        per_owner = []
-        for run in g["run"]:
-            rounds = pd.read_csv(results / "runs" / run / "rounds.csv")
-            duration = g.loc[g["run"] == run, "duration_s"].iloc[0]
-            stats = []
-            for owner in range(len(links)):
-                times = np.concatenate([[0.0], np.sort(rounds.loc[rounds["server"] == owner, "time_s"].to_numpy(float)),
-                                        [duration]])
-                mine = rounds[rounds["server"] == owner]
-                retrans = pd.to_numeric(mine.get("retrans_segs"), errors="coerce").fillna(0)
-                stats.append((len(mine), float(np.diff(times).max()), float(retrans.mean()) if len(mine) else 0.0))
-            per_owner.append(stats)
-        mean = np.array(per_owner).mean(axis=0)
-        rows.append(f"| {rule} | " + " | ".join(f"{r:.0f} rounds, longest gap {gap:.1f} s, {rt:.1f} retr./round"
-                                                 for r, gap, rt in mean) + " |")
+        rows.append(f"| {rule} | " + " | ".join(
+            f"{g[f'owner{i}_rounds'].mean():.0f} rounds, longest gap {g[f'owner{i}_longest_gap_s'].mean():.1f} s, "
+            f"{g[f'owner{i}_retrans_per_round'].mean():.1f} retr./round" for i in range(len(links))) + " |")
     return "\n".join(rows)
 
 
