@@ -1,8 +1,10 @@
-"""Run files: CsvLog rows as the analysis reads them back."""
+"""Run files: CsvLog rows as the analysis reads them back; which runs ran their course."""
+
+import json
 
 import pytest
 
-from asyncfl.process.runlog import CsvLog, read_rows
+from asyncfl.process.runlog import CsvLog, ran_its_course, read_rows, stop_reason
 
 
 def test_rows_are_flushed_whole_with_floats_to_six_digits_and_text_quoted(tmp_path):
@@ -47,3 +49,29 @@ def test_profiling_finds_its_functions_by_reference():
     # Assert: the one that ran is found with its calls, the other not; the columns' functions are real ones
     assert sum(s.ncall for s in hits) == 5 and misses == []
     assert all(callable(fn) and fn.__code__.co_filename.endswith(".py") for fn in profiling.FUNCTIONS.values())
+
+
+REFUSED = "server-6: server refused fit: ValueError: tensor 'conv1.weight' has non-finite values"
+
+
+@pytest.mark.parametrize("finished,reason,course", [
+    ({"stop_reason": "duration", "errors": []}, "duration", True),
+    ({"stop_reason": "diverged", "errors": [REFUSED]}, "diverged", True),
+    ({"stop_reason": "error", "errors": [REFUSED, REFUSED.replace("server-6", "server-2")]}, "diverged", True),
+    ({"stop_reason": "error", "errors": [REFUSED, "server-1: connection refused"]}, "error", False),
+    ({"stop_reason": "error", "errors": []}, "error", False),
+    ({"stop_reason": "interrupted", "errors": []}, "interrupted", False),
+])
+def test_a_run_that_diverged_ran_its_course_and_one_cut_short_did_not(tmp_path, finished, reason, course):
+    # A run recorded before "diverged" existed says "error" with every error a refusal of a non-finite model.
+    (tmp_path / "config.json").write_text(json.dumps({"finished": finished}))
+    assert stop_reason(finished) == reason
+    assert ran_its_course(tmp_path) is course
+
+
+def test_a_run_without_results_has_not_run_its_course(tmp_path):
+    assert not ran_its_course(tmp_path)  # no config.json: never started
+    (tmp_path / "config.json").write_text(json.dumps({"args": {}}))
+    assert not ran_its_course(tmp_path)  # started, still running or killed
+    (tmp_path / "config.json").write_text("{")
+    assert not ran_its_course(tmp_path)  # cut mid-write

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 
+from asyncfl.process.runlog import ran_its_course
 from tests.helpers import ROOT, kill_session, read_csv, run_script
 
 RUN_FILES = ["config.json", "rounds.csv", "f1_time.csv", "f1_epoch.csv", "yappi.csv", "client.log",
@@ -47,6 +48,19 @@ def test_synchronous_run_writes_every_file_and_keeps_rounds_in_step(tmp_path):
     yappi = read_csv(tmp_path / "yappi.csv")
     assert [r["thread"] for r in yappi] == ["server-0", "server-1"]
     assert all(float(r["fit_total_s"]) > 0 and int(r["max_staleness"]) <= 1 for r in yappi)
+
+
+def test_a_run_whose_model_diverges_stops_there_and_says_so(tmp_path):
+    # Execute: a server learning rate past float32's range makes the first update of the global model inf.
+    run = train(tmp_path, "--n-servers", "2", "--aggregation", "fedbuff", "--buffer-size", "1", "--server-lr", "1e39",
+                "--staleness-threshold", "9999", "--duration-s", "60", "--eval-interval-s", "1", "--no-profile")
+    # Assert: it ends at once, as a diverged run (exit 0: it ran its course), and the sweep would not rerun it.
+    assert run.returncode == 0, run.stdout + run.stderr
+    finished = json.loads((tmp_path / "config.json").read_text())["finished"]
+    assert finished["stop_reason"] == "diverged" and finished["training_s"] < 30
+    assert all(e.endswith("has non-finite values") for e in finished["errors"]) and finished["errors"]
+    assert [e["event"] for e in read_csv(tmp_path / "events.csv")].count("diverged") == 1
+    assert ran_its_course(tmp_path)
 
 
 def test_semi_synchronous_gap_and_slow_server(tmp_path):

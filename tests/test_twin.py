@@ -131,6 +131,15 @@ def test_speed_ups_over_fedavg_are_paired_by_seed_and_bounded_where_a_run_never_
         fake_run(tmp_path, f"ssp-{seed}", "ssp", 9999, seed, (4.0 if seed == 0 else 2.0, 10.0), (5.0, 8.0))
         fake_run(tmp_path, f"lossy-fedavg-{seed}", "fedavg", 0, seed, (None, None), loss=20.0)
         fake_run(tmp_path, f"lossy-ssp-{seed}", "ssp", 9999, seed, (5.0, None), loss=20.0)
+    for rule, record, times in (("fedasync", {"alpha": 0.6, "staleness_fn": "polynomial", "staleness_a": 0.5, "staleness_b": 4}, (6.0, 12.0)),
+                                ("fedbuff", {"buffer_size": 2, "server_lr": 1.0}, (3.0, 4.0))):
+        fake_run(tmp_path, f"{rule}-0", rule, 9999, 0, times, (4.0, 8.0))
+        path = tmp_path / "runs" / f"{rule}-0" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "aggregation": {"aggregation": rule, **record}}))
+    diverged = tmp_path / "runs" / "lossy-ssp-1" / "config.json"  # its model diverged at 12 s (recorded as error)
+    config = json.loads(diverged.read_text())
+    config["finished"].update(stop_reason="error", training_s=12.0, errors=["server-1: tensor 'fc1.weight' has non-finite values"])
+    diverged.write_text(json.dumps(config))
     assert realnet.main(realnet.Args(tmp_path, figures=False)) == 0
     table = (tmp_path / "realnet.md").read_text()
     ssp = next(line for line in table.splitlines() if line.startswith("| ssp S=inf"))
@@ -144,8 +153,19 @@ def test_speed_ups_over_fedavg_are_paired_by_seed_and_bounded_where_a_run_never_
     row = runs[runs["run"] == "ssp-0"].iloc[0]
     assert (row["updates_to_80"], row["retrans_to_80"], row["updates_to_90"], row["retrans_to_90"]) == (1, 2, 2, 5)
     assert row["link"] == "speeds" and runs[runs["run"] == "lossy-ssp-0"]["link"].iloc[0].startswith("speeds + loss 20 20")
-    errors = next(line for line in table.splitlines() if "| speeds only | ssp S=inf |" in line)
+    errors = next(line for line in table.split("## The formula twin's error")[1].splitlines()
+                  if "| speeds only | ssp S=inf |" in line)
     assert "| +88% (2 of 2 runs) | -20% (2 of 2 runs) |" in errors  # 5 s vs 4 s and 2 s: +25%, +150%; 8 s vs 10 s
+    # FedBuff against FedAsync, paired by seed: 6/3 and 12/4; their formula twins alike (4/4, 8/8)
+    assert "| gaussian | speeds only | fedbuff(K=2,lr=1) | 2.00x (2.00-2.00) (1.00x (1.00-1.00)) | 3.00x (3.00-3.00) " \
+        "(1.00x (1.00-1.00)) |" in table.split("## FedBuff against FedAsync")[1]
+    cost = next(line for line in table.splitlines() if line.startswith("| gaussian | speeds only | ssp S=inf |"))
+    one = row["mb_to_80"]  # one update: the model each way
+    assert cost == f"| gaussian | speeds only | ssp S=inf | 1, {one:.0f}, 2 | 2, {2 * one:.0f}, 5 | 2 of 2 | - |"
+    lossy_fedavg = next(line for line in table.splitlines() if line.startswith("| gaussian | speeds + loss + rate | fedavg |"))
+    assert lossy_fedavg.endswith("| 0 of 2 | - |")  # never reached 0.9: its cost counts to the run's end
+    lossy_ssp = next(line for line in table.splitlines() if line.startswith("| gaussian | speeds + loss + rate | ssp S=inf |"))
+    assert lossy_ssp.endswith("| 0 of 2 | at 12 s |")
     owners = table.split("## What the links did to each owner")[1].splitlines()
     # owner 0: updates at 1 s and 15 s of 20 (retransmissions 2, 0); owner 1: one at 5 s (3)
     assert owners[4] == "| (loss %, rate Mbit/s) | 20, - | 20, - |"

@@ -54,6 +54,7 @@ from asyncfl.core import rules
 from asyncfl.core.conditions import link_label
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.split import DEFAULT_SPLIT_SEED
+from asyncfl.process.runlog import ran_its_course
 
 THRESHOLDS = (0.80, 0.90, 0.95)
 CONFIG_KEYS = ["regime", "transport", "wire", "faults", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
@@ -322,17 +323,6 @@ def analyze_run(run_dir: Path) -> dict:
     return row
 
 
-def is_finished(run_dir: Path) -> bool:
-    """A run that trained for its whole duration and wrote its results (not one still running, killed, or
-    stopped early by a signal: those write results too, of a shorter run). Runs from before stop_reason
-    was recorded count as finished if they wrote results."""
-    try:
-        finished = json.loads((run_dir / "config.json").read_text()).get("finished")
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(finished, dict) and finished.get("stop_reason", "duration") == "duration"
-
-
 def find_runs(paths: list[Path]) -> list[Path]:
     """Finished run folders among ``paths``: each one itself, or the run folders directly inside a sweep
     folder. Unfinished ones are left out, and said so."""
@@ -342,9 +332,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
             candidates.append(p)
         else:
             candidates.extend(sorted(d for d in p.iterdir() if (d / "config.json").exists()))
-    runs = [d for d in candidates if is_finished(d)]
+    runs = [d for d in candidates if ran_its_course(d)]
     for d in sorted(set(candidates) - set(runs)):
-        print(f"left out {d}: not finished (still running, or killed)", file=sys.stderr)
+        print(f"left out {d}: not finished (still running, killed, or stopped by an error)", file=sys.stderr)
     return runs
 
 

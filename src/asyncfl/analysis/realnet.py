@@ -25,6 +25,7 @@ import tyro
 from asyncfl.analysis.analyze import partition_label
 from asyncfl.core import rules
 from asyncfl.core.model import weight_spec
+from asyncfl.process.runlog import stop_reason
 
 THRESHOLDS = (0.80, 0.90)
 SOURCES = ("real", "formula", "replay")
@@ -66,6 +67,7 @@ def run_row(run: Path) -> dict:
            "link": link_setting(config), "rule": rule_label(config), "n_servers": config["n_servers"],
            "duration_s": duration, "speeds": " ".join(f"{i.get('speed_ratio', 1):g}" for i in config["server_info"]),
            "updates": len(rounds), "abandoned_rounds": sum(config["finished"].get("retries_per_server", [])),
+           "diverged": stop_reason(config["finished"]) == "diverged", "training_s": config["finished"].get("training_s"),
            "starved": " ".join(config["finished"].get("starved", []))}
     for source in SOURCES:
         folder = run if source == "real" else run / f"twin-{source}"
@@ -99,12 +101,13 @@ def load(results: Path) -> pd.DataFrame:
     return pd.DataFrame([run_row(r) for r in runs])
 
 
-def speedups(runs: pd.DataFrame, source: str, t: int) -> pd.DataFrame:
-    """Per run: FedAvg's time to F1 over the rule's, paired by partition, link and seed (> 1: faster)."""
+def speedups(runs: pd.DataFrame, source: str, t: int, against: str = "fedavg") -> pd.DataFrame:
+    """Per run: the time to F1 of the rule ``against`` (its label's name) over the rule's, paired by
+    partition, link and seed (> 1: faster); the columns keep the name ``_fedavg`` whatever ``against`` is."""
     col = f"{source}_t{t}_s"
     made = runs[runs[f"{source}_made"]]
     times = made.assign(time=made[col].fillna(made["duration_s"]), censored=made[col].isna())
-    base = times[times["rule"] == "fedavg"][["partition", "link", "seed", "time", "censored"]]
+    base = times[times["rule"].str.split("(").str[0] == against][["partition", "link", "seed", "time", "censored"]]
     paired = times.merge(base, on=["partition", "link", "seed"], suffixes=("", "_fedavg"))
     return paired.assign(speedup=paired["time_fedavg"] / paired["time"])
 
@@ -135,6 +138,22 @@ def ratio_table(runs: pd.DataFrame, partition: str) -> str:
                         for s in ("real", "formula")]
                 cells.append(f"{bound(pick[0])} ({bound(pick[1])})")
         rows.append(f"| {rule} | " + " | ".join(cells) + f" | {PUBLISHED.get(rule.split('(')[0], '-')} |")
+    return "\n".join(rows)
+
+
+def fedbuff_table(runs: pd.DataFrame) -> str:
+    """FedBuff against FedAsync, as FedBuff's paper compares them (2.5x): FedAsync's time to F1 over each
+    FedBuff's, paired by seed, real (formula twin)."""
+    rows = ["| partition | link | rule | F1 0.80: real (formula twin) | F1 0.90 |", "| --- | --- | --- | --- | --- |"]
+    tables = {(s, t): speedups(runs, s, t, against="fedasync") for s in ("real", "formula") for t in (80, 90)}
+    for (part, link, rule), _ in runs[runs["rule"].str.startswith("fedbuff")].groupby(["partition", "link", "rule"]):
+        cells = []
+        for t in (80, 90):
+            pick = [tables[(s, t)] for s in ("real", "formula")]
+            pick = [p[(p["partition"] == part) & (p["link"] == link) & (p["rule"] == rule)] for p in pick]
+            cells.append(f"{bound(pick[0])} ({bound(pick[1])})")
+        label = "speeds only" if link == "speeds" else "speeds + loss + rate"
+        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} |")
     return "\n".join(rows)
 
 
@@ -204,6 +223,22 @@ def figure(results: Path, runs: pd.DataFrame, partition: str, seed: int = 0) -> 
     return out
 
 
+def cost_table(runs: pd.DataFrame) -> str:
+    """What reaching each F1 took, per rule: updates applied, megabytes on the wire (the model each way an
+    update) and retransmitted segments, medians over seeds; a run that never got there counts to its end.
+    A run whose model diverged (process/runlog.py's stop_reason) says when: its F1 ends there."""
+    rows = ["| partition | link | rule | F1 0.80: updates, MB, retransmissions | F1 0.90 | reached 0.90 | diverged |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (part, link, rule), g in runs.groupby(["partition", "link", "rule"]):
+        cells = [f"{g[f'updates_to_{t}'].median():.0f}, {g[f'mb_to_{t}'].median():.0f}, "
+                 f"{g[f'retrans_to_{t}'].median():.0f}" for t in (80, 90)]
+        label = "speeds only" if link == "speeds" else "speeds + loss + rate"
+        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} | "
+                    f"{int(g['real_t90_s'].notna().sum())} of {len(g)} | "
+                    + (", ".join(f"at {t:.0f} s" for t in g.loc[g["diverged"], "training_s"]) or "-") + " |")
+    return "\n".join(rows)
+
+
 def owners_table(results: Path, runs: pd.DataFrame) -> str:
     """What each owner's link did to it, per rule (means over the runs with links of run_row's owner columns):
     rounds, the longest time between two of its updates (from the run's start, its first), and
@@ -238,6 +273,9 @@ def main(args: Args) -> int:
     parts = []
     for partition in sorted(runs["partition"].unique()):
         parts += [f"## Speed-up over strict FedAvg, {partition} (median over seeds, range)", ratio_table(runs, partition)]
+    parts += ["## FedBuff against FedAsync (median over seeds, range; published: FedBuff up to 2.5x faster)",
+              fedbuff_table(runs)]
+    parts += ["## What reaching F1 took (medians over seeds)", cost_table(runs)]
     parts += ["## What the links did to each owner (runs with loss and rate limits)", owners_table(args.results, runs),
               "## The formula twin's error in time to F1", twin_error_table(runs),
               "## The rules' ranking, real and formula", ranking_table(runs)]

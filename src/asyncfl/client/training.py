@@ -27,7 +27,7 @@ from asyncfl.client.remote import WEBSOCKET, RemoteServer
 from asyncfl.client.rounds import RunContext, eval_timer, server_loop
 from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER, local_processes, write_json
 from asyncfl.client.watchdog import BackoffSampler
-from asyncfl.core.model import flatten, initial_weights
+from asyncfl.core.model import flatten, initial_weights, non_finite
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.state import TrainingState
 from asyncfl.process import cpu
@@ -63,7 +63,8 @@ class Training:
         self.config["finished"] = self._finished(stop_reason, final_s, cpu_shares, starved)
         write_json(self.out_dir / "config.json", self.config)
         log.info("results in %s", self.out_dir)
-        return 1 if self.errors else 130 if stop_reason == "interrupted" else 0
+        # A diverged run ran its course (its servers' refusals are its end, not a fault of the run).
+        return 130 if stop_reason == "interrupted" else 0 if stop_reason == "diverged" or not self.errors else 1
 
     def _start(self) -> None:
         a, n = self.args, len(self.remotes)
@@ -141,7 +142,14 @@ class Training:
             cpu_after["client-sampler"] = {self.sampler.native_id: cpu_after["client"].pop(self.sampler.native_id)}
             self.cpu_before["client-sampler"] = {}
         # The stop event is set only by a signal or by a server thread that failed; the deadline leaves it clear.
-        stop_reason = "interrupted" if self.interrupted.is_set() else "error" if state.stop_event.is_set() else "duration"
+        # A thread fails when the global model diverged, too: its server refuses a non-finite model.
+        stop_reason = "interrupted" if self.interrupted.is_set() else "duration"
+        if stop_reason == "duration" and state.stop_event.is_set():
+            bad = non_finite(state.snapshot().weights)
+            stop_reason = "diverged" if bad else "error"
+            if bad:
+                self.ctx.event("client", "diverged", f"the global model's {bad} holds non-finite values: no server "
+                               "trains it, so training stops here", logging.WARNING)
         return stop_reason, cpu.shares(self.cpu_before, cpu_after, wall_s)
 
     def _stop(self) -> float:

@@ -157,14 +157,19 @@ def check_weights(weights: dict[str, torch.Tensor] | None, spec: dict) -> None:
     for k, (shape, dtype) in spec.items():
         if tuple(weights[k].shape) != shape or weights[k].dtype != dtype:
             raise ValueError(f"tensor {k!r} must be {dtype} of shape {shape}")
+    bad = non_finite(weights)
+    if bad:
+        raise ValueError(f"tensor {bad!r} has non-finite values")
+
+
+def non_finite(weights: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor holding an inf or a NaN, or None when every value is finite."""
     # A finite sum proves every element finite (one inf or NaN makes any sum inf or NaN), at a tenth of
     # isfinite's cost; only a non-finite sum (or one that overflowed) needs the exact check, per tensor.
     flat = flat_of(weights)
     if flat is not None and torch.isfinite(flat.sum()):
-        return
-    for k in spec:
-        if not torch.isfinite(weights[k].sum()) and not torch.isfinite(weights[k]).all():
-            raise ValueError(f"tensor {k!r} has non-finite values")
+        return None
+    return next((k for k, v in weights.items() if not torch.isfinite(v.sum()) and not torch.isfinite(v).all()), None)
 
 
 def architecture_signature(dataset: str = datasets.DEFAULT) -> str:

@@ -25,6 +25,7 @@ import tyro
 
 from asyncfl.launch import sweep as sweep_mod
 from asyncfl.launch.sweep import Run, SweepArgs
+from asyncfl.process.runlog import ran_its_course
 
 # The regime's grid settings every variant starts from (results/paper-regime/ ran these).
 BASE = SweepArgs(regime="paper", time_scale=10, dataset="mnist-5k", extra_args="--faults original")
@@ -108,7 +109,7 @@ def main(a: SensitivityArgs) -> int:
         return 2
     sweep, results = Path(a.sweep_dir).resolve(), Path(a.results).resolve()
     runs = [r for r in plan(a) if r.name not in a.skip.split()]
-    collected = [r for r in runs if sweep_mod.finished(results / r.name.split("/")[0] / "runs" / r.name.split("/")[1])]
+    collected = [r for r in runs if ran_its_course(results / r.name.split("/")[0] / "runs" / r.name.split("/")[1])]
     todo = [r for r in runs if r not in collected]
     print(f"sensitivity: {len(runs)} runs in {len({r.name.split('/')[0] for r in runs})} variants, "
           f"{len(collected)} collected already in {results}; {a.jobs} at a time into {sweep}", flush=True)

@@ -29,6 +29,7 @@ import tyro
 from asyncfl.core import rules
 from asyncfl.core.naming import run_name
 from asyncfl.netem import rootless
+from asyncfl.process.runlog import ran_its_course
 
 REPO = Path(__file__).resolve().parents[3]  # train.sh, beside src/
 ME = "train_batch.sh"
@@ -138,13 +139,6 @@ def grid(a: SweepArgs) -> list[Run]:
     return runs
 
 
-def finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "config.json").read_text()).get("finished", {}).get("stop_reason") == "duration"
-    except (OSError, ValueError):
-        return False
-
-
 def summary(run_dir: Path) -> str:
     """One line on a finished run: final F1, rounds, staleness, abandoned rounds, CPU shares."""
     config = json.loads((run_dir / "config.json").read_text())
@@ -200,7 +194,7 @@ def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
         if interrupted:
             break
         print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
-        if finished(sweep / run.name) or (a.done_in and finished(Path(a.done_in) / "runs" / run.name)):
+        if ran_its_course(sweep / run.name) or (a.done_in and ran_its_course(Path(a.done_in) / "runs" / run.name)):
             print("  done already", flush=True)
             continue
         if a.dry_run:
@@ -243,7 +237,7 @@ def submit_slurm(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
         print(f"[{i + 1}/{len(runs)}] {run.name}")
     if a.dry_run:
         return 0
-    pending = [r for r in runs if not finished(sweep / r.name)]
+    pending = [r for r in runs if not ran_its_course(sweep / r.name)]
     if not pending:
         print(f"{ME}: every run has finished already")
         return 0
@@ -273,7 +267,7 @@ def slurm_task(sweep: Path, index: int) -> int:
     """The array task ``index``: its run, unless finished already."""
     line = json.loads((sweep / "runs.txt").read_text().splitlines()[index])
     name, args = line["name"], [str(x) for x in line["args"]]
-    if finished(sweep / name):
+    if ran_its_course(sweep / name):
         print(f"{name}: done already")
         return 0
     shutil.rmtree(sweep / name, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import sys
 import threading
@@ -77,3 +78,28 @@ def read_rows(path: str | Path) -> list[dict]:
     """The rows of a CSV written by CsvLog, as dicts of strings."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+# A run that ran its course: to its end, or until its global model diverged (non-finite weights), which ends
+# training because no server trains a non-finite model. Anything else (error, interrupted) is cut short.
+RAN_ITS_COURSE = ("duration", "diverged")
+
+
+def stop_reason(finished: dict) -> str:
+    """Why a run stopped, from config.json's ``finished``. A run whose every error is a server refusing a
+    non-finite global model diverged, whatever its record says (code before "diverged" was recorded
+    called it "error")."""
+    errors = finished.get("errors") or []
+    if errors and all(e.endswith("has non-finite values") for e in errors):
+        return "diverged"
+    return finished.get("stop_reason", "duration")  # runs from before stop_reason was recorded ran to their end
+
+
+def ran_its_course(run_dir: str | Path) -> bool:
+    """True for a run folder whose run trained to its end or until it diverged (see RAN_ITS_COURSE), not
+    one still running, killed, interrupted or stopped by an error."""
+    try:
+        finished = json.loads((Path(run_dir) / "config.json").read_text()).get("finished")
+    except (OSError, ValueError):
+        return False
+    return isinstance(finished, dict) and stop_reason(finished) in RAN_ITS_COURSE
