@@ -136,6 +136,10 @@ def test_speed_ups_over_fedavg_are_paired_by_seed_and_bounded_where_a_run_never_
         fake_run(tmp_path, f"{rule}-0", rule, 9999, 0, times, (4.0, 8.0))
         path = tmp_path / "runs" / f"{rule}-0" / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "aggregation": {"aggregation": rule, **record}}))
+    # The formula twins of ssp made 6 and 3 results in the run's 20 s (and one after it); the real runs 3 each.
+    for seed, times in ((0, (1, 2, 3, 4, 5, 6, 25)), (1, (1, 2, 3, 25))):
+        rows = "".join(f"{t},0,{k + 1},0\n" for k, t in enumerate(times))
+        (tmp_path / "runs" / f"ssp-{seed}" / "twin-formula" / "rounds.csv").write_text("time_s,server,round,staleness\n" + rows)
     diverged = tmp_path / "runs" / "lossy-ssp-1" / "config.json"  # its model diverged at 12 s (recorded as error)
     config = json.loads(diverged.read_text())
     config["finished"].update(stop_reason="error", training_s=12.0, errors=["server-1: tensor 'fc1.weight' has non-finite values"])
@@ -155,7 +159,7 @@ def test_speed_ups_over_fedavg_are_paired_by_seed_and_bounded_where_a_run_never_
     assert row["link"] == "speeds" and runs[runs["run"] == "lossy-ssp-0"]["link"].iloc[0].startswith("speeds + loss 20 20")
     errors = next(line for line in table.split("## The formula twin's error")[1].splitlines()
                   if "| speeds only | ssp S=inf |" in line)
-    assert "| +88% (2 of 2 runs) | -20% (2 of 2 runs) |" in errors  # 5 s vs 4 s and 2 s: +25%, +150%; 8 s vs 10 s
+    assert "| +88% (2 of 2 runs) | -20% (2 of 2 runs) | 1.50 (1.00-2.00) |" in errors  # 5 s vs 4 s and 2 s: +25%, +150%; 8 s vs 10 s
     # FedBuff against FedAsync, paired by seed: 6/3 and 12/4; their formula twins alike (4/4, 8/8)
     assert "| gaussian | speeds only | fedbuff(K=2,lr=1) | 2.00x (2.00-2.00) (1.00x (1.00-1.00)) | 3.00x (3.00-3.00) " \
         "(1.00x (1.00-1.00)) |" in table.split("## FedBuff against FedAsync")[1]

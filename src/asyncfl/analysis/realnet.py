@@ -88,6 +88,8 @@ def run_row(run: Path) -> dict:
         row[f"owner{owner}_rounds"] = len(mine)
         row[f"owner{owner}_longest_gap_s"] = float(np.diff(times).max())
         row[f"owner{owner}_retrans_per_round"] = float(retrans.mean()) if len(mine) else 0.0
+    formula = run / "twin-formula" / "rounds.csv"  # results combined in the run's time, on the formula's clock
+    row["formula_results"] = int((pd.read_csv(formula)["time_s"] <= duration).sum()) if formula.is_file() else np.nan
     replay = run / "twin-replay" / "rounds.csv"
     if replay.is_file() and "applied_s" in rounds:
         mine = pd.read_csv(replay)
@@ -159,17 +161,19 @@ def fedbuff_table(runs: pd.DataFrame) -> str:
 
 def twin_error_table(runs: pd.DataFrame) -> str:
     """The formula twin's error in time to F1 (formula / real - 1), per rule and link setting."""
-    rows = ["| partition | link | rule | F1 0.80: formula / real − 1 | F1 0.90 | replay in the real order |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| partition | link | rule | F1 0.80: formula / real − 1 | F1 0.90 | results in the run: formula / real "
+            "| replay in the real order |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for (part, link, rule), g in runs.groupby(["partition", "link", "rule"]):
         cells = []
         for t in (80, 90):
             both = g.dropna(subset=[f"real_t{t}_s", f"formula_t{t}_s"])
             err = both[f"formula_t{t}_s"] / both[f"real_t{t}_s"] - 1
             cells.append(f"{err.median():+.0%} ({len(both)} of {len(g)} runs)" if len(both) else f"- (0 of {len(g)})")
+        results = (g["formula_results"] / g["updates"]).dropna()
+        cells.append(f"{results.median():.2f} ({results.min():.2f}-{results.max():.2f})" if len(results) else "-")
         same = g["replay_same_order"].dropna() if "replay_same_order" in g else pd.Series([], dtype=bool)
         label = "speeds only" if link == "speeds" else "speeds + loss + rate"
-        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} | "
+        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} | {cells[2]} | "
                     f"{int(same.sum())} of {len(same)} |")
     return "\n".join(rows)
 
