@@ -53,6 +53,11 @@ def link_setting(config: dict) -> str:
     return f"speeds + loss {loss} % + rate {rate} Mbit/s"
 
 
+def link_label(link: str) -> str:
+    """A table's name for link_setting's value: the runs without or with loss and rate limits."""
+    return "speeds only" if link == "speeds" else "speeds + loss + rate"
+
+
 def first_time(f1: pd.DataFrame, threshold: float) -> float:
     hit = f1[f1["f1"] >= threshold]
     return float(hit["time_s"].iloc[0]) if len(hit) else float("nan")
@@ -105,13 +110,13 @@ def load(results: Path) -> pd.DataFrame:
 
 def speedups(runs: pd.DataFrame, source: str, t: int, against: str = "fedavg") -> pd.DataFrame:
     """Per run: the time to F1 of the rule ``against`` (its label's name) over the rule's, paired by
-    partition, link and seed (> 1: faster); the columns keep the name ``_fedavg`` whatever ``against`` is."""
+    partition, link and seed (> 1: faster); the paired rule's columns end in ``_base``."""
     col = f"{source}_t{t}_s"
     made = runs[runs[f"{source}_made"]]
     times = made.assign(time=made[col].fillna(made["duration_s"]), censored=made[col].isna())
     base = times[times["rule"].str.split("(").str[0] == against][["partition", "link", "seed", "time", "censored"]]
-    paired = times.merge(base, on=["partition", "link", "seed"], suffixes=("", "_fedavg"))
-    return paired.assign(speedup=paired["time_fedavg"] / paired["time"])
+    paired = times.merge(base, on=["partition", "link", "seed"], suffixes=("", "_base"))
+    return paired.assign(speedup=paired["time_base"] / paired["time"])
 
 
 def bound(values: pd.DataFrame) -> str:
@@ -119,16 +124,16 @@ def bound(values: pd.DataFrame) -> str:
     if values.empty:
         return "-"
     med = float(values["speedup"].median())
-    lower = values["censored_fedavg"].any() and not values["censored"].any()
-    upper = values["censored"].any() and not values["censored_fedavg"].any()
-    if values["censored"].all() and values["censored_fedavg"].all():
+    lower = values["censored_base"].any() and not values["censored"].any()
+    upper = values["censored"].any() and not values["censored_base"].any()
+    if values["censored"].all() and values["censored_base"].all():
         return "neither reached"
     return f"{'>' if lower else '<' if upper else ''}{med:.2f}x ({values['speedup'].min():.2f}-{values['speedup'].max():.2f})"
 
 
 def ratio_table(runs: pd.DataFrame, partition: str) -> str:
     links = sorted(runs["link"].unique(), key=len)
-    head = [f"{'speeds only' if link == 'speeds' else 'speeds + loss + rate'}, F1 {t / 100:.2f}: real (formula twin)"
+    head = [f"{link_label(link)}, F1 {t / 100:.2f}: real (formula twin)"
             for link in links for t in (80, 90)]
     rows = ["| rule | " + " | ".join(head) + " | published |", "| --- |" + " --- |" * (len(head) + 1)]
     tables = {(s, t): speedups(runs[runs["partition"] == partition], s, t) for s in ("real", "formula") for t in (80, 90)}
@@ -154,8 +159,7 @@ def fedbuff_table(runs: pd.DataFrame) -> str:
             pick = [tables[(s, t)] for s in ("real", "formula")]
             pick = [p[(p["partition"] == part) & (p["link"] == link) & (p["rule"] == rule)] for p in pick]
             cells.append(f"{bound(pick[0])} ({bound(pick[1])})")
-        label = "speeds only" if link == "speeds" else "speeds + loss + rate"
-        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {part} | {link_label(link)} | {rule} | {cells[0]} | {cells[1]} |")
     return "\n".join(rows)
 
 
@@ -172,8 +176,7 @@ def twin_error_table(runs: pd.DataFrame) -> str:
         results = (g["formula_results"] / g["updates"]).dropna()
         cells.append(f"{results.median():.2f} ({results.min():.2f}-{results.max():.2f})" if len(results) else "-")
         same = g["replay_same_order"].dropna() if "replay_same_order" in g else pd.Series([], dtype=bool)
-        label = "speeds only" if link == "speeds" else "speeds + loss + rate"
-        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} | {cells[2]} | "
+        rows.append(f"| {part} | {link_label(link)} | {rule} | {cells[0]} | {cells[1]} | {cells[2]} | "
                     f"{int(same.sum())} of {len(same)} |")
     return "\n".join(rows)
 
@@ -191,8 +194,7 @@ def ranking_table(runs: pd.DataFrame) -> str:
             order = {s: " < ".join(f"{rule} ({v:.0f} s)" for rule, v in med[s].sort_values(kind="stable").items())
                      for s in med}
             tau = kendalltau(med["real"], med["formula"].reindex(med["real"].index)).statistic
-            label = "speeds only" if link == "speeds" else "speeds + loss + rate"
-            rows.append(f"| {part} | {label} | {t / 100:.2f} | {order['real']} | {order['formula']} | {tau:+.2f} |")
+            rows.append(f"| {part} | {link_label(link)} | {t / 100:.2f} | {order['real']} | {order['formula']} | {tau:+.2f} |")
     return "\n".join(rows)
 
 
@@ -214,7 +216,7 @@ def figure(results: Path, runs: pd.DataFrame, partition: str, seed: int = 0) -> 
                     f1 = pd.read_csv(path)
                     ax.plot(f1["time_s"], f1["f1"], style, color=color, lw=1.2,
                             label=row.rule if not source else None)
-        ax.set_title(("speeds only" if link == "speeds" else "speeds + loss + rate") + f" ({partition}, seed {seed})",
+        ax.set_title(f"{link_label(link)} ({partition}, seed {seed})",
                      fontsize=9)
         ax.set_xlabel("wall-clock time, s (dashed: the formula twin's virtual clock)")
         ax.axhline(0.9, color="grey", lw=0.5)
@@ -236,8 +238,7 @@ def cost_table(runs: pd.DataFrame) -> str:
     for (part, link, rule), g in runs.groupby(["partition", "link", "rule"]):
         cells = [f"{g[f'updates_to_{t}'].median():.0f}, {g[f'mb_to_{t}'].median():.0f}, "
                  f"{g[f'retrans_to_{t}'].median():.0f}" for t in (80, 90)]
-        label = "speeds only" if link == "speeds" else "speeds + loss + rate"
-        rows.append(f"| {part} | {label} | {rule} | {cells[0]} | {cells[1]} | "
+        rows.append(f"| {part} | {link_label(link)} | {rule} | {cells[0]} | {cells[1]} | "
                     f"{int(g['real_t90_s'].notna().sum())} of {len(g)} | "
                     + (", ".join(f"at {t:.0f} s" for t in g.loc[g["diverged"], "training_s"]) or "-") + " |")
     return "\n".join(rows)
