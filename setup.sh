@@ -42,3 +42,31 @@ if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
   .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
+
+# The pysyft backend (--backend pysyft): the study's own stack, PySyft 0.2.3 on torch 1.4, in .venv-pysyft
+# from pysyft/requirements.lock. It needs a Python 3.7 (PYTHON37=..., python3.7 on PATH, or pyenv's).
+if [[ -z ${ASYNCFL_NO_PYSYFT:-} ]]; then
+  py37=
+  # The first that runs and is 3.7 (a pyenv shim on PATH may name a version that is not selected).
+  for candidate in ${PYTHON37:-} "$(command -v python3.7 || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7*/bin/python3.7; do
+    if [[ -n $candidate && -x $candidate ]] \
+        && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 7))' > /dev/null 2>&1; then
+      py37=$candidate
+      break
+    fi
+  done
+  if [[ -z $py37 ]]; then
+    echo "setup.sh: note: no Python 3.7 found, so --backend pysyft is not installed (pyenv install 3.7.16, or PYTHON37=/path/to/python3.7 ./setup.sh)"
+  else
+    stamp37=.venv-pysyft/.requirements.sha256
+    want37=$(cat pysyft/requirements.lock | sha256sum | cut -d' ' -f1)
+    if [[ ! -f $stamp37 || $(<"$stamp37") != "$want37" ]]; then
+      echo "setup.sh: installing PySyft 0.2.3 and torch 1.4.0 into .venv-pysyft with $py37 (a few minutes the first time)"
+      [[ -x .venv-pysyft/bin/python ]] || "$py37" -m venv .venv-pysyft
+      .venv-pysyft/bin/python -m pip install --disable-pip-version-check -q --no-deps -r pysyft/requirements.lock 2>&1 \
+        | grep -v "^WARNING: Location" || true
+      .venv-pysyft/bin/python -c 'import syft' || { echo "setup.sh: .venv-pysyft: import syft failed" >&2; exit 1; }
+      echo "$want37" > "$stamp37"
+    fi
+  fi
+fi

@@ -34,6 +34,7 @@ list PARTITIONS gaussian         # splits, each "partition [its server flags]", 
                                  #   only gaussian uses STDEVS (the others run with the first D)
 REPEATS=${REPEATS:-3}            # runs per combination (seeds 0, 1, 2, ...)
 N_SERVERS=${N_SERVERS:-4}        # data servers per run
+BACKEND=${BACKEND:-native}       # native: this project's stack; pysyft: the study's own, PySyft 0.2.3 (docs/pysyft.md)
 REGIME=${REGIME:-fast}           # fast: this machine's pace; paper: the study's clock (docs/regime.md)
 TIME_SCALE=${TIME_SCALE:-10}     # REGIME=paper: K, every duration of the paper divided by K
 DURATION_S=${DURATION_S:-}       # training time per run, seconds (empty: 60, or 2400/K with REGIME=paper)
@@ -62,7 +63,7 @@ esac
 each() { printf '%s\n' "$@"; }
 exec .venv/bin/python -m asyncfl.launch.sweep --losses="$LOSSES" --link-sets="$(each ${LINK_SETS[@]+"${LINK_SETS[@]}"})" \
   --stdevs="$STDEVS" --staleness="$STALENESS" --speed-sets="$(each "${SPEED_SETS[@]}")" --rules="$(each "${RULES[@]}")" \
-  --partitions="$(each "${PARTITIONS[@]}")" --repeats="$REPEATS" --n-servers="$N_SERVERS" --regime="$REGIME" \
+  --partitions="$(each "${PARTITIONS[@]}")" --repeats="$REPEATS" --n-servers="$N_SERVERS" --regime="$REGIME" --backend="$BACKEND" \
   --time-scale="$TIME_SCALE" --duration-s="$DURATION_S" --dataset="$DATASET" --eval-interval-s="$EVAL_INTERVAL_S" \
   --split-seed="$SPLIT_SEED" --transport="$TRANSPORT" --launcher="$LAUNCHER" --jobs="${JOBS:-0}" \
   --cpus-per-task="$CPUS_PER_TASK" --sbatch-args="$SBATCH_ARGS" --extra-args="$EXTRA_ARGS" --sweep-dir="$SWEEP_DIR" --done-in="$DONE_IN" \

@@ -98,6 +98,8 @@ class ClientArgs(*rules.option_classes()):
 class LaunchArgs(ClientArgs, ServerArgs):
     """train.sh (launch/main.py): the data owners and the model owner of one run, with one set of flags."""
 
+    backend: Literal["native", "pysyft"] = "native"  # native: this project's owners and client (Python 3.11); pysyft: the study's own stack, PySyft 0.2.3 websocket workers on torch 1.4 and Python 3.7 (pysyft/; ./setup.sh installs it when a Python 3.7 is found)
+
     # Set by the launcher itself, not by its user.
     ready_file: tyro.conf.Suppress[str] = ""
     server_id: tyro.conf.Suppress[int] = -1

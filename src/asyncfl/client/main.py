@@ -26,14 +26,14 @@ from pathlib import Path
 from asyncfl import settings
 from asyncfl.client.evaluator import EvaluatorArgs, run_evaluator
 from asyncfl.client.remote import RemoteError, RemoteServer
-from asyncfl.client.runfolder import default_out_dir, start_record, write_json
+from asyncfl.client.runfolder import default_out_dir, start_record
 from asyncfl.client.training import Training
 from asyncfl.core import rules
 from asyncfl.core.model import architecture_signature
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.net import auth, tcp
 from asyncfl.process.lifecycle import die_with_parent
-from asyncfl.process.runlog import setup_logging
+from asyncfl.process.runlog import setup_logging, write_json
 from asyncfl.settings import ClientArgs as Args
 
 log = logging.getLogger("asyncfl.client")

@@ -7,7 +7,6 @@ config.json is written whole at the start and again at the end (``write_json`` r
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -79,23 +78,6 @@ def versions() -> dict:
     return out
 
 
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)  # readers never see a half-written config
-
-
-def regime_record(name: str, regime, infos: list[dict]) -> dict:
-    """The regime as run: the client's durations, and the paces the servers say they keep (their spread is
-    a server flag, so it is read from them, not assumed)."""
-    record = {"name": name, **(regime.to_dict() if regime else {})}
-    record.pop("pace_spread", None)  # the client's Regime holds only the default
-    paces = [info.get("pace_s") for info in infos]
-    if regime and paces and all(paces):
-        record.update(paces_s=paces, pace_spread=round(regime_mod.pace_spread_of(paces), 6))
-    return record
-
-
 def start_record(args, regime, uris: list[str], rule, staleness_threshold: int, token: str | None, train_config,
                  infos: list[dict], remotes: list[RemoteServer]) -> dict:
     """config.json as written when training starts: the settings, the servers as they introduced
@@ -109,7 +91,7 @@ def start_record(args, regime, uris: list[str], rule, staleness_threshold: int, 
         "n_servers": len(remotes),
         "train_config": train_config.to_dict(),
         "server_info": infos,
-        "regime": regime_record(args.regime, regime, infos),
+        "regime": regime_mod.regime_record(args.regime, regime, infos),
         "transport": transport_record(infos, remotes),
         "tcp": tcp_record(args.tcp_cc, infos, remotes),
         "weights_via": [w.weights_via for w in remotes],  # per server: "websocket" or "shared memory"

@@ -25,13 +25,13 @@ from asyncfl.client.feed import EvalFeed, ScoreReport
 from asyncfl.client.live import LiveStatus
 from asyncfl.client.remote import WEBSOCKET, RemoteServer
 from asyncfl.client.rounds import RunContext, eval_timer, server_loop
-from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER, local_processes, write_json
+from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER, local_processes
 from asyncfl.client.watchdog import BackoffSampler
 from asyncfl.core.model import flatten, initial_weights, non_finite
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.state import TrainingState
 from asyncfl.process import cpu
-from asyncfl.process.runlog import CsvLog
+from asyncfl.process.runlog import CsvLog, write_json
 from asyncfl.settings import ClientArgs
 
 log = logging.getLogger("asyncfl.client")

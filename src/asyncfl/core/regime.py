@@ -72,6 +72,17 @@ def pace_spread_of(paces_s: list[float]) -> float:
     return (hi - lo) / (hi + lo) if hi + lo > 0 else 0.0
 
 
+def regime_record(name: str, regime: Regime | None, infos: list[dict]) -> dict:
+    """config.json's ``regime``: the client's durations, and the paces the servers say they keep (their
+    spread is a server flag, so it is read from them, not assumed)."""
+    record = {"name": name, **(regime.to_dict() if regime else {})}
+    record.pop("pace_spread", None)  # the client's Regime holds only the default
+    paces = [info.get("pace_s") for info in infos]
+    if regime and paces and all(paces):
+        record.update(paces_s=paces, pace_spread=round(pace_spread_of(paces), 6))
+    return record
+
+
 def client_defaults(name: str, time_scale: float = DEFAULT_TIME_SCALE) -> dict:
     """The client settings a regime sets when the user leaves them unset (the [regime] flags)."""
     if name == "paper":

@@ -242,3 +242,12 @@ def describe_split(split: dict) -> str:
     return {"dirichlet": f"dirichlet, alpha={split.get('alpha_dirichlet', 0):g}",
             "shards": f"shards, {split.get('shards_per_server')} per server",
             "own": "the owner's own data"}.get(split["partition"], split["partition"])
+
+
+def shard_fingerprint(split: dict, index: int) -> dict:
+    """This owner's part of the split's fingerprints (see split_dataset.shard_fingerprints): its class
+    counts and the SHA-256 of its indices, or of its own data's bytes."""
+    if "fingerprints" in split:
+        fp = split["fingerprints"]
+        return {"class_counts": fp["class_counts"][index], "sha256": fp["index_sha256"][index]}
+    return {"sha256": split.get("data_sha256")}

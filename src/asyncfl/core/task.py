@@ -138,16 +138,23 @@ def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 EVAL_SUBSET_SEED = 15  # fixed: the subset is part of what a score means, the same in every run
 
 
+def eval_set(dataset: data.Dataset, n_samples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The test images (uint8) and labels a score is computed on: all of them, or (``n_samples`` > 0) a
+    stratified subset of about that many, the same in every run and for every backend."""
+    images, labels = dataset.test_images, dataset.test_labels
+    if 0 < n_samples < len(labels):
+        _, chosen = data.stratified_split(labels, n_samples / len(labels), np.random.default_rng(EVAL_SUBSET_SEED))
+        images, labels = images[chosen], labels[chosen]
+    return images, labels
+
+
 class Scorer:
     """Micro-F1 of a state dict on a fixed test set: the whole one, or (``n_samples`` > 0) a stratified
     subset of about that many, the same in every run (scoring the whole of a large test set takes seconds
     of a core)."""
 
     def __init__(self, dataset: data.Dataset, n_samples: int = 0):
-        images, labels = dataset.test_images, dataset.test_labels
-        if 0 < n_samples < len(labels):
-            _, chosen = data.stratified_split(labels, n_samples / len(labels), np.random.default_rng(EVAL_SUBSET_SEED))
-            images, labels = images[chosen], labels[chosen]
+        images, labels = eval_set(dataset, n_samples)
         self.x = data.to_tensor(images, dataset.name).contiguous(memory_format=torch.channels_last)
         self.y = labels
         self.net = Net.for_dataset(dataset.name).eval().to(memory_format=torch.channels_last)

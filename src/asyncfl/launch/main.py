@@ -114,6 +114,11 @@ def main(args: LaunchArgs) -> int:
     if bad := problems(args):  # before anything starts
         print("train.sh: " + "\ntrain.sh: ".join(bad), file=sys.stderr)
         return 2
+    if args.backend == "pysyft":
+        from asyncfl.launch import pysyft  # here: it imports PyTorch, and --help must answer at once
+    if args.backend == "pysyft" and (why := pysyft.refusal(args)):
+        print(f"train.sh: {why}", file=sys.stderr)
+        return 2
     links = Links.from_args(args)  # checked by problems(); server/main.py puts them in namespaces if this says so
     if rootless.inside():
         rootless.prepare()
@@ -137,6 +142,8 @@ def main(args: LaunchArgs) -> int:
     except OSError as e:
         print(f"train.sh: --out-dir {out_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
+    if args.backend == "pysyft":
+        return pysyft.run(args, out_dir)
     env = dict(os.environ)
     if not env.get("ASYNCFL_TOKEN") and not args.token:
         # A fresh secret per run: only this run's client may use its servers. It travels in the

@@ -49,6 +49,7 @@ class SweepArgs:
     repeats: int = 3  # runs per combination (seeds 0, 1, 2, ...)
     n_servers: int = 4  # data servers per run
     regime: str = "fast"  # fast: this machine's pace; paper: the study's clock
+    backend: str = "native"  # native: this project's stack; pysyft: the study's own (PySyft 0.2.3 on Python 3.7)
     time_scale: float = 10  # --regime paper: K, every duration of the paper divided by K
     duration_s: str = ""  # training time per run, in seconds (empty: the regime's)
     dataset: str = "mnist-5k"  # a registered dataset (core/datasets.py)
@@ -81,7 +82,8 @@ def problems(a: SweepArgs) -> list[str]:
     """What is wrong with the grid, named by train_batch.sh's variables."""
     found = [f"{var} is {' or '.join(allowed)}, not {value!r}" for var, value, allowed in (
         ("REGIME", a.regime, ("fast", "paper")), ("TRANSPORT", a.transport, ("netns", "loopback")),
-        ("LAUNCHER", a.launcher, ("local", "slurm"))) if value not in allowed]
+        ("LAUNCHER", a.launcher, ("local", "slurm")), ("BACKEND", a.backend, ("native", "pysyft")))
+        if value not in allowed]
     found += [f"{flag} must be a positive integer" for flag, v in (("JOBS", a.jobs + 1), ("REPEATS", a.repeats),
              ("CPUS_PER_TASK", a.cpus_per_task), ("N_SERVERS", a.n_servers)) if v < 1]
     if a.transport == "loopback" and (any(loss.rstrip("%") not in ("0", "") for loss in a.losses.split()) or lines(a.link_sets)):
@@ -117,7 +119,7 @@ def grid(a: SweepArgs) -> list[Run]:
     link_sets, stdevs = lines(a.link_sets), a.stdevs.split()
     links = [f"L{loss.rstrip('%')}" for loss in a.losses.split()] + [f"links{k}" for k in range(len(link_sets))]
     fixed = ["--netns", "always" if a.transport == "netns" else "never", "--no-shared-memory",
-             "--regime", a.regime, "--time-scale", f"{a.time_scale:g}",
+             "--regime", a.regime, "--time-scale", f"{a.time_scale:g}", "--backend", a.backend,
              *(["--duration-s", a.duration_s] if a.duration_s else []),
              *(["--eval-interval-s", a.eval_interval_s] if a.eval_interval_s else []),
              "--dataset", a.dataset, "--n-servers", str(a.n_servers), "--stdev-units", "paper",

@@ -103,3 +103,10 @@ def ran_its_course(run_dir: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(finished, dict) and stop_reason(finished) in RAN_ITS_COURSE
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as JSON in place of ``path`` atomically: readers never see a half-written file."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)

@@ -24,6 +24,7 @@ import torch
 from asyncfl.core.data import to_tensor
 from asyncfl.core.model import FlatWeights, architecture_signature, copy_into
 from asyncfl.core.protocol import REQUEST_KEYS, TrainConfig
+from asyncfl.core.split import shard_fingerprint
 from asyncfl.core.task import ShardTrainer
 from asyncfl.net import auth, shm, tcp, transport, wire, wsserver
 from asyncfl.netem.lab import enter_netns
@@ -141,15 +142,6 @@ class ServerSpec:
     faults: str = "modern"  # original: all connections share one queue of received messages (server/pysyft.py)
     warm_torchscript: bool = False  # make the original wire's TorchScript archive before listening (paper regime)
     regime: str = "fast"  # reported by hello, so a client of the other regime refuses it
-
-
-def shard_fingerprint(split: dict, index: int) -> dict:
-    """This owner's part of the split's fingerprints (see split_dataset.shard_fingerprints): its class
-    counts and the SHA-256 of its indices, or of its own data's bytes."""
-    if "fingerprints" in split:
-        fp = split["fingerprints"]
-        return {"class_counts": fp["class_counts"][index], "sha256": fp["index_sha256"][index]}
-    return {"sha256": split.get("data_sha256")}
 
 
 def serve_shard(spec: ServerSpec, ready_queue) -> None:
