@@ -73,11 +73,14 @@ class CsvLog:
 
     def __init__(self, path: str, header: list):
         self._f = open(path, "w", newline="")
-        self._w = csv.writer(self._f)
+        self._w = csv.writer(self._f, lineterminator="\n")  # the native CsvLog's rows
         self._lock = threading.Lock()
+        self.width = len(header)
         self.write(*header)
 
     def write(self, *row) -> None:
+        if len(row) != self.width:
+            raise ValueError("expected %d values, got %d" % (self.width, len(row)))
         with self._lock:
             if not self._f.closed:
                 self._w.writerow(row)
