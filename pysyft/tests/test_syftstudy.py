@@ -8,7 +8,6 @@ import threading
 import unittest
 
 import torch
-
 from syftstudy import common
 from syftstudy.model_owner import Study
 from syftstudy.owner import paced_idle_s
