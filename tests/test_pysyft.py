@@ -206,3 +206,25 @@ def test_a_timeout_in_any_exchange_cuts_the_round(servers):
         remote.fit("mnist-5k", TrainConfig(batch_size=32, max_nr_batches=3000), initial_weights(0), timeout_s=0.05)
     assert lost.value.silence_s == pytest.approx(0.05) and lost.value.args[0].startswith("fit:")
     remote.close()
+
+
+def test_a_message_whose_connection_closes_behind_it_is_answered_on_that_connection(tmp_path):
+    # PySyft 0.2.3: the old connection's producer waits on the owner's queue first, so asyncio wakes it
+    # for the message that arrives, and it runs before the consumer's end of the connection cancels it; it
+    # answers on the dying connection. The next connection's first reply is then its own, not one step late
+    # (what PySyft 0.2.3 itself does: tests/test_pysyft_backend.py runs the same sequence on it).
+    proc, uris = start_servers(tmp_path, "--n-servers", "1", "--faults", "original")
+    try:
+        obj_id, payload = pysyft.new_id(), b"x" * 200_000
+        for _ in range(5):  # the race the emulation lost showed up in most tries
+            a = wsclient.connect(uris[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
+            a.send(pysyft.to_text(pysyft.object_message(obj_id, payload)))
+            a.close_socket()  # PySyft's WebsocketClientWorker.close: the socket, no close frame
+            b = wsclient.connect(uris[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
+            b.sock.settimeout(10.0)
+            b.send(pysyft.to_text(pysyft.object_request(obj_id)))
+            reply = pysyft.from_text(b.recv())
+            assert reply == [pysyft.WRAPPER, [obj_id, payload]], f"B got {str(reply)[:80]}: a reply one step late"
+            b.close()
+    finally:
+        kill_session(proc)

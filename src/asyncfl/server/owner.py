@@ -35,6 +35,10 @@ from asyncfl.server import pysyft
 
 log = logging.getLogger("asyncfl.server")
 BOOT_ID = cpu.boot_id()
+# --faults original: websockets 8.1 (PySyft 0.2.3's server) gives an opening handshake no deadline (its
+# open_timeout came with websockets 10), so a handshake slowed by loss is never dropped; the front door's
+# bound on pending handshakes (net/wsserver.py's max_pending) still holds what idle peers can take.
+ORIGINAL_OPEN_TIMEOUT_S = 3600.0
 
 
 def hello_info(trainer: ShardTrainer, extra: dict) -> dict:
@@ -225,7 +229,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
         server = wsserver.Server(spec.host, spec.port, handler, auth.token_check(spec.token, spec.name),
                                   wire.MAX_FRAME_BYTES, auth.server_ssl_context(spec.certfile, spec.keyfile),
                                   name=spec.name, on_error=lambda e: log.info("dropped a connection: %s", e),
-                                  on_fatal=stop_for_restart, tcp_cc=spec.tcp_cc)
+                                  on_fatal=stop_for_restart, tcp_cc=spec.tcp_cc,
+                                  open_timeout_s=ORIGINAL_OPEN_TIMEOUT_S if spec.faults == "original" else 5.0)
     except (OSError, ValueError) as e:
         log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
         ready_queue.put((spec.index, -1))

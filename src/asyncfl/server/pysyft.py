@@ -11,8 +11,9 @@ ForceObjectDeleteMessage -> force_rm_obj.
 ``SharedQueue`` is ``--faults original``'s server: each connection's reader puts what it receives into the
 owner's one queue and each connection's writer takes the next message from it, whichever connection it
 came from, answers it and sends the answer on its own connection (websocket_server.py's
-``broadcast_queue``, ``_consumer_handler``, ``_producer_handler``). While an abandoned connection's writer
-still waits, it is first in line for the new connection's first message.
+``broadcast_queue``, ``_consumer_handler``, ``_producer_handler``). A message goes to the writer that has
+waited longest: while an abandoned connection's writer still waits (its close not yet seen), it takes the
+new connection's first message and answers it on the old one, as PySyft's old producer did.
 """
 
 from __future__ import annotations
@@ -130,35 +131,60 @@ def handle_text(trainer: ShardTrainer, store: ObjectStore, text) -> tuple[str, s
         return pysyft.to_text(pysyft.error(reason)), reason
 
 
+class _Writer:
+    """A writer waiting in line: its connection's ``closed`` event, and the message handed to it."""
+
+    __slots__ = ("closed", "item", "handed")
+
+    def __init__(self, closed: threading.Event):
+        self.closed, self.item, self.handed = closed, None, False
+
+
 class SharedQueue:
-    """One queue of received messages for all of an owner's connections; writers wait in line (the
-    longest-waiting first, as asyncio.Queue's getters) and a closed connection's writer leaves the line."""
+    """One queue of received messages for all of an owner's connections, as PySyft's ``broadcast_queue``
+    (an asyncio.Queue): a message that arrives is handed to the writer that has waited longest, unless its
+    connection had already ended (asyncio cancelled that producer when its consumer ended). A handed message
+    is answered on the writer's own connection even if that connection ends right after: PySyft's woken
+    producer ran before the consumer's end could cancel it, and its reply was lost on the dying
+    connection (tests/test_pysyft_backend.py runs the same sequence on PySyft 0.2.3 itself)."""
 
     def __init__(self) -> None:
-        self._items: deque = deque()
+        self._items: deque = deque()  # messages that arrived while no writer waited
         self._cond = threading.Condition()
-        self._line: deque = deque()  # waiting writers, oldest first
+        self._line: deque[_Writer] = deque()  # waiting writers, oldest first
 
     def put(self, item) -> None:
         with self._cond:
-            self._items.append(item)
+            while self._line and self._line[0].closed.is_set():
+                self._line.popleft()  # a writer whose connection ended is no longer waiting
+            if self._line:
+                writer = self._line.popleft()
+                writer.item, writer.handed = item, True
+            else:
+                self._items.append(item)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let waiting writers see that their connection ended."""
+        with self._cond:
             self._cond.notify_all()
 
     def get(self, closed: threading.Event, timeout_s: float = 0.5):
-        """The next message for this writer, or None once its connection ``closed``."""
-        me = object()
+        """The next message for this writer, or None once its connection ``closed`` with nothing handed."""
         with self._cond:
+            if self._items and not self._line:
+                return self._items.popleft()
+            me = _Writer(closed)
             self._line.append(me)
             try:
-                while True:
+                while not me.handed:
                     if closed.is_set():
                         return None
-                    if self._items and self._line[0] is me:
-                        return self._items.popleft()
                     self._cond.wait(timeout_s)
+                return me.item
             finally:
-                self._line.remove(me)
-                self._cond.notify_all()
+                if not me.handed and me in self._line:
+                    self._line.remove(me)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -180,6 +206,7 @@ def shared_queue_session(conn, queue: SharedQueue, serve) -> tuple[int, str]:
             ended.append(str(e))
         finally:
             closed.set()
+            queue.wake()
 
     reader = threading.Thread(target=consume, name=f"{threading.current_thread().name}-reader", daemon=True)
     reader.start()
