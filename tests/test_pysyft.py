@@ -228,3 +228,23 @@ def test_a_message_whose_connection_closes_behind_it_is_answered_on_that_connect
             b.close()
     finally:
         kill_session(proc)
+
+
+def test_a_reconnection_whose_handshake_times_out_ends_the_thread_as_the_originals_did():
+    # A listener that never answers: the TCP connect succeeds (the kernel's backlog), the handshake does not.
+    # The original's reconnection loop caught only socket.timeout (a TCP connect that times out);
+    # websocket-client raised WebSocketTimeoutException for the handshake, and the thread ended.
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        remote = RemoteServer(f"ws://127.0.0.1:{silent.getsockname()[1]}", "server-0", wire="original")
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLost) as lost:
+            remote.reconnect_at_once(threading.Event(), 0.5)
+        assert lost.value.in_handshake and lost.value.silence_s == 0.5
+        assert time.monotonic() - t0 < 5  # raised at the first timeout, not retried
+        assert "HandshakeTimeout" in str(lost.value)
+    finally:
+        silent.close()

@@ -46,9 +46,11 @@ class ConnectionLost(RemoteError):
     ``silence_s``: the inactivity that ended it, for a timeout (else None); ``round_s``: how long the
     request had been out."""
 
-    def __init__(self, message: str, silence_s: float | None = None, round_s: float | None = None):
+    def __init__(self, message: str, silence_s: float | None = None, round_s: float | None = None,
+                 in_handshake: bool = False):
         super().__init__(message)
         self.silence_s, self.round_s = silence_s, round_s
+        self.in_handshake = in_handshake  # timed out after the TCP connect, waiting for the handshake's answer
 
 
 @dataclass(frozen=True)
@@ -141,15 +143,16 @@ class RemoteServer:
 
     def reconnect_at_once(self, stop: threading.Event, open_timeout_s: float) -> bool:
         """The original's reconnection (its train_loop): close, connect again at once, and again while the
-        attempt times out; any other error is raised (ConnectionLost without ``silence_s``). False if
-        ``stop`` is set first."""
+        TCP connect times out (``except timeout``); any other error is raised, a handshake that times out
+        too (websocket-client raised WebSocketTimeoutException there, which that loop did not catch).
+        False if ``stop`` is set first."""
         while not stop.is_set():
             self.close()
             try:
                 self._open(open_timeout_s)
                 return True
             except ConnectionLost as e:
-                if e.silence_s is None:
+                if e.silence_s is None or e.in_handshake:
                     raise
         return False
 
@@ -169,7 +172,8 @@ class RemoteServer:
                               "pass --cafile with the server's certificate") from None
         except (OSError, TimeoutError) as e:
             timed_out = isinstance(e, (TimeoutError, transport.Silence))
-            raise ConnectionLost(f"{type(e).__name__}: {e}", open_timeout_s if timed_out else None) from None
+            raise ConnectionLost(f"{type(e).__name__}: {e}", open_timeout_s if timed_out else None,
+                                 in_handshake=isinstance(e, wsclient.HandshakeTimeout)) from None
         if self.wire == "original" and self.info:
             return self.info  # the original sent nothing on a new connection before the round's first message
         header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)

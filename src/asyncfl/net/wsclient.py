@@ -16,6 +16,11 @@ from asyncfl.net import bigframes, tcp
 from asyncfl.net.transport import QUIET, READ_BYTES, Connection, ConnectionClosed, tune
 
 
+class HandshakeTimeout(TimeoutError):
+    """The TCP connection was made but the opening handshake's answer did not come in time (websocket-client
+    0.57, PySyft 0.2.3's client, raised its own WebSocketTimeoutException here, not socket.timeout)."""
+
+
 class HandshakeRefused(OSError):
     """The server answered the opening handshake with an HTTP status other than 101."""
 
@@ -67,7 +72,10 @@ def connect(uri: str, headers: dict[str, str], ssl_context: ssl.SSLContext | Non
         sock.sendall(b"".join(protocol.data_to_send()))
         events: list = []
         while not events and protocol.handshake_exc is None:
-            eof = not bigframes.receive(sock, protocol, READ_BYTES)
+            try:
+                eof = not bigframes.receive(sock, protocol, READ_BYTES)
+            except TimeoutError as e:
+                raise HandshakeTimeout(f"no answer to the opening handshake: {e}") from None
             events = protocol.events_received()
             if eof:
                 break
