@@ -438,3 +438,47 @@ def test_a_connection_cut_mid_payload_frees_its_buffer_with_its_last_reference()
             gc.enable()
     finally:
         b.close()
+
+
+def slow_reader(sock: socket.socket, chunk: int, pause_s: float, stop_after: int | None, got: list) -> threading.Thread:
+    """Reads ``chunk`` bytes every ``pause_s`` (a lossy link's slow but moving upload), until ``stop_after``
+    bytes (then nothing more: a link that stalls) or the end."""
+    def run():
+        total = 0
+        while stop_after is None or total < stop_after:
+            data = sock.recv(chunk)
+            if not data:
+                break
+            total += len(data)
+            time.sleep(pause_s)
+        got.append(total)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_a_slow_upload_that_keeps_moving_outlasts_the_timeout_and_a_stalled_one_does_not(kind):
+    # The original client's timeout is per send (websocket-client 0.57's send_frame loop): a 2 MB message
+    # that takes ~1 s to drain in 32 KB steps every 20 ms must go through a 0.4 s timeout of silence.
+    size = 2 * 1024 * 1024
+    message = "a" * size if kind == "text" else [bytes(size)]
+    for stall in (False, True):
+        a, b = socket.socketpair()
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        a.settimeout(0.4)
+        got: list = []
+        reader = slow_reader(b, 32 * 1024, 0.02, size // 4 if stall else None, got)
+        conn = Connection.open(a, is_client=True, max_size=4 * size)
+        started = time.monotonic()
+        if stall:  # the link stops taking bytes: 0.4 s of silence ends it
+            with pytest.raises(transport.Silence):
+                conn.send(message)
+        else:
+            conn.send(message)
+            assert time.monotonic() - started > 0.4  # longer in all than the timeout, never silent that long
+        a.close()
+        b.close()
+        reader.join(DEADLINE_S)

@@ -82,6 +82,16 @@ def install(protocol):
     return protocol
 
 
+def send_all(sock: socket.socket, data) -> None:
+    """All of ``data``, each ``send`` under the socket's timeout on its own, so a timeout means that long
+    without the kernel taking a byte: what websocket-client 0.57's ``send_frame`` loop did (``_send`` per
+    call), the original's client. ``sendall``'s timeout bounds the whole write instead (Python >= 3.5), which
+    cuts a slow upload of a model over a lossy link that is still moving."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[sock.send(view):]
+
+
 def send_binary(sock: socket.socket, parts: list, mask: bool) -> None:
     """One binary frame of ``parts``' bytes: only the header is written here; a client (``mask``) masks the
     payload with the library's C routine (one copy, RFC 6455 5.3); raises OSError."""
@@ -92,7 +102,7 @@ def send_binary(sock: socket.socket, parts: list, mask: bool) -> None:
         key = secrets.token_bytes(4)
         head, views = head + key, [memoryview(apply_mask(b"".join(views), key))]
     if isinstance(sock, ssl.SSLSocket):  # no sendmsg over TLS
-        sock.sendall(b"".join([head, *views]))
+        send_all(sock, b"".join([head, *views]))
         return
     views = [memoryview(head), *views]
     while views:

@@ -143,7 +143,7 @@ class Connection:
         try:
             for data in self.protocol.data_to_send():
                 if data:
-                    self.sock.sendall(data)
+                    bigframes.send_all(self.sock, data)
                 elif not isinstance(self.sock, ssl.SSLSocket):
                     self.sock.shutdown(socket.SHUT_WR)  # the library's end of stream
         except OSError as e:
