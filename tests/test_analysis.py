@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asyncfl.analysis import analyze, plot
+from asyncfl.analysis import analyze, inputs, plot
 from asyncfl.core import rules
 
 
@@ -100,10 +100,18 @@ def test_unfinished_runs_are_left_out(tmp_path):
     # A run stopped by a signal writes its results too, of a shorter run: it is no repeat of the grid.
     cut = make_run(sweep / "interrupted", 0, 2, [(0, 0.1), (4, 0.5)], [2, 2])
     config = json.loads((cut / "config.json").read_text())
-    config["finished"]["stop_reason"] = "interrupted"
+    config["finished"].update(stop_reason="interrupted", training_s=4.2)
     (cut / "config.json").write_text(json.dumps(config))
-    assert analyze.find_runs([sweep]) == [done]
+    assert inputs.find_runs([sweep]) == [done, cut]
+    assert inputs.find_runs([sweep], with_interrupted=False) == [done]
     assert running.exists()
+    # The stopped run is a configuration of its own, at the time it trained, and can be left out.
+    assert analyze.main(analyze.Args(folders=(sweep,))) == 0
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert sorted(summary["duration_s"]) == [4.2, 10.0] and list(summary["repeats"]) == [1, 1]
+    assert set(pd.read_csv(sweep / "runs.csv")["stop_reason"]) == {"duration", "interrupted"}
+    assert analyze.main(analyze.Args(folders=(sweep,), interrupted=False)) == 0
+    assert list(pd.read_csv(sweep / "summary.csv")["duration_s"]) == [10.0]
 
 
 def test_rules_and_partitions_are_configurations_of_their_own(tmp_path):

@@ -13,10 +13,10 @@ import torch
 from asyncfl.client.feed import EvalFeed
 from asyncfl.client.remote import ConnectionLost
 from asyncfl.client.rounds import RunContext, server_loop
-from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER
 from asyncfl.core import rules
 from asyncfl.core.model import flatten, initial_weights
 from asyncfl.core.protocol import TrainConfig
+from asyncfl.core.schema import EVENTS_HEADER, ROUNDS_HEADER
 from asyncfl.core.state import TrainingState
 from asyncfl.core.task import ShardTrainer
 from asyncfl.process.runlog import CsvLog

@@ -11,7 +11,7 @@ PACKAGE = ROOT / "src" / "asyncfl"
 TOP_LEVEL = {"__init__", "settings"}  # the package's docstring; every entry point's flags
 MAY_IMPORT = {  # role -> the roles its modules may import (its own always)
     "core": set(),
-    "process": set(),
+    "process": {"core"},
     "net": {"core"},
     "netem": {"core", "net"},
     "settings": {"core", "net"},
@@ -79,3 +79,35 @@ def test_no_file_edits_sys_path():
     offenders = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
                  if not any(part.startswith(".venv") for part in p.parts) and "sys.path" in p.read_text() and p != Path(__file__)]
     assert offenders == []
+
+
+def run_file_literals(package: Path) -> list[str]:
+    """Every string constant naming a run file outside core/schema.py, the one place they are spelled."""
+    from asyncfl.core import schema
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package) == Path("core/schema.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in schema.NAMES:
+                found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_run_file_names_are_spelled_only_in_the_schema():
+    assert run_file_literals(PACKAGE) == []
+
+
+def test_only_the_regime_module_tells_the_regimes_apart_by_name():
+    """Everything else asks the regime object (core/regime.resolve: paced, paces, defaults) or reads a
+    record through core/regime.recorded_time_scale."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE) == Path("core/regime.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value == "paper"
+                                                     for c in [node.left, *node.comparators]):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert found == []

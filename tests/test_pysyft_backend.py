@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER
 from asyncfl.core import data
+from asyncfl.core.schema import EVENTS_HEADER, ROUNDS_HEADER
 from asyncfl.core.split import make_split
 from asyncfl.launch import pysyft
 from asyncfl.settings import LaunchArgs

@@ -91,7 +91,7 @@ def test_bad_settings_stop_before_starting_anything(tmp_path):
     assert bad_loss.returncode == 2 and "percentage" in bad_loss.stderr
     assert not (tmp_path / "loss").exists()
     bad_speeds = train(tmp_path / "speeds", "--n-servers", "2", "--speeds", "1 2 3", timeout_s=60)
-    assert bad_speeds.returncode != 0 and "--speeds has 3 values for 2 servers" in bad_speeds.stderr
+    assert bad_speeds.returncode != 0 and "--speeds '1 2 3' has 3 values for 2 servers" in bad_speeds.stderr
     assert not (tmp_path / "speeds" / "rounds.csv").exists()
     for flags, says in ((["--speeds", "halfnormal:fast"], "halfnormal:SD takes a number"),
                         (["--regime", "paper", "--compute-s", "0.5"], "--compute-s: the paper regime sets")):

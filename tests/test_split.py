@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 
+from asyncfl.core import partitions
 from asyncfl.core import split as split_dataset
 from asyncfl.core.split import (
     SplitRefused,
@@ -138,9 +139,9 @@ def test_dirichlet_split_is_a_seeded_partition_and_concentrates_with_small_alpha
     # Prepare
     labels = np.repeat(np.arange(10), 400)
     # Execute
-    shards = split_dataset.split_dirichlet(labels, 4, 0.1, np.random.default_rng(3))
-    again = split_dataset.split_dirichlet(labels, 4, 0.1, np.random.default_rng(3))
-    even = split_dataset.split_dirichlet(labels, 4, 1000.0, np.random.default_rng(3))
+    shards = partitions.split_dirichlet(labels, 4, 0.1, np.random.default_rng(3))
+    again = partitions.split_dirichlet(labels, 4, 0.1, np.random.default_rng(3))
+    even = partitions.split_dirichlet(labels, 4, 1000.0, np.random.default_rng(3))
     # Assert: disjoint, complete, deterministic; small alpha leaves classes out, a large one does not.
     assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(len(labels)))
     assert all(np.array_equal(a, b) for a, b in zip(shards, again))
@@ -151,13 +152,13 @@ def test_dirichlet_split_is_a_seeded_partition_and_concentrates_with_small_alpha
 
 
 def test_dirichlet_counts_sum_to_each_class():
-    counts = split_dataset.dirichlet_class_counts(np.array([7, 400, 0]), 3, 0.5, np.random.default_rng(0))
+    counts = partitions.dirichlet_class_counts(np.array([7, 400, 0]), 3, 0.5, np.random.default_rng(0))
     assert counts.sum(axis=1).tolist() == [7, 400, 0] and (counts >= 0).all()
 
 
 def test_shards_give_each_server_few_classes():
     labels = np.repeat(np.arange(10), 400)
-    shards = split_dataset.split_shards(labels, 4, 2, np.random.default_rng(1))
+    shards = partitions.split_shards(labels, 4, 2, np.random.default_rng(1))
     assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(len(labels)))
     assert [len(s) for s in shards] == [1000] * 4  # 8 shards of 500
     table = split_dataset.class_count_table(labels, shards, 10)
@@ -166,8 +167,14 @@ def test_shards_give_each_server_few_classes():
 
 def test_partition_dispatches_and_refuses_unknown_names():
     labels = np.repeat(np.arange(10), 40)
-    gaussian = split_dataset.partition(labels, 4, "gaussian", 7, stdev=5.0)
+    gaussian = partitions.get("gaussian").draw(labels, 4, 7, 5.0, SplitSettings())
     direct = original_gaussian_split(labels, 4, 5.0, random.Random(7))
     assert all(np.array_equal(a, b) for a, b in zip(gaussian, direct))
     with pytest.raises(ValueError):
-        split_dataset.partition(labels, 4, "zipf", 0)
+        partitions.get("zipf")
+    # Each partition's record names what it read, and is described and labelled by the registry alone.
+    for name in partitions.NAMES:
+        shards, record = make_split(SplitSettings(partition=name, stdev=5.0), labels, 10, "toy", "test")
+        assert sum(map(len, shards)) == len(labels)
+        assert all(option in record for option in partitions.get(name).options)
+        assert partitions.describe(record).startswith(name) and partitions.label(record).startswith(name)

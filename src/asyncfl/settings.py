@@ -8,14 +8,16 @@ and a bad flag answer at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+import typing
+from dataclasses import dataclass, field, fields, make_dataclass, replace
+from typing import Annotated, Literal
 
 import tyro
 
 from asyncfl.core import datasets, rules
 from asyncfl.core import regime as regime_mod
 from asyncfl.core.conditions import Links, LinkSettings
+from asyncfl.core.naming import flag as _flag
 from asyncfl.core.split import SplitSettings
 from asyncfl.net import tcp
 
@@ -98,6 +100,8 @@ class ClientArgs(*rules.option_classes()):
 class LaunchArgs(ClientArgs, ServerArgs):
     """train.sh (launch/main.py): the data owners and the model owner of one run, with one set of flags."""
 
+    plot: bool = True  # draw run.png (F1 over time, rounds per server) into the run folder at the end; --no-plot skips it
+    overwrite: bool = False  # an --out-dir that holds a run (its config.json) is refused unless this is set, which clears it first
     backend: Literal["native", "pysyft"] = "native"  # native: this project's owners and client (Python 3.11); pysyft: the study's own stack, PySyft 0.2.3 websocket workers on torch 1.4 and Python 3.7 (pysyft/; ./setup.sh installs it when a Python 3.7 is found)
 
     # Set by the launcher itself, not by its user.
@@ -106,10 +110,6 @@ class LaunchArgs(ClientArgs, ServerArgs):
     shard: tyro.conf.Suppress[str] = ""
     port: tyro.conf.Suppress[int] = 0
     die_with_parent: tyro.conf.Suppress[bool] = False
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def problems(args) -> list[str]:
@@ -140,9 +140,17 @@ def problems(args) -> list[str]:
     }
     found = [f"{_flag(name)}: {allowed} (got {getattr(args, name)})" for name, (ok, allowed) in rules.items()
              if hasattr(args, name) and not ok(getattr(args, name))]
+    n = getattr(args, "n_servers", 1)
+    if hasattr(args, "base_port") and not (args.base_port == 0 or 1 <= args.base_port <= 65536 - max(n, 1)):
+        found.append(f"--base-port: 0 (free ports) or a port with --base-port + --n-servers - 1 <= 65535 "
+                     f"(got {args.base_port} for {n} servers)")
+    if hasattr(args, "port") and not 0 <= args.port <= 65535:
+        found.append(f"--port: 0 or a port in [1, 65535] (got {args.port})")
+    if n >= 1 and (why := server_limit(n)):
+        found.append(why)
     if hasattr(args, "tcp_cc") and (why := tcp.problem(args.tcp_cc)):
         found.append(why)
-    if getattr(args, "compute_s", 0) and getattr(args, "regime", "fast") == "paper":
+    if getattr(args, "compute_s", 0) and getattr(args, "regime", "fast") != regime_mod.fast_regime().name:
         found.append("--compute-s: the paper regime sets each round's pace itself (--pace-spread); use --regime fast")
     if hasattr(args, "loss") and not found:  # the data owners' per-server lists, as server/main.py reads them
         for check in (lambda: Links.from_args(args),
@@ -152,6 +160,32 @@ def problems(args) -> list[str]:
             except ValueError as e:
                 found.append(str(e))
     return found
+
+
+MAX_SERVERS = 4096  # beyond it the client's --servers list alone nears the kernel's argument limit (ARG_MAX)
+FDS_PER_SERVER = 4  # the client's socket per server, and the pipes and files a server process shares with it
+
+
+def server_limit(n_servers: int) -> str | None:
+    """Why this machine cannot run ``n_servers`` data owners (None if it can): the client's open files
+    (ulimit -n), the processes this user may have (ulimit -u), the kernel's pid_max."""
+    import resource
+
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    procs = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    try:
+        pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    except (OSError, ValueError):
+        pid_max = 1 << 22
+    bounds = [(MAX_SERVERS, "one client's list of server addresses would near the kernel's argument limit")]
+    if files != resource.RLIM_INFINITY:
+        bounds.append(((files - 64) // FDS_PER_SERVER,
+                       f"the client needs ~{FDS_PER_SERVER} open files a server and ulimit -n is {files}: raise it (ulimit -n)"))
+    if procs != resource.RLIM_INFINITY:
+        bounds.append((procs - 64, f"a process a server and ulimit -u is {procs}: raise it (ulimit -u)"))
+    bounds.append((pid_max // 2, f"a process a server and the kernel's pid_max is {pid_max} (sysctl kernel.pid_max)"))
+    most, why = min(bounds)
+    return None if n_servers <= most else f"--n-servers: at most {max(most, 0)} here: {why} (got {n_servers})"
 
 
 HALFNORMAL = "halfnormal:"
@@ -175,17 +209,86 @@ def parse_speeds(text: str, n_servers: int, seed: int = 0) -> list[float]:
     if not parts:
         return [1.0] * n_servers
     if len(parts) != n_servers:
-        raise ValueError(f"--speeds has {len(parts)} values for {n_servers} servers")
-    speeds = [float(p) for p in parts]
+        raise ValueError(f"--speeds {text!r} has {len(parts)} values for {n_servers} servers (--n-servers)")
+    try:
+        speeds = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--speeds {text!r}: each value is a number, the server's speed ratio (1 = full speed)") from None
     if any(not (1.0 <= s < 1e6) for s in speeds):
-        raise ValueError("every speed ratio must be at least 1 (1 = full speed, 4 = four times slower)")
+        raise ValueError(f"--speeds {text!r}: every speed ratio must be at least 1 (1 = full speed, 4 = four times slower)")
     return speeds
 
 
-def settle(args: ClientArgs) -> tuple[ClientArgs, regime_mod.Regime | None]:
+def settle(args: ClientArgs) -> tuple[ClientArgs, regime_mod.Regime]:
     """The arguments with every [regime] field the user left unset filled in from the regime."""
-    r = regime_mod.paper_regime(args.time_scale) if args.regime == "paper" else None
-    if r is not None:
+    r = regime_mod.resolve(args.regime, args.time_scale)
+    if r.paced:
         args = replace(args, shared_memory=False)
-    defaults = regime_mod.client_defaults(args.regime, args.time_scale)
-    return replace(args, **{k: v for k, v in defaults.items() if getattr(args, k) is None}), r
+    return replace(args, **{k: v for k, v in r.defaults().items() if getattr(args, k) is None}), r
+
+
+# train.sh --help, by what a user changes first; each rule's own options join the rules, the rest go last.
+LAUNCH_GROUPS = (
+    ("study", "the study's variables: S, D, L and the seeds",
+     ["staleness_threshold", "stdev", "stdev_units", "loss", "split_seed", "seed"]),
+    ("run", "the run", ["regime", "time_scale", "duration_s", "dataset", "n_servers", "speeds", "backend", "out_dir",
+                        "overwrite", "plot", "live", "verbose", "eval_interval_s", "eval_samples", "eval_every_rounds"]),
+    ("network", "the network: per-server links, TCP, the wire and its faults",
+     ["losses", "delays_ms", "rates_mbit", "netns", "tcp_cc", "wire", "faults", "round_timeout_s", "timeout_on",
+      "base_port", "host", "servers", "connect_timeout_s"]),
+    ("rules", "the aggregation rules and partitions, and what a round trains",
+     ["aggregation", *[f.name for c in rules.option_classes() for f in fields(c)], "partition", "alpha_dirichlet",
+      "shards_per_server", "batch_size", "batches_per_round", "lr", "shuffle", "server_timeout_s"]),
+    ("security", "security", ["token", "certfile", "keyfile", "cafile"]),
+)
+
+
+def _regime_hint(name: str, time_scale: float = regime_mod.DEFAULT_TIME_SCALE) -> str | None:
+    """'(default: fast 60; paper 240 at K=10)' for a field the regime sets, from the regime's own defaults."""
+    fast = regime_mod.client_defaults("fast", time_scale).get(name)
+    paper = regime_mod.client_defaults("paper", time_scale).get(name)
+    if fast is None and paper is None:
+        return None
+    return f"(default: fast {fast:g}; paper {paper:g} at K={time_scale:g})" if isinstance(fast, float) and isinstance(
+        paper, float) else f"(default: fast {fast}; paper {paper} at K={time_scale:g})"
+
+
+def _metavar(hint) -> str | None:
+    """The choices of an ``X | None`` field without the None that means "the regime's"."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) != 1:
+        return None
+    if typing.get_origin(args[0]) is Literal:
+        return "{" + ",".join(map(str, typing.get_args(args[0]))) + "}"
+    return args[0].__name__.upper()
+
+
+def grouped(cls=None, groups=LAUNCH_GROUPS):
+    """``cls``'s fields as nested dataclasses, one per group (flags unchanged), for a --help by group;
+    ``flatten`` turns what tyro parses back into ``cls``."""
+    from tyro._docstrings import get_field_docstring  # the field comments tyro shows for cls itself
+
+    cls = cls or LaunchArgs
+    hints = typing.get_type_hints(cls, include_extras=True)
+    by_name = {f.name: f for f in fields(cls)}
+    named = {n for _, _, names in groups for n in names}
+    rest = [n for n in by_name if n not in named]
+    outer = []
+    for key, title, names in (*groups, ("more", "everything else", rest)):
+        members = []
+        for n in names:
+            f, hint = by_name[n], hints[n]
+            extra = {}
+            if f.default is None:
+                extra = {"help_behavior_hint": _regime_hint(n), "metavar": _metavar(hint)}
+            members.append((n, Annotated[hint, tyro.conf.arg(help=get_field_docstring(cls, n, ()), **extra)],
+                            field(default=f.default)))
+        group = make_dataclass(key, members)
+        outer.append((key, Annotated[group, tyro.conf.OmitArgPrefixes, tyro.conf.arg(help=title)],
+                      field(default_factory=group)))
+    return make_dataclass(cls.__name__, outer)
+
+
+def flatten(parsed, cls=None):
+    cls = cls or LaunchArgs
+    return cls(**{k: v for f in fields(parsed) for k, v in vars(getattr(parsed, f.name)).items()})

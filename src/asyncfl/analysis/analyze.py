@@ -40,7 +40,6 @@ control too, so runs that differ in them are never summarised together.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +48,14 @@ import numpy as np
 import pandas as pd
 import tyro
 
+from asyncfl.analysis import inputs
+from asyncfl.analysis.inputs import find_runs, interrupted
+from asyncfl.core import partitions, rules, schema
 from asyncfl.core import regime as regime_mod
-from asyncfl.core import rules
 from asyncfl.core.conditions import link_label
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.split import DEFAULT_SPLIT_SEED
-from asyncfl.process.runlog import ran_its_course
+from asyncfl.process.runlog import stop_reason
 
 THRESHOLDS = (0.80, 0.90, 0.95)
 CONFIG_KEYS = ["regime", "transport", "wire", "faults", "loss_mechanism", "tcp_cc", "dataset", "n_servers", "partition", "loss", "link", "stdev", "staleness", "aggregation",
@@ -163,18 +164,13 @@ def tcp_cc_label(config: dict) -> str:
 
 def partition_label(split: dict) -> str:
     """'gaussian' (the study's, whose D is its own column), 'dirichlet(0.5)', 'shards(2)'."""
-    name = split.get("partition", "gaussian")
-    if name == "dirichlet":
-        return f"dirichlet({split['alpha_dirichlet']:g})"
-    if name == "shards":
-        return f"shards({split['shards_per_server']})"
-    return name
+    return partitions.label(split)
 
 
 def regime_label(config: dict) -> str:
     """'fast', or 'paper K=10' (runs from before the regimes existed are fast)."""
-    r = config.get("regime", {"name": "fast"})
-    return f"paper K={r['time_scale']:g}" if r.get("name") == "paper" else "fast"
+    k = regime_mod.recorded_time_scale(config)
+    return "fast" if k is None else f"paper K={k:g}"
 
 
 # Client settings that change what is trained or measured, beyond the other keys, with the study's values
@@ -197,7 +193,7 @@ def settings_label(config: dict) -> str:
     if seed is not None and seed != DEFAULT_SPLIT_SEED:
         changed.append(f"split_seed={seed}")
     spread = r.get("pace_spread")  # the servers' (a server flag), as they reported their paces
-    if r.get("name") == "paper" and spread is not None and abs(spread - regime_mod.PACE_SPREAD) > 1e-6:
+    if regime_mod.recorded_time_scale({"regime": r}) is not None and spread is not None and abs(spread - regime_mod.PACE_SPREAD) > 1e-6:
         changed.append(f"pace_spread={spread:g}")
     return " ".join(changed)
 
@@ -240,7 +236,8 @@ def run_config(config: dict) -> dict:
         "staleness": config.get("staleness_threshold", config["args"]["staleness_threshold"]),
         "aggregation": rules.label(config.get("aggregation", {})),
         "speeds": " ".join(f"{v:g}" for v in speeds),
-        "duration_s": config["args"]["duration_s"],
+        # A run the user stopped is its own configuration: the time it trained, not the time it was given.
+        "duration_s": config["finished"].get("training_s") if interrupted(config) else config["args"]["duration_s"],
         "settings": settings_label(config),
     }
 
@@ -272,12 +269,17 @@ def connection_stats(events: pd.DataFrame | None, rounds: pd.DataFrame | None) -
 
 
 def analyze_run(run_dir: Path) -> dict:
-    config = json.loads((run_dir / "config.json").read_text())
-    f1_time = pd.read_csv(run_dir / "f1_time.csv")
+    config = inputs.read_config(run_dir)
+    f1_time = inputs.read_csv(run_dir / schema.F1_TIME)
+    if not isinstance(config.get("args"), dict):
+        raise inputs.InputError(f"{run_dir / schema.CONFIG}: not a run's config.json (no \"args\")")
+    if not isinstance(config.get("finished"), dict) or "rounds_per_server" not in config["finished"]:
+        raise inputs.InputError(f"{run_dir / schema.CONFIG}: no \"finished\" record (the run is still going, or was killed)")
     n_servers = config.get("n_servers", 1)
     # Rounds per server and the largest staleness are in config.json (older results/ keep no rounds.csv).
     per_server = pd.Series(config["finished"]["rounds_per_server"], dtype=float).reindex(range(n_servers), fill_value=0)
-    row = {"run": run_dir.name, "seed": config["args"].get("seed"), **run_config(config)}
+    row = {"run": run_dir.name, "seed": config["args"].get("seed"), **run_config(config),
+           "stop_reason": stop_reason(config["finished"])}
     row["final_f1"] = float(f1_time["f1"].iloc[-1]) if len(f1_time) else float("nan")
     row["f1_auc_frac"] = f1_auc_frac(f1_time)
     for t in THRESHOLDS:
@@ -295,18 +297,17 @@ def analyze_run(run_dir: Path) -> dict:
     row["max_staleness"] = int(max(config["finished"]["max_staleness_per_server"], default=0))
     finished = config["finished"]
     row["abandoned_rounds"] = int(sum(finished.get("retries_per_server", [])))
-    events = pd.read_csv(run_dir / "events.csv") if (run_dir / "events.csv").exists() else None
+    events = inputs.read_optional(run_dir / schema.EVENTS)
     row["timeouts"] = int(events["silence_s"].notna().sum()) if events is not None and "silence_s" in events \
         else float("nan")
     row["thread_deaths"] = int((events["event"] == "thread_ended").sum()) if events is not None else float("nan")
-    rounds = pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else None
+    rounds = inputs.read_optional(run_dir / schema.ROUNDS)
     row.update(stall_stats(rounds))
     row.update(tcp_stats(rounds))
     row.update(connection_stats(events, rounds))
     row["longest_flat_s"] = longest_flat_s(grid)
-    regime = config.get("regime", {})
-    row["longest_flat_paper_min"] = row["longest_flat_s"] * regime["time_scale"] / 60 \
-        if regime.get("name") == "paper" else float("nan")
+    k = regime_mod.recorded_time_scale(config)
+    row["longest_flat_paper_min"] = float("nan") if k is None else row["longest_flat_s"] * k / 60
     row["fingerprint"] = config.get("dataset", {}).get("fingerprint_digest", "")
     shares = finished.get("cpu", {})
     row["cpu_frac_client"] = shares.get("client", {}).get("cpu_frac", float("nan"))
@@ -314,28 +315,14 @@ def analyze_run(run_dir: Path) -> dict:
     server_fracs = [v["cpu_frac"] for k, v in shares.items() if k.startswith("server-")]
     row["cpu_frac_server_max"] = max(server_fracs) if server_fracs else float("nan")
     row["starved"] = " ".join(finished.get("starved", []))
-    yappi_path = run_dir / "yappi.csv"
+    row["cut_rows"] = sum(t.attrs["cut_rows"] for t in (f1_time, events, rounds) if t is not None)
+    yappi_path = run_dir / schema.YAPPI
     if yappi_path.exists():
-        gate = pd.read_csv(yappi_path)["gate_frac"]
+        gate = inputs.read_csv(yappi_path)["gate_frac"]
         row["gate_wait_frac_mean"], row["gate_wait_frac_max"] = float(gate.mean()), float(gate.max())
     else:
         row["gate_wait_frac_mean"] = row["gate_wait_frac_max"] = float("nan")
     return row
-
-
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Finished run folders among ``paths``: each one itself, or the run folders directly inside a sweep
-    folder. Unfinished ones are left out, and said so."""
-    candidates = []
-    for p in paths:
-        if (p / "config.json").exists():
-            candidates.append(p)
-        else:
-            candidates.extend(sorted(d for d in p.iterdir() if (d / "config.json").exists()))
-    runs = [d for d in candidates if ran_its_course(d)]
-    for d in sorted(set(candidates) - set(runs)):
-        print(f"left out {d}: not finished (still running, killed, or stopped by an error)", file=sys.stderr)
-    return runs
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -351,26 +338,32 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 class Args:
     folders: tyro.conf.Positional[tuple[Path, ...]]  # run folders and/or sweep folders
     out: Path | None = None  # where to write summary.csv and runs.csv (default: the first folder)
+    interrupted: bool = True  # include runs their user stopped (each its own configuration, at the time it trained); --no-interrupted leaves them out
 
 
 def main(args: Args) -> int:
-    run_dirs = find_runs(args.folders)
+    run_dirs = find_runs(list(args.folders), args.interrupted)
     if not run_dirs:
-        print("analysis/analyze.py: no run folders (with config.json and f1_time.csv) found", file=sys.stderr)
+        print(f"{PROG}: no finished run folders (with config.json and f1_time.csv) in {' '.join(map(str, args.folders))}",
+              file=sys.stderr)
         return 2
     runs = pd.DataFrame([analyze_run(d) for d in run_dirs])
+    for _, r in runs[runs["cut_rows"] > 0].iterrows():
+        print(f"note: {r['run']}: {r['cut_rows']} cut last row(s) dropped (the run was killed mid-write)", file=sys.stderr)
+    for _, r in runs[runs["stop_reason"] == "interrupted"].iterrows():
+        print(f"note: {r['run']}: stopped by its user after {r['duration_s']:g} s (its own configuration)", file=sys.stderr)
     summary = summarize(runs)
     out = args.out or args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "runs.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
+    runs.to_csv(out / schema.RUNS, index=False)
+    summary.to_csv(out / schema.SUMMARY, index=False)
     # Runs of different regimes or transports are never one configuration: say so when both are present.
     for column in ("regime", "transport"):
         if runs[column].nunique() > 1:
             print(f"note: these runs differ in {column} ({', '.join(sorted(runs[column].unique()))}); each summary "
                   f"row holds one {column}: compare rows of the same {column} only", file=sys.stderr)
     # The rule and split columns only when the runs differ in them (the study's sweeps keep their table).
-    varying = [c for c in ("regime", "transport", "partition", "aggregation") if summary[c].nunique() > 1]
+    varying = [c for c in ("regime", "transport", "partition", "aggregation", "duration_s") if summary[c].nunique() > 1]
     shown = ["loss", "stdev", *varying, "staleness", "speeds", "repeats", "final_f1_mean", "final_f1_std", "f1_auc_frac_mean",
              "time_to_f1_90_s_mean", "max_f1_drop_mean", "rounds_mean_mean", "rounds_gini_mean", "max_staleness_max",
              "gate_wait_frac_mean_mean"]
@@ -379,9 +372,11 @@ def main(args: Args) -> int:
         print("\nstalls per run (rounds.csv's stall_s: median, p99, longest) and the longest flat F1:")
         print(runs[["run", "abandoned_rounds", "timeouts", "thread_deaths", "stall_p50_s", "stall_p99_s", "stall_max_s", "longest_flat_s",
                     "longest_flat_paper_min"]].round(3).to_string(index=False))
-    print(f"\n{len(runs)} runs, {len(summary)} configurations -> {out / 'summary.csv'}, {out / 'runs.csv'}")
+    print(f"\n{len(runs)} runs, {len(summary)} configurations -> {out / schema.SUMMARY}, {out / schema.RUNS}")
     return 0
 
 
+PROG = "python -m asyncfl.analysis.analyze"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.analyze", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

@@ -13,7 +13,6 @@ that grid ran it, else its L=0 at any S, marked *).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 import tyro
+
+from asyncfl.analysis import inputs
+from asyncfl.core import regime as regime_mod
+from asyncfl.core import schema
 
 PAPER_MINUTES = (5, 15, 35)
 
@@ -39,12 +42,12 @@ def f1_at(f1_time: pd.DataFrame, t_s: float) -> float:
 
 def run_extras(run_dir: Path) -> dict:
     """What runs.csv does not hold: F1 at the paper-minutes and the causes of thread deaths."""
-    config = json.loads((run_dir / "config.json").read_text())
-    k = config.get("regime", {}).get("time_scale", 1.0) if config.get("regime", {}).get("name") == "paper" else 1.0
-    f1_time = pd.read_csv(run_dir / "f1_time.csv")
+    config = inputs.read_config(run_dir)
+    k = regime_mod.recorded_time_scale(config) or 1.0
+    f1_time = inputs.read_csv(run_dir / schema.F1_TIME)
     out = {f"f1_at_{m}_min": f1_at(f1_time.iloc[:-1] if len(f1_time) > 2 else f1_time, m * 60 / k)
            for m in PAPER_MINUTES}
-    events = pd.read_csv(run_dir / "events.csv") if (run_dir / "events.csv").exists() else None
+    events = inputs.read_csv(run_dir / schema.EVENTS) if (run_dir / schema.EVENTS).exists() else None
     out["causes"] = death_causes(events) if events is not None else Counter()
     return out
 
@@ -56,7 +59,7 @@ def spread(values: pd.Series, digits: int = 2) -> str:
 
 
 def grid_rows(folder: Path) -> pd.DataFrame:
-    runs = pd.read_csv(folder / "runs.csv")
+    runs = inputs.read_csv(folder / schema.RUNS)
     extras = [run_extras(folder / "runs" / name if (folder / "runs" / name).exists() else folder / name)
               for name in runs["run"]]
     for key in extras[0] if extras else []:
@@ -105,7 +108,7 @@ class Args:
 
 def main(args: Args) -> int:
     for grid in args.grids:
-        if not (grid / "runs.csv").is_file():
+        if not (grid / schema.RUNS).is_file():
             print(f"backends: no runs.csv in {grid} (python -m asyncfl.analysis.collect SWEEP {grid})", file=sys.stderr)
             return 2
     grids = [grid_rows(g) for g in args.grids]
@@ -115,5 +118,7 @@ def main(args: Args) -> int:
     return 0
 
 
+PROG = "python -m asyncfl.analysis.backends"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.backends", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

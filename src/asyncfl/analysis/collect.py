@@ -4,7 +4,8 @@
 
 For every finished run in the sweep: config.json, f1_time.csv, f1_epoch.csv, events.csv, rounds.csv (its
 stalls) and yappi.csv go to DEST/runs/<run>/ (with its twins' config.json, f1_time.csv and rounds.csv, if
-analysis/twin.py made them) (the logs and the model stay in the sweep folder); then analysis/analyze.py writes
+analysis/twin.py made them) (the logs and the model stay in the sweep folder), and the sweep's sweep.json (its
+grid file, variables and commit) to DEST/sweeps/<sweep>.json; then analysis/analyze.py writes
 DEST/summary.csv and DEST/runs.csv and analysis/plot.py DEST/fig3..fig6. Run it as often as runs finish: it
 copies only what is new or changed, so an interrupted sweep's committed results lose nothing.
 """
@@ -18,10 +19,8 @@ from pathlib import Path
 
 import tyro
 
-from asyncfl.analysis import analyze, plot
-
-SMALL_FILES = ("config.json", "f1_time.csv", "f1_epoch.csv", "events.csv", "rounds.csv", "yappi.csv")
-TWINS = ("twin-formula", "twin-replay")  # analysis/twin.py's folders inside a run: their config.json and CSVs
+from asyncfl.analysis import analyze, inputs, plot
+from asyncfl.core import schema
 
 
 @dataclass
@@ -32,17 +31,22 @@ class Args:
 
 
 def main(args: Args) -> int:
-    finished = analyze.find_runs([args.sweep])
+    finished = inputs.find_runs([args.sweep], with_interrupted=False)  # results/ hold runs that ran their course
+    if not finished and not any((d / schema.CONFIG).exists() for d in [args.sweep, *args.sweep.iterdir()]):
+        raise inputs.InputError(f"{args.sweep}: no run folders in it (a sweep folder holds one per run)")
     copied = 0
     for run in finished:
         target = args.dest / "runs" / run.name
         target.mkdir(parents=True, exist_ok=True)
-        for name in (*SMALL_FILES, *(f"{twin}/{f}" for twin in TWINS for f in ("config.json", "f1_time.csv", "rounds.csv"))):
+        for name in (*schema.SMALL_FILES, *(f"{twin}/{f}" for twin in schema.TWINS for f in (schema.CONFIG, schema.F1_TIME, schema.ROUNDS))):
             src, dst = run / name, target / name
             if src.exists() and (not dst.exists() or dst.read_bytes() != src.read_bytes()):
                 dst.parent.mkdir(exist_ok=True)
                 shutil.copyfile(src, dst)
                 copied += 1
+    if (args.sweep / schema.SWEEP).is_file():  # the grid file and commit that made these runs, one per sweep
+        (args.dest / "sweeps").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.sweep / schema.SWEEP, args.dest / "sweeps" / f"{args.sweep.resolve().name}.json")
     print(f"collect: {len(finished)} finished runs, {copied} files copied into {args.dest / 'runs'}")
     if not finished:
         return 0
@@ -52,5 +56,7 @@ def main(args: Args) -> int:
     return plot.main(plot.Args((args.dest / "runs",), out=args.dest))
 
 
+PROG = "python -m asyncfl.analysis.collect"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.collect", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

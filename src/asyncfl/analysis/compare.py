@@ -19,6 +19,9 @@ from pathlib import Path
 import pandas as pd
 import tyro
 
+from asyncfl.analysis import inputs
+from asyncfl.core import schema
+
 
 def cell_table(runs: pd.DataFrame, label: str) -> list[dict]:
     runs = runs[runs["stdev"].fillna(0) == 0]
@@ -48,11 +51,11 @@ class Args:
 def main(args: Args) -> int:
     rows = []
     for grid in args.grids:
-        path = grid / "runs.csv"
+        path = grid / schema.RUNS
         if not path.exists():
             print(f"compare: no runs.csv in {grid} (run python -m asyncfl.analysis.analyze {grid} first)", file=sys.stderr)
             return 2
-        runs = pd.read_csv(path)
+        runs = inputs.read_csv(path)
         for column in ("f1_last5", "longest_flat_s", "longest_flat_paper_min"):
             if column not in runs:
                 print(f"compare: {path} predates {column}: run python -m asyncfl.analysis.analyze {grid}/runs again", file=sys.stderr)
@@ -66,5 +69,7 @@ def main(args: Args) -> int:
     return 0
 
 
+PROG = "python -m asyncfl.analysis.compare"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.compare", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

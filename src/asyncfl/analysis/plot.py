@@ -15,7 +15,6 @@ A run's own figure (run.png, in its folder) shows F1 over time and each server's
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -29,7 +28,11 @@ import numpy as np
 import pandas as pd
 import tyro
 
-from asyncfl.analysis.analyze import find_runs, run_config
+from asyncfl.analysis import inputs
+from asyncfl.analysis.analyze import run_config
+from asyncfl.analysis.inputs import find_runs, interrupted
+from asyncfl.core import regime as regime_mod
+from asyncfl.core import schema
 
 COLOURS = {0: "tab:blue", 6: "tab:orange", 12: "tab:green"}
 ASYNC = 9999  # this S or more is the paper's S = inf
@@ -48,16 +51,15 @@ def s_colour(s: int) -> str:
 
 def paper_minutes(config: dict) -> float | None:
     """Minutes of the paper's clock per second of a paper-regime run (K / 60); None for other regimes."""
-    r = config.get("regime", {})
-    return r["time_scale"] / 60 if r.get("name") == "paper" else None
+    return None if (k := regime_mod.recorded_time_scale(config)) is None else k / 60
 
 
 def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
     """One row per run; a paper-regime run's F1 is put on the paper's clock (minutes), others stay in s."""
     rows = []
     for d in run_dirs:
-        config = json.loads((d / "config.json").read_text())
-        f1 = pd.read_csv(d / "f1_time.csv")
+        config = inputs.read_config(d)
+        f1 = inputs.read_csv(d / schema.F1_TIME)
         scale = paper_minutes(config)
         if scale is not None:
             f1 = f1.assign(time_s=f1["time_s"] * scale)
@@ -170,16 +172,30 @@ def family_figures(runs: pd.DataFrame, out: Path, suffix: str, context: str = ""
     return written
 
 
+def epoch_times(f1_epoch: pd.DataFrame | None, rounds: pd.DataFrame) -> pd.DataFrame:
+    """The round-wise scores at the time each was due: when the slowest server completed that round (the
+    latest of the servers' first arrivals at it), so a short run's few time-wise points have company."""
+    if f1_epoch is None or not len(f1_epoch) or not len(rounds):
+        return pd.DataFrame(columns=["time_s", "f1"])
+    reached = rounds.groupby(["server", "round"])["time_s"].min().unstack("server").sort_index()
+    reached = reached[::-1].cummin()[::-1]  # a round is reached once any later one is (a retried round)
+    due = reached.max(axis=1, skipna=False).dropna()
+    return f1_epoch.assign(time_s=f1_epoch["epoch"].map(due)).dropna(subset=["time_s"])
+
+
 def run_figure(run_dir: Path) -> Path:
     """F1 over time, and every server's completed rounds over time, for one run."""
-    config = json.loads((run_dir / "config.json").read_text())
-    f1 = pd.read_csv(run_dir / "f1_time.csv")
+    config = inputs.read_config(run_dir)
+    f1 = inputs.read_csv(run_dir / schema.F1_TIME)
     # A run folder has rounds.csv; the copies under results/ keep only the small files.
-    rounds = pd.read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else pd.DataFrame(
-        columns=["time_s", "server", "round"])
+    rounds = inputs.read_optional(run_dir / schema.ROUNDS)
+    rounds = pd.DataFrame(columns=["time_s", "server", "round"]) if rounds is None else rounds
     c = run_config(config)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    top.plot(f1["time_s"], f1["f1"], color=s_colour(c["staleness"]), marker=".", lw=1)
+    top.plot(f1["time_s"], f1["f1"], color=s_colour(c["staleness"]), marker=".", lw=1, label="time-wise (f1_time.csv)")
+    if len(epochs := epoch_times(inputs.read_optional(run_dir / schema.F1_EPOCH), rounds)):
+        top.plot(epochs["time_s"], epochs["f1"], ".", color="grey", ms=3, alpha=0.6, label="round-wise (f1_epoch.csv)")
+        top.legend(fontsize=7, loc="lower right")
     top.set_ylim(0, 1)
     top.set_ylabel("f1 score")
     top.grid(alpha=0.3)
@@ -189,12 +205,13 @@ def run_figure(run_dir: Path) -> Path:
     bottom.set_ylabel("completed rounds")
     bottom.grid(alpha=0.3)
     bottom.legend(fontsize=7)
+    stopped = f", stopped by its user at {c['duration_s']:g} s" if interrupted(config) else ""
     fig.suptitle(f"{run_dir.name}\n{c['dataset']}, L={c['loss']}, D={c['stdev']:g}, {s_label(c['staleness'])}, "
-                 f"speeds {c['speeds']}", fontsize=9)
+                 f"speeds {c['speeds']}{stopped}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(run_dir / "run.png", dpi=110)
+    fig.savefig(run_dir / schema.FIGURE, dpi=110)
     plt.close(fig)
-    return run_dir / "run.png"
+    return run_dir / schema.FIGURE
 
 
 @dataclass
@@ -207,15 +224,23 @@ class Args:
 def main(args: Args) -> int:
     run_dirs = find_runs(list(args.folders))
     if not run_dirs:
-        print("analysis/plot.py: no run folders (with config.json and f1_time.csv) found", file=sys.stderr)
+        print(f"{PROG}: no finished run folders (with config.json and f1_time.csv) in {' '.join(map(str, args.folders))}",
+              file=sys.stderr)
         return 2
     written = []
-    if len(run_dirs) == 1 and (args.folders[0] / "config.json").exists():
+    if len(run_dirs) == 1 and (args.folders[0] / schema.CONFIG).exists():
         written.append(run_figure(run_dirs[0]))
     else:
         out = args.out or args.folders[0]
         out.mkdir(parents=True, exist_ok=True)
-        written += sweep_figures(load_runs(run_dirs), out)
+        # A run its user stopped would pull a configuration's mean down where it ends: its own run.png only.
+        stopped = [d for d in run_dirs if interrupted(inputs.read_config(d))]
+        for d in stopped:
+            print(f"note: {d.name} was stopped by its user: left out of the figures (--per-run draws its run.png)",
+                  file=sys.stderr)
+        whole = [d for d in run_dirs if d not in stopped]
+        if whole:
+            written += sweep_figures(load_runs(whole), out)
         if args.per_run:
             written += [run_figure(d) for d in run_dirs]
     for path in written:
@@ -223,5 +248,7 @@ def main(args: Args) -> int:
     return 0
 
 
+PROG = "python -m asyncfl.analysis.plot"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.plot", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import tyro
 
+from asyncfl.analysis import inputs
 from asyncfl.analysis.analyze import partition_label
-from asyncfl.core import rules
+from asyncfl.core import rules, schema
 from asyncfl.core.model import weight_spec
 from asyncfl.process.runlog import stop_reason
 
@@ -64,10 +65,10 @@ def first_time(f1: pd.DataFrame, threshold: float) -> float:
 
 
 def run_row(run: Path) -> dict:
-    config = json.loads((run / "config.json").read_text())
+    config = inputs.read_config(run)
     duration = float(config["args"]["duration_s"])
     weights_bytes = sum(int(np.prod(shape)) for shape, _ in weight_spec(config["args"]["dataset"]).values()) * 4
-    rounds = pd.read_csv(run / "rounds.csv")
+    rounds = inputs.read_csv(run / schema.ROUNDS)
     row = {"run": run.name, "seed": config["args"]["seed"], "partition": partition_label(config["dataset"]),
            "link": link_setting(config), "rule": rule_label(config), "n_servers": config["n_servers"],
            "duration_s": duration, "speeds": " ".join(f"{i.get('speed_ratio', 1):g}" for i in config["server_info"]),
@@ -76,7 +77,7 @@ def run_row(run: Path) -> dict:
            "starved": " ".join(config["finished"].get("starved", []))}
     for source in SOURCES:
         folder = run if source == "real" else run / f"twin-{source}"
-        f1 = pd.read_csv(folder / "f1_time.csv") if (folder / "f1_time.csv").is_file() else None
+        f1 = inputs.read_csv(folder / schema.F1_TIME) if (folder / schema.F1_TIME).is_file() else None
         row[f"{source}_made"] = f1 is not None  # a twin not made yet is missing, not a run that never got there
         for t in THRESHOLDS:
             row[f"{source}_t{round(t * 100)}_s"] = first_time(f1, t) if f1 is not None else float("nan")
@@ -93,18 +94,18 @@ def run_row(run: Path) -> dict:
         row[f"owner{owner}_rounds"] = len(mine)
         row[f"owner{owner}_longest_gap_s"] = float(np.diff(times).max())
         row[f"owner{owner}_retrans_per_round"] = float(retrans.mean()) if len(mine) else 0.0
-    formula = run / "twin-formula" / "rounds.csv"  # results combined in the run's time, on the formula's clock
-    row["formula_results"] = int((pd.read_csv(formula)["time_s"] <= duration).sum()) if formula.is_file() else np.nan
-    replay = run / "twin-replay" / "rounds.csv"
+    formula = run / "twin-formula" / schema.ROUNDS  # results combined in the run's time, on the formula's clock
+    row["formula_results"] = int((inputs.read_csv(formula)["time_s"] <= duration).sum()) if formula.is_file() else np.nan
+    replay = run / "twin-replay" / schema.ROUNDS
     if replay.is_file() and "applied_s" in rounds:
-        mine = pd.read_csv(replay)
+        mine = inputs.read_csv(replay)
         real = rounds.sort_values("applied_s")
         row["replay_same_order"] = list(zip(mine["server"], mine["round"])) == list(zip(real["server"], real["round"]))
     return row
 
 
 def load(results: Path) -> pd.DataFrame:
-    runs = sorted(p for p in (results / "runs").iterdir() if (p / "config.json").is_file())
+    runs = sorted(p for p in (results / "runs").iterdir() if (p / schema.CONFIG).is_file())
     return pd.DataFrame([run_row(r) for r in runs])
 
 
@@ -211,9 +212,9 @@ def figure(results: Path, runs: pd.DataFrame, partition: str, seed: int = 0) -> 
         for k, row in enumerate(pick[pick["link"] == link].sort_values("rule").itertuples()):
             color = f"C{k}"
             for source, style in (("", "-"), ("twin-formula", "--")):
-                path = results / "runs" / row.run / source / "f1_time.csv"
+                path = results / "runs" / row.run / source / schema.F1_TIME
                 if path.is_file():
-                    f1 = pd.read_csv(path)
+                    f1 = inputs.read_csv(path)
                     ax.plot(f1["time_s"], f1["f1"], style, color=color, lw=1.2,
                             label=row.rule if not source else None)
         ax.set_title(f"{link_label(link)} ({partition}, seed {seed})",
@@ -253,7 +254,7 @@ def owners_table(results: Path, runs: pd.DataFrame) -> str:
     lossy = runs[runs["link"] != "speeds"]
     if lossy.empty:
         return "no run with lossy or rate-limited links"
-    links = json.loads((results / "runs" / lossy["run"].iloc[0] / "config.json").read_text())["server_info"]
+    links = json.loads((results / "runs" / lossy["run"].iloc[0] / schema.CONFIG).read_text())["server_info"]
     rows.insert(2, "| (loss %, rate Mbit/s) | " + " | ".join(
         f"{i['network'].get('loss_pct', 0):g}, {i['network'].get('rate_mbit', 0) or '-'}" for i in links) + " |")
     for rule, g in lossy.groupby("rule"):
@@ -293,5 +294,7 @@ def main(args: Args) -> int:
     return 0
 
 
+PROG = "python -m asyncfl.analysis.realnet"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.realnet", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

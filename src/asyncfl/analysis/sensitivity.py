@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 import tyro
 
+from asyncfl.analysis import inputs
 from asyncfl.analysis import verdicts as v
+from asyncfl.core import schema
 
 BASE = "base"
 CELL = ["loss", "stdev", "staleness"]
@@ -43,10 +45,14 @@ def base_runs(grid: pd.DataFrame) -> pd.DataFrame:
 
 def load(results: Path, base_csv: Path) -> pd.DataFrame:
     """Every run of the sweep and of the base cells, with a ``variant`` column (the folder's name)."""
-    base = base_runs(pd.read_csv(base_csv)).assign(variant=BASE)
+    base = base_runs(inputs.read_csv(base_csv)).assign(variant=BASE)
     frames = [base]
-    for path in sorted(results.glob("*/runs.csv")):
-        runs = pd.read_csv(path).assign(variant=path.parent.name)
+    variants = sorted(inputs.folders([results])[0].glob("*/runs.csv"))
+    if not variants:
+        raise inputs.InputError(f"{results}: no <variant>/runs.csv in it (analysis.collect each variant's sweep into "
+                                f"{results}/<variant> first)")
+    for path in variants:
+        runs = inputs.read_csv(path).assign(variant=path.parent.name)
         if not (runs["stdev"] == 0.0).any() and not full_test(runs).any():  # its D=0 cells are base's (docs/grid.md)
             runs = pd.concat([base[base["stdev"] == 0.0].assign(variant=path.parent.name), runs])
         frames.append(runs)
@@ -205,8 +211,8 @@ def main(args: Args) -> int:
         print(f"sensitivity: no base grid at {args.base}", file=sys.stderr)
         return 2
     runs = load(args.results, args.base)
-    runs.to_csv(args.results / "runs.csv", index=False)
-    summary(runs).to_csv(args.results / "summary.csv", index=False)
+    runs.to_csv(args.results / schema.RUNS, index=False)
+    summary(runs).to_csv(args.results / schema.SUMMARY, index=False)
     text = "\n\n".join([
         "## Verdicts under the primary measure, per variant", claims_table(runs),
         "## The gaps behind them", gaps_table(runs),
@@ -220,5 +226,7 @@ def main(args: Args) -> int:
     return 0
 
 
+PROG = "python -m asyncfl.analysis.sensitivity"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.sensitivity", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 import tyro
 
-from asyncfl.core import data, rules, virtualclock
+from asyncfl.analysis import inputs
+from asyncfl.core import data, rules, schema, virtualclock
 from asyncfl.core.model import flatten, initial_weights
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.split import SplitSettings, make_split
@@ -40,7 +41,6 @@ from asyncfl.core.task import Scorer, ShardTrainer
 from asyncfl.core.virtualclock import Timing
 from asyncfl.process.runlog import CsvLog
 
-ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "start_s"]
 BYTES_PER_WEIGHT = 4  # float32 on every wire
 
 
@@ -79,9 +79,9 @@ def build(config: dict, data_dir: str) -> tuple[TrainingState, list[ShardTrainer
 
 
 def real_rounds(run: Path) -> pd.DataFrame:
-    rounds = pd.read_csv(run / "rounds.csv")
+    rounds = inputs.read_csv(run / schema.ROUNDS)
     if "applied_s" not in rounds or rounds["applied_s"].isna().any():
-        raise ValueError(f"{run / 'rounds.csv'} has no start_s/applied_s (a run from before the twin): run it again")
+        raise ValueError(f"{run / schema.ROUNDS} has no start_s/applied_s (a run from before the twin): run it again")
     return rounds.sort_values("applied_s", kind="stable").reset_index(drop=True)
 
 
@@ -114,7 +114,7 @@ def formula_timings(config: dict, rounds: pd.DataFrame, weights_bytes: int, free
 
 
 def make_twin(run: Path, mode: str, free_rate_mbit: float, data_dir: str) -> Path:
-    config = json.loads((run / "config.json").read_text())
+    config = inputs.read_config(run)
     torch.set_num_threads(1)  # the servers' and client's setting: the same floating-point sums
     state, trainers, train_config, scorer = build(config, data_dir)
     rounds = real_rounds(run)
@@ -133,7 +133,7 @@ def make_twin(run: Path, mode: str, free_rate_mbit: float, data_dir: str) -> Pat
               "weights_bytes": weights_bytes, "free_rate_mbit": free_rate_mbit, "model": model,
               "aggregation": config.get("aggregation"), "staleness_threshold": config["staleness_threshold"],
               "n_servers": n, "dataset": config["dataset"]["dataset"], "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    f1_log, rounds_log = CsvLog(out / "f1_time.csv", ["time_s", "f1"]), CsvLog(out / "rounds.csv", ROUNDS_HEADER)
+    f1_log, rounds_log = CsvLog(out / schema.F1_TIME, schema.F1_TIME_HEADER), CsvLog(out / schema.ROUNDS, schema.TWIN_ROUNDS_HEADER)
     t0 = time.perf_counter()
     applied = virtualclock.run(
         state, lambda i, w: trainers[i].fit(trainers[i].dataset_key, train_config, w), timing, duration,
@@ -144,14 +144,14 @@ def make_twin(run: Path, mode: str, free_rate_mbit: float, data_dir: str) -> Pat
     f1_log.close()
     rounds_log.close()
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in state.snapshot().weights.items()}, str(out / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in state.snapshot().weights.items()}, str(out / schema.MODEL))
     record.update(updates=applied, rounds_per_server=state.rounds(), wall_s=round(time.perf_counter() - t0, 2))
-    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / schema.CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
 def main(args: Args) -> int:
-    if not (args.run / "config.json").is_file() or not (args.run / "rounds.csv").is_file():
+    if not (args.run / schema.CONFIG).is_file() or not (args.run / schema.ROUNDS).is_file():
         print(f"twin: {args.run} is not a finished run folder (config.json and rounds.csv)", file=sys.stderr)
         return 2
     modes = ["formula", "replay"] if args.mode == "both" else [args.mode]
@@ -165,5 +165,7 @@ def main(args: Args) -> int:
     return 0
 
 
+PROG = "python -m asyncfl.analysis.twin"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.twin", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import tyro
 
+from asyncfl.analysis import inputs
+
 ASYNC = 9999
 DIFFERENCE = 0.10  # F1 (mean over a run): the smallest gap read as a difference (Fig. 6's "similar" runs: <= ~0.1)
 STEP = 0.05  # one step of every threshold, for the sensitivity table
@@ -324,7 +326,7 @@ def main(args: Args) -> int:
     if not args.runs_csv.is_file():
         print(f"verdicts: no file {args.runs_csv}", file=sys.stderr)
         return 2
-    runs = pd.read_csv(args.runs_csv)
+    runs = inputs.read_csv(args.runs_csv)
     for column in ("regime", "transport", "tcp_cc", "dataset", "loss_mechanism", "wire", "faults"):
         if column in runs and len(set(runs[column].dropna()) - {"none"}) > 1:  # L=0 has no loss mechanism
             print(f"verdicts: the runs differ in {column}; give one grid at a time", file=sys.stderr)
@@ -336,5 +338,7 @@ def main(args: Args) -> int:
     return 0
 
 
+PROG = "python -m asyncfl.analysis.verdicts"
+
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args, prog="python -m asyncfl.analysis.verdicts", description=__doc__)))
+    sys.exit(inputs.guarded(main, tyro.cli(Args, prog=PROG, description=__doc__), PROG))

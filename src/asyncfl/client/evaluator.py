@@ -27,7 +27,7 @@ import tyro
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 
-from asyncfl.core import data, datasets
+from asyncfl.core import data, datasets, schema
 from asyncfl.core.model import Net
 from asyncfl.core.task import Scorer
 from asyncfl.process.lifecycle import keep_freed_memory
@@ -98,9 +98,9 @@ def run_evaluator(a: EvaluatorArgs) -> None:
     out_dir = a.requests.get()
     if out_dir is None:
         return
-    setup_logging(Path(out_dir) / "client.log", console=False)  # errors only: scores travel through `scores`
-    time_log = CsvLog(Path(out_dir) / "f1_time.csv", ["time_s", "f1"])
-    epoch_log = CsvLog(Path(out_dir) / "f1_epoch.csv", ["epoch", "f1"])
+    setup_logging(Path(out_dir) / schema.CLIENT_LOG, console=False)  # errors only: scores travel through `scores`
+    time_log = CsvLog(Path(out_dir) / schema.F1_TIME, schema.F1_TIME_HEADER)
+    epoch_log = CsvLog(Path(out_dir) / schema.F1_EPOCH, schema.F1_EPOCH_HEADER)
     try:
         while (req := a.requests.get()) is not None:
             started, cpu_started = time.monotonic(), time.process_time()

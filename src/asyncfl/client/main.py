@@ -28,7 +28,7 @@ from asyncfl.client.evaluator import EvaluatorArgs, run_evaluator
 from asyncfl.client.remote import RemoteError, RemoteServer
 from asyncfl.client.runfolder import default_out_dir, start_record
 from asyncfl.client.training import Training
-from asyncfl.core import rules
+from asyncfl.core import rules, schema
 from asyncfl.core.model import architecture_signature
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.net import auth, tcp
@@ -75,9 +75,9 @@ def check_servers(args: Args, infos: list[dict]) -> None:
         if server_cc and server_cc != args.tcp_cc:
             raise RemoteError(f"{info.get('server')}'s sockets use TCP {server_cc} and this client --tcp-cc {args.tcp_cc}: "
                               "start both with the same --tcp-cc")
-        paper = info.get("regime", "paper" if info.get("pace_s") else "fast") == "paper"  # older servers: by their pace
-        if paper != (args.regime == "paper"):
-            raise RemoteError(f"{info.get('server')} was started {'with' if paper else 'without'} --regime paper and "
+        theirs = info.get("regime") or ("paper" if info.get("pace_s") else "fast")  # older servers: by their pace
+        if theirs != args.regime:
+            raise RemoteError(f"{info.get('server')} was started with --regime {theirs} and "
                               f"this client runs --regime {args.regime}: start both in the same regime")
 
 
@@ -142,17 +142,17 @@ def connect_and_train(args: Args, regime, evaluator, ev: EvaluatorArgs) -> int:
     except (ValueError, OSError, RemoteError) as e:
         log.error("%s", e)
         return 2
-    out_dir = Path(args.out_dir or default_out_dir(infos, args.staleness_threshold))
+    out_dir = Path(args.out_dir or default_out_dir(infos, staleness_threshold, args.aggregation))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         log.error("--out-dir %s: %s", out_dir, e.strerror or e)
         return 2
-    setup_logging(out_dir / "client.log")
+    setup_logging(out_dir / schema.CLIENT_LOG)
     config = start_record(args, regime, uris, rule, staleness_threshold, token, train_config, infos, remotes)
-    write_json(out_dir / "config.json", config)
+    write_json(out_dir / schema.CONFIG, config)
     log.info("run folder %s; %d servers, %s, S=%d, %.0f s%s", out_dir, len(remotes), args.aggregation,
-             staleness_threshold, args.duration_s, f", paper regime K={args.time_scale:g}" if regime else "")
+             staleness_threshold, args.duration_s, f", paper regime K={args.time_scale:g}" if regime.paced else "")
     # Training starts once the evaluator can score: its start-up would otherwise eat the first seconds.
     while not ev.ready.wait(0.5):
         if not evaluator.is_alive():

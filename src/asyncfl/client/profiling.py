@@ -13,6 +13,7 @@ import yappi
 
 from asyncfl.client.remote import RemoteServer
 from asyncfl.client.rounds import run_round
+from asyncfl.core import schema
 from asyncfl.core.state import TrainingState
 from asyncfl.process.runlog import CsvLog
 
@@ -25,8 +26,6 @@ def is_stat_of(stat, fn) -> bool:
     """Is yappi's ``stat`` the profile of function ``fn`` (the same code: file and first line)?"""
     code = fn.__code__
     return stat.module == code.co_filename and stat.lineno == code.co_firstlineno
-HEADER = ["server", "thread", "rounds", "loop_total_s", "loop_mean_s", "fit_total_s", "fit_mean_s",
-          "gate_total_s", "gate_mean_s", "gate_frac", "max_staleness"]
 
 
 def start() -> None:
@@ -39,7 +38,7 @@ def write_csv(path, thread_names: list[str], rounds: list[int], max_staleness: l
     """Stop profiling and write one row per server thread (in server order)."""
     yappi.stop()
     by_name = {t.name: t for t in yappi.get_thread_stats()}
-    out = CsvLog(path, HEADER)
+    out = CsvLog(path, schema.YAPPI_HEADER)
     for server, name in enumerate(thread_names):
         totals = {key: (0, 0.0) for key in FUNCTIONS}
         if name in by_name:

@@ -4,7 +4,7 @@ A round: wait at the SSP gate, take a snapshot of the global model, have the ser
 combine the result into the global model under the state's lock (the rule's ``prepare``/``combine``; the
 study's is ``global += (new - snapshot) / n_servers``). A lost round is abandoned and retried on a new
 connection (``--faults original``: only after a timeout, at once, as the original's train_loop did; any
-other error ends that server's thread, an event, and the run goes on). ``eval_timer`` hands the evaluator a snapshot every interval. client/main.py starts the threads.
+other error ends that server's thread, an event, and the run goes on). ``eval_timer`` hands the evaluator a snapshot every interval. client/training.py starts the threads.
 """
 
 from __future__ import annotations
@@ -67,12 +67,15 @@ def run_round(ctx: RunContext, server: int) -> bool:
     if info.rejoined is not None:
         ctx.event(server, "rejoined", f"answered again at round {info.round}; {info.rejoined} rounds skipped")
     net = ctx.remotes[server].round_tcp
-    ctx.rounds_log.write(round(time.monotonic() - ctx.t0, 4), server, info.round, info.staleness, info.updates_behind,
-                         result.loss, round(round_s, 6), round(result.compute_s, 6), round(result.idle_s, 6),
-                         *(("",) * 6 if net is None else (
-                             net.retrans_segs, "" if net.rtos is None else net.rtos, net.max_backoff, round(net.rto_ms, 3),
-                             round(net.srtt_ms, 3), round(net.stall_s(result.compute_s + result.idle_s), 6))),
-                         f"{snap.taken_at - ctx.t0:.6f}", f"{info.applied_at - ctx.t0:.6f}")  # microseconds: their order is the lock's
+    tcp = dict.fromkeys(("retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s"), "") if net is None else dict(
+        retrans_segs=net.retrans_segs, rtos="" if net.rtos is None else net.rtos, max_backoff=net.max_backoff,
+        rto_ms=round(net.rto_ms, 3), srtt_ms=round(net.srtt_ms, 3), stall_s=round(net.stall_s(result.compute_s + result.idle_s), 6))
+    ctx.rounds_log.write_row(
+        time_s=round(time.monotonic() - ctx.t0, 4), server=server, round=info.round, staleness=info.staleness,
+        updates_behind=info.updates_behind, loss=result.loss, round_s=round(round_s, 6), compute_s=round(result.compute_s, 6),
+        idle_s=round(result.idle_s, 6), **tcp,
+        # to the microsecond: their order is the order in which the lock let them happen
+        start_s=f"{snap.taken_at - ctx.t0:.6f}", applied_s=f"{info.applied_at - ctx.t0:.6f}")
     # eval_every_rounds 0: every advance, the newest waiting replacing an older one (the feed's latest_only)
     if info.min_advanced and info.min_round % (ctx.eval_every_rounds or 1) == 0:
         ctx.feed.submit("epoch", info.weights, info.min_round, info.max_round)

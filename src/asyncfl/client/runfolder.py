@@ -17,14 +17,9 @@ from pathlib import Path
 
 from asyncfl.client.remote import RemoteServer
 from asyncfl.core import regime as regime_mod
-from asyncfl.core.naming import run_name
+from asyncfl.core.naming import single_run_dir
 from asyncfl.net import tcp
 from asyncfl.process import cpu
-
-ROUNDS_HEADER = ["time_s", "server", "round", "staleness", "updates_behind", "loss", "round_s", "compute_s", "idle_s",
-                 # the client socket's TCP over the round (empty off TCP): see remote.RoundTcp
-                 "retrans_segs", "rtos", "max_backoff", "rto_ms", "srtt_ms", "stall_s", "start_s", "applied_s"]
-EVENTS_HEADER = ["time_s", "server", "event", "detail", "silence_s", "round_s"]  # the last two: abandoned rounds
 
 
 def redacted(args) -> dict:
@@ -32,10 +27,11 @@ def redacted(args) -> dict:
     return {**asdict(args), "token": "<set>" if args.token else ""}
 
 
-def default_out_dir(infos: list[dict], staleness_threshold: int) -> str:
+def default_out_dir(infos: list[dict], staleness_threshold: int, rule: str) -> str:
     loss = infos[0].get("network", {}).get("loss_pct", 0)
-    stdev = infos[0].get("split", {}).get("stdev")  # none for owners serving their own data
-    return "out/" + run_name(f"{loss:g}", stdev, staleness_threshold, when=datetime.now())
+    split = infos[0].get("split", {})
+    stdev = split.get("stdev")  # none for owners serving their own data
+    return single_run_dir(f"{loss:g}", stdev, staleness_threshold, rule, split.get("partition", "gaussian"))
 
 
 def transport_record(infos: list[dict], remotes: list[RemoteServer]) -> dict:
@@ -91,7 +87,7 @@ def start_record(args, regime, uris: list[str], rule, staleness_threshold: int, 
         "n_servers": len(remotes),
         "train_config": train_config.to_dict(),
         "server_info": infos,
-        "regime": regime_mod.regime_record(args.regime, regime, infos),
+        "regime": regime_mod.regime_record(regime, infos),
         "transport": transport_record(infos, remotes),
         "tcp": tcp_record(args.tcp_cc, infos, remotes),
         "weights_via": [w.weights_via for w in remotes],  # per server: "websocket" or "shared memory"

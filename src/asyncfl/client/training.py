@@ -25,8 +25,9 @@ from asyncfl.client.feed import EvalFeed, ScoreReport
 from asyncfl.client.live import LiveStatus
 from asyncfl.client.remote import WEBSOCKET, RemoteServer
 from asyncfl.client.rounds import RunContext, eval_timer, server_loop
-from asyncfl.client.runfolder import EVENTS_HEADER, ROUNDS_HEADER, local_processes
+from asyncfl.client.runfolder import local_processes
 from asyncfl.client.watchdog import BackoffSampler
+from asyncfl.core import schema
 from asyncfl.core.model import flatten, initial_weights, non_finite
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.state import TrainingState
@@ -40,7 +41,7 @@ log = logging.getLogger("asyncfl.client")
 @dataclass
 class Training:
     args: ClientArgs  # settled (every [regime] field filled in)
-    regime: object  # core.regime.Regime, or None in the fast regime
+    regime: object  # core.regime.Regime
     remotes: list[RemoteServer]  # connected, in server order
     infos: list[dict]  # their hello replies
     rule: object  # core.rules.Rule
@@ -61,7 +62,7 @@ class Training:
         starved = self._note_starved(cpu_shares)
         self._score_final(final_s, stop_reason)
         self.config["finished"] = self._finished(stop_reason, final_s, cpu_shares, starved)
-        write_json(self.out_dir / "config.json", self.config)
+        write_json(self.out_dir / schema.CONFIG, self.config)
         log.info("results in %s", self.out_dir)
         # A diverged run ran its course (its servers' refusals are its end, not a fault of the run).
         return 130 if stop_reason == "interrupted" else 0 if stop_reason == "diverged" or not self.errors else 1
@@ -70,15 +71,15 @@ class Training:
         a, n = self.args, len(self.remotes)
         # Flat (one buffer): copies into shared memory and the study's update are then one operation each.
         self.state = TrainingState(flatten(initial_weights(a.seed, a.dataset)), n, self.staleness_threshold, self.rule)
-        self.rounds_log = CsvLog(self.out_dir / "rounds.csv", ROUNDS_HEADER)
-        self.events_log = CsvLog(self.out_dir / "events.csv", EVENTS_HEADER)
+        self.rounds_log = CsvLog(self.out_dir / schema.ROUNDS, schema.ROUNDS_HEADER)
+        self.events_log = CsvLog(self.out_dir / schema.EVENTS, schema.EVENTS_HEADER)
         self.processes = local_processes(self.infos, self.evaluator.pid)
         self.cpu_before = {name: cpu.sample(pid) for name, pid in self.processes.items()}
         self.t0 = time.monotonic()
         feed = EvalFeed(self.ev.requests, self.t0, a.eval_backlog, self._evaluator_behind,
                         latest_only=a.eval_every_rounds == 0, free=self.ev.free, epoch_ok_at=self.ev.epoch_ok_at)
         self.ctx = RunContext(self.state, self.remotes, self.train_config, a.dataset, self.rounds_log, self.events_log,
-                              feed, a.eval_every_rounds, a.round_timeout_s, self.regime.time_scale if self.regime else 1.0,
+                              feed, a.eval_every_rounds, a.round_timeout_s, self.regime.time_scale,
                               self.t0, retries=[0] * n, faults=a.faults)
         self.threads = [threading.Thread(target=server_loop, args=(self.ctx, i, self.errors), name=f"server-{i}")
                         for i in range(n)]
@@ -164,7 +165,7 @@ class Training:
 
     def _note_starved(self, cpu_shares: dict) -> list[str]:
         starved = cpu.starved(cpu_shares)
-        if starved and self.regime is not None:  # unpaced runs keep every core busy by design
+        if starved and self.regime.paced:  # unpaced runs keep every core busy by design
             self.ctx.event("machine", "starved", ", ".join(
                 f"{n} waited for a core {100 * cpu_shares[n]['wait_frac']:.0f}% of the time" for n in starved)
                 + ": the machine was too busy for this run's timings", logging.WARNING)
@@ -180,9 +181,9 @@ class Training:
         feed.finish()
         self.rounds_log.close()
         if self.args.profile:
-            profiling.write_csv(self.out_dir / "yappi.csv", [t.name for t in self.threads], state.rounds(),
+            profiling.write_csv(self.out_dir / schema.YAPPI, [t.name for t in self.threads], state.rounds(),
                                 state.max_staleness)
-        save_file({k: v.contiguous() for k, v in final.weights.items()}, str(self.out_dir / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in final.weights.items()}, str(self.out_dir / schema.MODEL))
         log.info("training stopped (%s) after %.1f s: %d updates, rounds per server %s, largest staleness %d",
                  stop_reason, elapsed_s, state.updates(), state.rounds(), max(state.max_staleness))
         report.drain()

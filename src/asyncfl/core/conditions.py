@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from asyncfl.core.naming import flag as _flag
+from asyncfl.core.regime import resolve as resolve_regime
+
 
 @dataclass(frozen=True)
 class LinkConditions:
@@ -69,10 +72,6 @@ def _numbers(text: str, what: str, n: int) -> list[float] | None:
     return values
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 @dataclass(frozen=True)
 class Links:
     """One run's links: a LinkConditions per server, and where its servers run."""
@@ -102,7 +101,7 @@ class Links:
             raise ValueError("a loss must be below 100%")
         per = tuple(LinkConditions(**{k: (v or [0.0] * n_servers)[i] for k, v in values.items()}) for i in range(n_servers))
         links = cls(per, netns, regime, remote)
-        if netns == "never" and regime == "paper":
+        if netns == "never" and resolve_regime(regime).paced:
             raise ValueError("--regime paper puts every server in a namespace (one transport at every L); drop --netns never")
         if netns == "never" and not links.clean():
             raise ValueError("network conditions need namespaces; drop --netns never")
@@ -121,7 +120,7 @@ class Links:
         """Do the servers started here run in network namespaces (which need root, or netem/rootless.py)?"""
         if self.remote or self.netns == "never":
             return False
-        return self.regime == "paper" or self.netns == "always" or not self.clean()
+        return resolve_regime(self.regime).paced or self.netns == "always" or not self.clean()
 
 
 def link_label(networks: list[dict]) -> str:

@@ -1,4 +1,4 @@
-"""Run folder names: one function for the launcher's, the client's and the sweep's.
+"""Names: run folders (one function for the launcher's, the client's and the sweep's) and settings' flags.
 
 ``L<loss>-D<stdev>-S<staleness>`` (the study's dimensions), then ``-speeds_<ratios>-r<repeat>`` in a sweep
 or ``-<timestamp>`` for a single run; a rule or a split other than the study's prefixes its slug, so
@@ -31,3 +31,15 @@ def run_name(link: str, stdev: float | str | None, staleness: int, *, speeds: st
         if entry != study:
             name = f"{slug(entry)}-{name}"
     return name
+
+
+def single_run_dir(link: str, stdev: float | str | None, staleness: int, rule: str = "ssp", partition: str = "gaussian") -> str:
+    """A single run's default folder, ``out/<name>-<timestamp>``; ``staleness`` is the S the gate uses
+    (the rule's: fedavg's is 0 whatever was asked)."""
+    return "out/" + run_name(link, stdev, staleness, rule=rule, partition=partition, when=datetime.now())
+
+
+def flag(field: str) -> str:
+    """A setting's command-line flag: 'base_port' -> '--base-port'."""
+    return "--" + field.replace("_", "-")
+

@@ -40,7 +40,9 @@ DEFAULT_TIME_SCALE = 10.0  # K: the paper's 40 minutes in 4
 
 @dataclass(frozen=True)
 class Regime:
-    """Every duration a paper-regime run uses, on this machine's clock (the paper's divided by K)."""
+    """A run's regime, always present (``resolve``): every duration it sets, on this machine's clock, and its
+    policy. The paper regime's are the paper's divided by K; the fast regime paces nothing and keeps
+    Linux's own timers (K = 1, no minimum RTO of its own)."""
 
     name: str
     time_scale: float  # K
@@ -55,6 +57,32 @@ class Regime:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def paced(self) -> bool:
+        """The paper regime: rounds paced, every server in a namespace, the original's wire by default."""
+        return self.name == "paper"
+
+    def label(self) -> str:
+        return f"paper regime K={self.time_scale:g}" if self.paced else "fast regime"
+
+    def paces(self, rng: np.random.Generator, n_servers: int, compute_s: float = 0.0) -> list[float]:
+        """Each server's round pace: the paper regime's spread over the servers (``server_paces``); the fast
+        regime's is ``--compute-s`` (0: this machine's own compute)."""
+        return server_paces(rng, n_servers, self.pace_s, self.pace_spread) if self.paced else [compute_s] * n_servers
+
+    def defaults(self) -> dict:
+        """The client settings this regime sets when the user leaves them unset (the [regime] flags)."""
+        return client_defaults(self.name, self.time_scale)
+
+
+def fast_regime() -> Regime:
+    return Regime("fast", 1.0, 0.0, 0.0, 60.0, 15.0, 60.0, 0.0)
+
+
+def resolve(name: str, time_scale: float = DEFAULT_TIME_SCALE, pace_spread: float = PACE_SPREAD) -> Regime:
+    """The regime a run's settings name, resolved once: every other module asks it, never its name."""
+    return paper_regime(time_scale, pace_spread) if name == "paper" else fast_regime()
+
 
 def paper_regime(time_scale: float = DEFAULT_TIME_SCALE, pace_spread: float = PACE_SPREAD) -> Regime:
     if not (1.0 <= time_scale <= 100.0):
@@ -66,19 +94,28 @@ def paper_regime(time_scale: float = DEFAULT_TIME_SCALE, pace_spread: float = PA
                   PAPER_DURATION_S / k, LINUX_RTO_MIN_MS / k)
 
 
+def recorded_time_scale(config: dict) -> float | None:
+    """K of a run from its config.json (``regime_record``'s), None for an unpaced run (and runs from before
+    the regimes existed, which were all fast)."""
+    r = config.get("regime") or {"name": "fast"}
+    return float(r["time_scale"]) if r.get("name") == "paper" else None
+
+
 def pace_spread_of(paces_s: list[float]) -> float:
     """The spread ``server_paces`` drew these paces with: (largest - smallest) / (largest + smallest)."""
     lo, hi = min(paces_s), max(paces_s)
     return (hi - lo) / (hi + lo) if hi + lo > 0 else 0.0
 
 
-def regime_record(name: str, regime: Regime | None, infos: list[dict]) -> dict:
+def regime_record(regime: Regime, infos: list[dict]) -> dict:
     """config.json's ``regime``: the client's durations, and the paces the servers say they keep (their
-    spread is a server flag, so it is read from them, not assumed)."""
-    record = {"name": name, **(regime.to_dict() if regime else {})}
+    spread is a server flag, so it is read from them, not assumed); the fast regime's name alone."""
+    if not regime.paced:
+        return {"name": regime.name}
+    record = regime.to_dict()
     record.pop("pace_spread", None)  # the client's Regime holds only the default
     paces = [info.get("pace_s") for info in infos]
-    if regime and paces and all(paces):
+    if paces and all(paces):
         record.update(paces_s=paces, pace_spread=round(pace_spread_of(paces), 6))
     return record
 

@@ -11,18 +11,21 @@ client's: 0 done, 1 failed, 130 interrupted; 2 for a bad flag, which the process
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import fields
-from datetime import datetime
+from dataclasses import fields, replace
 from pathlib import Path
 
+from asyncfl.core import rules, schema
 from asyncfl.core.conditions import Links
-from asyncfl.core.naming import run_name
+from asyncfl.core.naming import single_run_dir
 from asyncfl.net import tcp
 from asyncfl.netem import lab as netem
 from asyncfl.netem import rootless
@@ -45,7 +48,26 @@ def flags(cls, args: LaunchArgs) -> list[str]:
 
 def default_out_dir(args: LaunchArgs) -> Path:
     loss = args.losses.replace(" ", "_") if args.losses.strip() else args.loss.rstrip("%")
-    return Path("out") / run_name(loss, args.stdev, args.staleness_threshold, when=datetime.now())
+    return Path(single_run_dir(loss, args.stdev, rules.threshold(args.aggregation, args.staleness_threshold),
+                               args.aggregation, args.partition))
+
+
+DEFAULT_BASE_PORT = next(f.default for f in fields(LaunchArgs) if f.name == "base_port")
+
+
+def ports_taken(host: str, base_port: int, n: int) -> list[int]:
+    """The ports among base_port .. base_port + n - 1 that something on ``host`` holds already (a bind probe:
+    what the servers would do, without listening)."""
+    taken = []
+    for port in range(base_port, base_port + n):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no owner
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:  # any other refusal (an address not of this host) is the servers' to report
+                    taken.append(port)
+    return taken
 
 
 def known_addresses(args: LaunchArgs, links: Links) -> str | None:
@@ -135,6 +157,22 @@ def main(args: LaunchArgs) -> int:
             return 2
         rootless.reexec(sys.argv[1:])  # does not return: this launcher again, as root of its own namespaces
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
+    if (out_dir / schema.CONFIG).exists():
+        if not args.overwrite:
+            print(f"train.sh: --out-dir {out_dir} holds a run already (its config.json); give another folder, "
+                  "or --overwrite to replace it", file=sys.stderr)
+            return 2
+        shutil.rmtree(out_dir)  # all of it: an old run.png or summary.csv would pass for the new run's
+    if args.servers or links.in_namespaces() or args.base_port == 0:
+        pass  # no ports of this host to take: elsewhere, in namespaces of the run's own, or free ones
+    elif busy := ports_taken(args.host, args.base_port, args.n_servers):
+        if args.base_port != DEFAULT_BASE_PORT:
+            print(f"train.sh: --base-port {args.base_port}: port {busy[0]} on {args.host} is in use (another run?): "
+                  "pick another --base-port, or 0 for free ports", file=sys.stderr)
+            return 2
+        print(f"train.sh: port {busy[0]} on {args.host} is in use (another run?): the servers take free ports "
+              "(--base-port 0)", flush=True)
+        args = replace(args, base_port=0)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(out_dir, os.W_OK | os.X_OK):  # nothing is started for a run that cannot write
@@ -142,8 +180,29 @@ def main(args: LaunchArgs) -> int:
     except OSError as e:
         print(f"train.sh: --out-dir {out_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
-    if args.backend == "pysyft":
-        return pysyft.run(args, out_dir)
+    status = pysyft.run(args, out_dir) if args.backend == "pysyft" else run_native(args, out_dir, links)
+    if args.plot and status in (0, 130) and (out_dir / schema.CONFIG).exists():
+        draw(out_dir)
+    return status
+
+
+def draw(out_dir: Path) -> None:
+    """run.png in the run folder, by the analysis tool a user would run (its own process: the launcher
+    does not import analysis), and the line that names it."""
+    cmd = [sys.executable, "-m", "asyncfl.analysis.plot", str(out_dir)]
+    try:
+        drawn = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        drawn = None
+    if drawn is not None and drawn.returncode == 0:
+        print(f"train.sh: F1 over time and rounds per server: {out_dir / schema.FIGURE} (redraw: python {' '.join(cmd[1:])})")
+    else:
+        why = drawn.stderr.strip().splitlines()[-1:] if drawn is not None else ["timed out"]
+        print(f"train.sh: run.png not drawn ({' '.join(why)}); the run's files are whole: {out_dir}", file=sys.stderr)
+
+
+def run_native(args: LaunchArgs, out_dir: Path, links: Links) -> int:
+    """This project's servers and client for one run, started and stopped; the client's exit status."""
     env = dict(os.environ)
     if not env.get("ASYNCFL_TOKEN") and not args.token:
         # A fresh secret per run: only this run's client may use its servers. It travels in the
@@ -152,13 +211,13 @@ def main(args: LaunchArgs) -> int:
     run = Run()
     signal.signal(signal.SIGINT, run.on_signal)
     signal.signal(signal.SIGTERM, run.on_signal)
-    ready = out_dir / "servers.ready"
+    ready = out_dir / schema.SERVERS_READY
     ready.unlink(missing_ok=True)
     try:
         if args.servers:
             addresses = args.servers
         else:
-            log = out_dir / "servers.log"
+            log = out_dir / schema.SERVERS_LOG
             with open(log, "w") as log_file:
                 run.servers = subprocess.Popen(
                     [sys.executable, "-m", "asyncfl.server", *flags(ServerArgs, args), "--ready-file", str(ready),
@@ -181,7 +240,7 @@ def main(args: LaunchArgs) -> int:
             if run.servers is not None and run.servers.poll() is not None and not ready.exists():
                 run.client.terminate()
                 run.client.wait()
-                return servers_failed(run, out_dir / "servers.log")
+                return servers_failed(run, out_dir / schema.SERVERS_LOG)
     finally:
         run.close()
         ready.unlink(missing_ok=True)

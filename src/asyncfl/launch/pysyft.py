@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asyncfl.core import data, datasets, rules
+from asyncfl.core import data, datasets, rules, schema
 from asyncfl.core import regime as regime_mod
 from asyncfl.core.conditions import Links
 from asyncfl.core.model import initial_weights
@@ -114,9 +114,8 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
         return 2
     n, spec = args.n_servers, datasets.get(args.dataset)
     speeds = parse_speeds(args.speeds, n, args.seed)
-    server_regime = regime_mod.paper_regime(args.time_scale, args.pace_spread) if args.regime == "paper" else None
-    paces = regime_mod.server_paces(np.random.default_rng([args.seed, 1]), n, server_regime.pace_s,
-                                    server_regime.pace_spread) if server_regime else [args.compute_s] * n
+    server_regime = regime_mod.resolve(args.regime, args.time_scale, args.pace_spread)
+    paces = server_regime.paces(np.random.default_rng([args.seed, 1]), n, args.compute_s)
     links_wanted = Links.from_args(args)
     work = out_dir / NAME
     work.mkdir(exist_ok=True)
@@ -128,10 +127,10 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
     signal.signal(signal.SIGINT, procs.on_signal)
     signal.signal(signal.SIGTERM, procs.on_signal)
     env = {**os.environ, "PYTHONPATH": str(PROGRAMS), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    log = out_dir / "servers.log"
+    log = out_dir / schema.SERVERS_LOG
     try:
         try:
-            links = lab.create(list(links_wanted.per_server), server_regime.rto_min_ms if server_regime else 0.0) \
+            links = lab.create(list(links_wanted.per_server), server_regime.rto_min_ms) \
                 if links_wanted.in_namespaces() else []
         except netem.NetemError as e:
             print(f"train.sh: {e}; nothing was started", file=sys.stderr)
@@ -164,7 +163,7 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
                                                                  **asdict(links_wanted.per_server[i]), "mechanism": {}},
                   "shard_fingerprint": shard_fingerprint(split, i), "regime": args.regime,
                   "tcp": {"cc": owners[i]["cc"]}} for i in range(n)]
-        timeout_s = regime.round_timeout_s if regime else 60.0  # PySyft's TIMEOUT_INTERVAL, / K in the paper regime
+        timeout_s = regime.round_timeout_s  # PySyft's TIMEOUT_INTERVAL (60 s), / K in the paper regime
         client = {"servers": [{"host": hosts[i], "port": owners[i]["port"]} for i in range(n)],
                   "server_pids": {f"server-{i}": owners[i]["pid"] for i in range(n)},
                   "staleness_threshold": rule.staleness_threshold(args.staleness_threshold),
@@ -188,7 +187,7 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
             "n_servers": n,
             "train_config": TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle).to_dict(),
             "server_info": infos,
-            "regime": regime_mod.regime_record(args.regime, regime, infos),
+            "regime": regime_mod.regime_record(regime, infos),
             "transport": {"kind": ("netns" if links else "loopback") + " websocket", "netns": [bool(links)] * n,
                           "rto_min_ms": [link.rto_min_ms for link in links] or [0.0] * n},
             "tcp": {"cc": args.tcp_cc, "client_cc": [args.tcp_cc] * n, "server_cc": [o["cc"] for o in owners],
@@ -199,7 +198,7 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
             "versions": {"launcher_python": sys.version.split()[0]},
             "started_at": datetime.now().isoformat(timespec="seconds"),
         }
-        write_json(out_dir / "config.json", config)
+        write_json(out_dir / schema.CONFIG, config)
         print(f"train.sh: run folder {out_dir}; {n} PySyft owners, S={client['staleness_threshold']}, "
               f"{cargs.duration_s:g} s", flush=True)
         procs.client = subprocess.Popen([str(PYTHON), "-m", "syftstudy.model_owner", str(work / "client.json")],
@@ -212,7 +211,7 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
         else:
             config["finished"] = {"stop_reason": "error", "errors": [f"the model owner exited with code {code}"]}
         config["finished"]["dropped_packets"] = lab.dropped()
-        write_json(out_dir / "config.json", config)
+        write_json(out_dir / schema.CONFIG, config)
         if not record.exists():
             print(f"train.sh: the PySyft model owner failed (exit {code})", file=sys.stderr)
             return 1

@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+from asyncfl.core import schema
+
 
 class CsvLog:
     """A CSV file with a fixed header; each row is written whole and flushed, so a killed run still
@@ -33,6 +35,13 @@ class CsvLog:
         with self._lock:
             self._file.write(buf.getvalue())
             self._file.flush()
+
+    def write_row(self, **values) -> None:
+        """A row by column name: every column of the header, no other (a row of many fields stays readable)."""
+        if set(values) != set(self.header):
+            missing, extra = set(self.header) - set(values), set(values) - set(self.header)
+            raise ValueError(f"row does not match the header: missing {sorted(missing)}, unknown {sorted(extra)}")
+        self.write(*(values[c] for c in self.header))
 
     def close(self) -> None:
         with self._lock:
@@ -99,7 +108,7 @@ def ran_its_course(run_dir: str | Path) -> bool:
     """True for a run folder whose run trained to its end or until it diverged (see RAN_ITS_COURSE), not
     one still running, killed, interrupted or stopped by an error."""
     try:
-        finished = json.loads((Path(run_dir) / "config.json").read_text()).get("finished")
+        finished = json.loads((Path(run_dir) / schema.CONFIG).read_text()).get("finished")
     except (OSError, ValueError):
         return False
     return isinstance(finished, dict) and stop_reason(finished) in RAN_ITS_COURSE

@@ -70,7 +70,7 @@ def main(args: Args) -> int:
         return 2
     try:
         speeds = parse_speeds(args.speeds, args.n_servers, args.seed)
-        regime = regime_mod.paper_regime(args.time_scale, args.pace_spread) if args.regime == "paper" else None
+        regime = regime_mod.resolve(args.regime, args.time_scale, args.pace_spread)
         links_wanted = Links.from_args(args)
         conditions, use_netns = links_wanted.per_server, links_wanted.in_namespaces()
         missing = netem.missing_tools(conditions) if use_netns else []
@@ -104,9 +104,8 @@ def main(args: Args) -> int:
         die_with_parent()
     lab = netem.NetworkLab()
     try:
-        links = lab.create(conditions, regime.rto_min_ms if regime else 0.0) if use_netns else []
-        paces = regime_mod.server_paces(np.random.default_rng([args.seed, 1]), args.n_servers, regime.pace_s,
-                                        regime.pace_spread) if regime else [args.compute_s] * args.n_servers
+        links = lab.create(conditions, regime.rto_min_ms) if use_netns else []
+        paces = regime.paces(np.random.default_rng([args.seed, 1]), args.n_servers, args.compute_s)
         return _serve(args, ds, shards, split, speeds, paces, conditions, links, token)
     except netem.NetemError as e:
         log.error("%s; nothing was started", e)
@@ -169,7 +168,7 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
             owner_pid=os.getpid(),
             tcp_cc=args.tcp_cc,
             faults=args.faults,
-            warm_torchscript=args.regime == "paper",  # its default wire is the original's
+            warm_torchscript=regime_mod.resolve(args.regime, args.time_scale, args.pace_spread).paced,  # the original wire is its default
             regime=args.regime,
         )
         specs.append(spec)

@@ -12,6 +12,7 @@ pace the paper regime's round length; see core/regime.py).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -232,7 +233,8 @@ def serve_shard(spec: ServerSpec, ready_queue) -> None:
                                   on_fatal=stop_for_restart, tcp_cc=spec.tcp_cc,
                                   open_timeout_s=ORIGINAL_OPEN_TIMEOUT_S if spec.faults == "original" else 5.0)
     except (OSError, ValueError) as e:
-        log.error("cannot listen on %s:%d: %s", spec.host, spec.port, e)
+        hint = " (another run holds it? --base-port 0 picks free ports)" if getattr(e, "errno", None) == errno.EADDRINUSE else ""
+        log.error("cannot listen on %s:%d: %s%s", spec.host, spec.port, e, hint)
         ready_queue.put((spec.index, -1))
         raise SystemExit(1) from None
     accept = threading.Thread(target=server.serve_forever, name=f"{spec.name}-accept")

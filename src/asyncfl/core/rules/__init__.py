@@ -27,6 +27,11 @@ def get(name: str) -> type[Rule]:
     return REGISTRY[name]
 
 
+def threshold(name: str, requested: int) -> int:
+    """The S the gate uses under rule ``name``: the one asked for, or 0 for a rule with its own barrier."""
+    return requested if get(name).has_threshold else 0
+
+
 def option_classes() -> tuple[type, ...]:
     """Every rule's options dataclass (once each): the client's arguments inherit their fields."""
     return tuple(dict.fromkeys(REGISTRY[n].Options for n in NAMES if REGISTRY[n].Options is not NoOptions))
@@ -45,4 +50,4 @@ def label(record: dict) -> str:
     return get(record.get("aggregation", DEFAULT)).label(record)
 
 
-__all__ = ["REGISTRY", "Rule", "StateDict", "NoOptions", "NAMES", "Name", "get", "build", "label", "option_classes"]
+__all__ = ["REGISTRY", "Rule", "StateDict", "NoOptions", "NAMES", "Name", "get", "build", "label", "option_classes", "threshold"]
