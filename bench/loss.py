@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from asyncfl.analysis import markdown
 from asyncfl.core.conditions import LinkConditions
 from asyncfl.net import tcp, transport, wsclient, wsserver
 from asyncfl.netem import lab as netem
@@ -212,21 +213,22 @@ def table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-    lines = ["| drops | cc | faults | L % | rto_min ms | runs | exchanges/min (min-max) | mean s | p99 s | longest stall s "
-             "| timeouts | other errors | client retrans / RTOs / out-of-order | server retrans / RTOs / out-of-order |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    head = ["drops", "cc", "faults", "L %", "rto_min ms", "runs", "exchanges/min (min-max)", "mean s", "p99 s",
+            "longest stall s", "timeouts", "other errors", "client retrans / RTOs / out-of-order",
+            "server retrans / RTOs / out-of-order"]
+    lines = []
     for key in sorted(groups, key=lambda k: (k[3], k[0], k[1], k[2], -k[4])):
         g = groups[key]
         m = {c: float(np.nanmean([r[c] for r in g])) for c in g[0] if isinstance(g[0][c], (int, float))}
         per_min = [r["exchanges_per_min"] for r in g]
-        lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} | {key[4]:g} | {len(g)} | {m['exchanges_per_min']:.1f} "
-            f"({min(per_min):.1f}-{max(per_min):.1f}) | {m['exchange_mean_s']:.2f} | {m['exchange_p99_s']:.2f} "
-            f"| {max(r['stall_max_s'] for r in g):.1f} | {sum(int(r['timeouts']) for r in g)} "
-            f"| {sum(int(r['errors']) for r in g)} "
-            f"| {m['client_TcpRetransSegs']:.0f} / {m['client_TcpExtTCPTimeouts']:.0f} / {m['client_TcpExtTCPOFOQueue']:.0f} "
-            f"| {m['server_TcpRetransSegs']:.0f} / {m['server_TcpExtTCPTimeouts']:.0f} / {m['server_TcpExtTCPOFOQueue']:.0f} |")
-    return "\n".join(lines)
+        lines.append([
+            key[0], key[1], key[2], f"{key[3]:g}", f"{key[4]:g}", len(g),
+            f"{m['exchanges_per_min']:.1f} ({min(per_min):.1f}-{max(per_min):.1f})", f"{m['exchange_mean_s']:.2f}",
+            f"{m['exchange_p99_s']:.2f}", f"{max(r['stall_max_s'] for r in g):.1f}", sum(int(r["timeouts"]) for r in g),
+            sum(int(r["errors"]) for r in g),
+            f"{m['client_TcpRetransSegs']:.0f} / {m['client_TcpExtTCPTimeouts']:.0f} / {m['client_TcpExtTCPOFOQueue']:.0f}",
+            f"{m['server_TcpRetransSegs']:.0f} / {m['server_TcpExtTCPTimeouts']:.0f} / {m['server_TcpExtTCPOFOQueue']:.0f}"])
+    return markdown.table(head, lines)
 
 
 def main(args: Args) -> int:

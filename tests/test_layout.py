@@ -111,3 +111,16 @@ def test_only_the_regime_module_tells_the_regimes_apart_by_name():
                                                      for c in [node.left, *node.comparators]):
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert found == []
+
+
+def test_markdown_tables_are_built_only_by_the_helper():
+    """A table's separator line is written in one place (analysis/markdown.py); every tool and bench script
+    hands it a header and rows."""
+    found = []
+    for path in [*sorted(PACKAGE.rglob("*.py")), *sorted((PACKAGE.parents[1] / "bench").glob("*.py"))]:
+        if path.name == "markdown.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "--- |" in node.value:
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import tyro
 
-from asyncfl.analysis import inputs
+from asyncfl.analysis import inputs, markdown
 from asyncfl.core import regime as regime_mod
 from asyncfl.core import schema
 
@@ -96,9 +96,7 @@ def table(grids: list[pd.DataFrame], stdev: float) -> str:
             rows.append({"_s": s, "S": "inf" if s == 9999 else str(s), "L": loss, "grid": g["grid"].iloc[0],
                          **cell_row(g, base, marked and loss != "0%")})
     frame = pd.DataFrame(rows).sort_values(["L", "_s", "grid"], kind="stable").drop(columns="_s")
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for _, r in frame.iterrows()]
-    return "\n".join(lines)
+    return markdown.frame_table(frame)
 
 
 @dataclass

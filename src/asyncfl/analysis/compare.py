@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import tyro
 
-from asyncfl.analysis import inputs
+from asyncfl.analysis import inputs, markdown
 from asyncfl.core import schema
 
 
@@ -61,11 +61,7 @@ def main(args: Args) -> int:
                 print(f"compare: {path} predates {column}: run python -m asyncfl.analysis.analyze {grid}/runs again", file=sys.stderr)
                 return 2
         rows += cell_table(runs, grid.name)
-    table = pd.DataFrame(rows)
-    print("| " + " | ".join(table.columns) + " |")
-    print("|" + " --- |" * len(table.columns))
-    for _, r in table.iterrows():
-        print("| " + " | ".join(str(v) for v in r) + " |")
+    print(markdown.frame_table(pd.DataFrame(rows)))
     return 0
 
 

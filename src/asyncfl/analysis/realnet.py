@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import tyro
 
-from asyncfl.analysis import inputs
+from asyncfl.analysis import inputs, markdown
 from asyncfl.analysis.analyze import partition_label
 from asyncfl.core import rules, schema
 from asyncfl.core.model import weight_spec
@@ -136,7 +136,7 @@ def ratio_table(runs: pd.DataFrame, partition: str) -> str:
     links = sorted(runs["link"].unique(), key=len)
     head = [f"{link_label(link)}, F1 {t / 100:.2f}: real (formula twin)"
             for link in links for t in (80, 90)]
-    rows = ["| rule | " + " | ".join(head) + " | published |", "| --- |" + " --- |" * (len(head) + 1)]
+    rows = []
     tables = {(s, t): speedups(runs[runs["partition"] == partition], s, t) for s in ("real", "formula") for t in (80, 90)}
     for rule in sorted(runs["rule"].unique(), key=lambda r: (r != "fedavg", r)):
         cells = []
@@ -145,14 +145,14 @@ def ratio_table(runs: pd.DataFrame, partition: str) -> str:
                 pick = [tables[(s, t)][(tables[(s, t)]["rule"] == rule) & (tables[(s, t)]["link"] == link)]
                         for s in ("real", "formula")]
                 cells.append(f"{bound(pick[0])} ({bound(pick[1])})")
-        rows.append(f"| {rule} | " + " | ".join(cells) + f" | {PUBLISHED.get(rule.split('(')[0], '-')} |")
-    return "\n".join(rows)
+        rows.append([rule, *cells, PUBLISHED.get(rule.split("(")[0], "-")])
+    return markdown.table(["rule", *head, "published"], rows)
 
 
 def fedbuff_table(runs: pd.DataFrame) -> str:
     """FedBuff against FedAsync, as FedBuff's paper compares them (2.5x): FedAsync's time to F1 over each
     FedBuff's, paired by seed, real (formula twin)."""
-    rows = ["| partition | link | rule | F1 0.80: real (formula twin) | F1 0.90 |", "| --- | --- | --- | --- | --- |"]
+    rows = []
     tables = {(s, t): speedups(runs, s, t, against="fedasync") for s in ("real", "formula") for t in (80, 90)}
     for (part, link, rule), _ in runs[runs["rule"].str.startswith("fedbuff")].groupby(["partition", "link", "rule"]):
         cells = []
@@ -160,14 +160,13 @@ def fedbuff_table(runs: pd.DataFrame) -> str:
             pick = [tables[(s, t)] for s in ("real", "formula")]
             pick = [p[(p["partition"] == part) & (p["link"] == link) & (p["rule"] == rule)] for p in pick]
             cells.append(f"{bound(pick[0])} ({bound(pick[1])})")
-        rows.append(f"| {part} | {link_label(link)} | {rule} | {cells[0]} | {cells[1]} |")
-    return "\n".join(rows)
+        rows.append([part, link_label(link), rule, *cells])
+    return markdown.table(["partition", "link", "rule", "F1 0.80: real (formula twin)", "F1 0.90"], rows)
 
 
 def twin_error_table(runs: pd.DataFrame) -> str:
     """The formula twin's error in time to F1 (formula / real - 1), per rule and link setting."""
-    rows = ["| partition | link | rule | F1 0.80: formula / real − 1 | F1 0.90 | results in the run: formula / real "
-            "| replay in the real order |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for (part, link, rule), g in runs.groupby(["partition", "link", "rule"]):
         cells = []
         for t in (80, 90):
@@ -177,17 +176,16 @@ def twin_error_table(runs: pd.DataFrame) -> str:
         results = (g["formula_results"] / g["updates"]).dropna()
         cells.append(f"{results.median():.2f} ({results.min():.2f}-{results.max():.2f})" if len(results) else "-")
         same = g["replay_same_order"].dropna() if "replay_same_order" in g else pd.Series([], dtype=bool)
-        rows.append(f"| {part} | {link_label(link)} | {rule} | {cells[0]} | {cells[1]} | {cells[2]} | "
-                    f"{int(same.sum())} of {len(same)} |")
-    return "\n".join(rows)
+        rows.append([part, link_label(link), rule, *cells, f"{int(same.sum())} of {len(same)}"])
+    return markdown.table(["partition", "link", "rule", "F1 0.80: formula / real − 1", "F1 0.90",
+                           "results in the run: formula / real", "replay in the real order"], rows)
 
 
 def ranking_table(runs: pd.DataFrame) -> str:
     """The rules ordered by median time to each F1 (censored at the run's end), real against the formula twin."""
     from scipy.stats import kendalltau
 
-    rows = ["| partition | link | F1 | real order (fastest first) | formula twin's order | Kendall tau |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for (part, link), g in runs[runs["formula_made"]].groupby(["partition", "link"]):
         for t in (80, 90):
             med = {s: g.assign(t=g[f"{s}_t{t}_s"].fillna(g["duration_s"])).groupby("rule")["t"].median()
@@ -195,8 +193,9 @@ def ranking_table(runs: pd.DataFrame) -> str:
             order = {s: " < ".join(f"{rule} ({v:.0f} s)" for rule, v in med[s].sort_values(kind="stable").items())
                      for s in med}
             tau = kendalltau(med["real"], med["formula"].reindex(med["real"].index)).statistic
-            rows.append(f"| {part} | {link_label(link)} | {t / 100:.2f} | {order['real']} | {order['formula']} | {tau:+.2f} |")
-    return "\n".join(rows)
+            rows.append([part, link_label(link), f"{t / 100:.2f}", order["real"], order["formula"], f"{tau:+.2f}"])
+    return markdown.table(["partition", "link", "F1", "real order (fastest first)", "formula twin's order",
+                           "Kendall tau"], rows)
 
 
 def figure(results: Path, runs: pd.DataFrame, partition: str, seed: int = 0) -> Path:
@@ -234,34 +233,31 @@ def cost_table(runs: pd.DataFrame) -> str:
     """What reaching each F1 took, per rule: updates applied, megabytes on the wire (the model each way an
     update) and retransmitted segments, medians over seeds; a run that never got there counts to its end.
     A run whose model diverged (process/runlog.py's stop_reason) says when: its F1 ends there."""
-    rows = ["| partition | link | rule | F1 0.80: updates, MB, retransmissions | F1 0.90 | reached 0.90 | diverged |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for (part, link, rule), g in runs.groupby(["partition", "link", "rule"]):
         cells = [f"{g[f'updates_to_{t}'].median():.0f}, {g[f'mb_to_{t}'].median():.0f}, "
                  f"{g[f'retrans_to_{t}'].median():.0f}" for t in (80, 90)]
-        rows.append(f"| {part} | {link_label(link)} | {rule} | {cells[0]} | {cells[1]} | "
-                    f"{int(g['real_t90_s'].notna().sum())} of {len(g)} | "
-                    + (", ".join(f"at {t:.0f} s" for t in g.loc[g["diverged"], "training_s"]) or "-") + " |")
-    return "\n".join(rows)
+        rows.append([part, link_label(link), rule, *cells, f"{int(g['real_t90_s'].notna().sum())} of {len(g)}",
+                     ", ".join(f"at {t:.0f} s" for t in g.loc[g["diverged"], "training_s"]) or "-"])
+    return markdown.table(["partition", "link", "rule", "F1 0.80: updates, MB, retransmissions", "F1 0.90",
+                           "reached 0.90", "diverged"], rows)
 
 
 def owners_table(results: Path, runs: pd.DataFrame) -> str:
     """What each owner's link did to it, per rule (means over the runs with links of run_row's owner columns):
     rounds, the longest time between two of its updates (from the run's start, its first), and
     retransmitted segments per round."""
-    rows = ["| rule | " + " | ".join(f"owner {i}" for i in range(int(runs["n_servers"].max()))) + " |",
-            "| --- |" + " --- |" * int(runs["n_servers"].max())]
+    head = ["rule", *(f"owner {i}" for i in range(int(runs["n_servers"].max())))]
     lossy = runs[runs["link"] != "speeds"]
     if lossy.empty:
         return "no run with lossy or rate-limited links"
     links = json.loads((results / "runs" / lossy["run"].iloc[0] / schema.CONFIG).read_text())["server_info"]
-    rows.insert(2, "| (loss %, rate Mbit/s) | " + " | ".join(
-        f"{i['network'].get('loss_pct', 0):g}, {i['network'].get('rate_mbit', 0) or '-'}" for i in links) + " |")
+    rows = [["(loss %, rate Mbit/s)", *(f"{i['network'].get('loss_pct', 0):g}, {i['network'].get('rate_mbit', 0) or '-'}"
+                                       for i in links)]]
     for rule, g in lossy.groupby("rule"):
-        rows.append(f"| {rule} | " + " | ".join(
-            f"{g[f'owner{i}_rounds'].mean():.0f} rounds, longest gap {g[f'owner{i}_longest_gap_s'].mean():.1f} s, "
-            f"{g[f'owner{i}_retrans_per_round'].mean():.1f} retr./round" for i in range(len(links))) + " |")
-    return "\n".join(rows)
+        rows.append([rule, *(f"{g[f'owner{i}_rounds'].mean():.0f} rounds, longest gap {g[f'owner{i}_longest_gap_s'].mean():.1f} s, "
+                             f"{g[f'owner{i}_retrans_per_round'].mean():.1f} retr./round" for i in range(len(links)))])
+    return markdown.table(head, rows)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import tyro
 
-from asyncfl.analysis import inputs
+from asyncfl.analysis import inputs, markdown
 from asyncfl.analysis import verdicts as v
 from asyncfl.core import schema
 
@@ -90,21 +90,21 @@ def variant_names(runs: pd.DataFrame) -> list[str]:
 def claims_table(runs: pd.DataFrame) -> str:
     """Rows: claims; columns: variants; each cell the primary verdict, marked where it differs from base's."""
     names = variant_names(runs)
-    rows = ["| claim | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    rows = []
     for claim in v.CLAIMS:
         seen = {n: verdict(runs[runs["variant"] == n], claim) for n in names}
         cells = [seen[n] if n == BASE or seen[n] == seen[BASE] or seen[n].startswith(("missing", "undecided"))
                  else f"**{seen[n]}** (moves)" for n in names]
-        rows.append(f"| {claim.name} | " + " | ".join(cells) + " |")
+        rows.append([claim.name, *cells])
     repeats = runs.groupby("variant")["seed"].nunique()
-    rows.append("| runs (repeats) | " + " | ".join(f"{(runs['variant'] == n).sum()} ({repeats[n]})" for n in names) + " |")
-    return "\n".join(rows)
+    rows.append(["runs (repeats)", *(f"{(runs['variant'] == n).sum()} ({repeats[n]})" for n in names)])
+    return markdown.table(["claim", *names], rows)
 
 
 def gaps_table(runs: pd.DataFrame) -> str:
     """The primary measure behind claims 3 and 5: mean F1 over the run, S=inf minus S=0, per case and variant."""
     names = variant_names(runs)
-    rows = ["| case (mean F1, S=inf − S=0) | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    rows = []
     for loss, d, paper, what in v.CASES:
         cells = []
         for n in names:
@@ -112,14 +112,14 @@ def gaps_table(runs: pd.DataFrame) -> str:
             large = v.d_roles(sub)[1]
             c = v.async_vs_sync(sub, loss, large if d else 0.0, "f1_auc_frac")
             cells.append("-" if c is None else f"{c.diff:+.3f} ({v.effect(c, v.CLAIMS[4].primary)})")
-        rows.append(f"| {what}, L={loss}, D={'largest' if d else 0} (paper: {paper}) | " + " | ".join(cells) + " |")
+        rows.append([f"{what}, L={loss}, D={'largest' if d else 0} (paper: {paper})", *cells])
     dips = []
     for n in names:
         sub = runs[runs["variant"] == n]
         c = v.async_vs_sync(sub, "0%", v.d_roles(sub)[1], "dips")
         dips.append("-" if c is None else f"{c.a.mean():.1f} vs {c.b.mean():.1f}")
-    rows.append("| claim 1: dips ≥ 0.10 a run, S=inf vs S=0, L=0, largest D | " + " | ".join(dips) + " |")
-    return "\n".join(rows)
+    rows.append(["claim 1: dips ≥ 0.10 a run, S=inf vs S=0, L=0, largest D", *dips])
+    return markdown.table(["case (mean F1, S=inf − S=0)", *names], rows)
 
 
 def binomial_se(f1: float, n: int) -> float:
@@ -129,8 +129,8 @@ def binomial_se(f1: float, n: int) -> float:
 def noise_table(runs: pd.DataFrame, subset: int = 2000, whole: int = 10000) -> str:
     """The whole-test-set variant beside the variant of its dataset scored on the subset, at the same cell:
     does scoring on 10,000 images narrow the spread over repeats?"""
-    rows = ["| scored on | repeats | mean F1 over the run | final F1 | dips ≥ 0.10 | mean abs step | SE of one score |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    head = ["scored on", "repeats", "mean F1 over the run", "final F1", "dips ≥ 0.10", "mean abs step", "SE of one score"]
+    rows = []
     full = runs[full_test(runs)]
     if full.empty:
         return "no variant scored on the whole test set yet"
@@ -140,27 +140,27 @@ def noise_table(runs: pd.DataFrame, subset: int = 2000, whole: int = 10000) -> s
     for frame, name, n in ((subset_runs, name_subset, subset), (full, name_full, whole)):
         c = v.cell(frame, *NOISE_CELL)
         if c.empty:
-            rows.append(f"| {n:,} images ({name}) | 0 | - | - | - | - | - |")
+            rows.append([f"{n:,} images ({name})", 0, "-", "-", "-", "-", "-"])
             continue
         def ms(col, fmt=".3f"):
             return f"{c[col].mean():{fmt}} ± {c[col].std(ddof=1) if len(c) > 1 else 0:{fmt}}"
-        rows.append(f"| {n:,} images ({name}) | {len(c)} | {ms('f1_auc_frac')} | {ms('final_f1')} | {ms('dips', '.1f')} | "
-                    f"{ms('f1_mean_abs_step', '.4f')} | {binomial_se(c['final_f1'].mean(), n):.4f} |")
-    return "\n".join(rows)
+        rows.append([f"{n:,} images ({name})", len(c), ms("f1_auc_frac"), ms("final_f1"), ms("dips", ".1f"),
+                     ms("f1_mean_abs_step", ".4f"), f"{binomial_se(c['final_f1'].mean(), n):.4f}"])
+    return markdown.table(head, rows)
 
 
 def k_table(runs: pd.DataFrame) -> str:
     """Connection setup at L=20% per variant: a connection's first round against its later ones."""
     names = variant_names(runs)
-    rows = ["| variant | fresh connections' first rounds failed | later rounds failed | abandoned rounds a run | "
-            "server threads ended a run | rounds per server |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for n in names:
         c = runs[(runs["variant"] == n) & (runs["loss"] == "20%")]
         if c.empty:
             continue
-        rows.append(f"| {n} | {c['fresh_fail_frac'].mean():.1%} | {c['later_fail_frac'].mean():.1%} | "
-                    f"{c['abandoned_rounds'].mean():.1f} | {c['thread_deaths'].mean():.2f} | {c['rounds_mean'].mean():.1f} |")
-    return "\n".join(rows)
+        rows.append([n, f"{c['fresh_fail_frac'].mean():.1%}", f"{c['later_fail_frac'].mean():.1%}",
+                     f"{c['abandoned_rounds'].mean():.1f}", f"{c['thread_deaths'].mean():.2f}", f"{c['rounds_mean'].mean():.1f}"])
+    return markdown.table(["variant", "fresh connections' first rounds failed", "later rounds failed",
+                           "abandoned rounds a run", "server threads ended a run", "rounds per server"], rows)
 
 
 def per_variant(runs: pd.DataFrame) -> str:

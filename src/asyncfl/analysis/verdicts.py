@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import tyro
 
-from asyncfl.analysis import inputs
+from asyncfl.analysis import inputs, markdown
 
 ASYNC = 9999
 DIFFERENCE = 0.10  # F1 (mean over a run): the smallest gap read as a difference (Fig. 6's "similar" runs: <= ~0.1)
@@ -261,23 +261,23 @@ def judged(claim: Claim, runs: pd.DataFrame, reading: Reading) -> Verdict:
 
 
 def verdict_table(runs: pd.DataFrame) -> str:
-    rows = ["| claim | primary measure | verdict | numbers (mean ± std over repeats) |", "| --- | --- | --- | --- |"]
+    rows = []
     for claim in CLAIMS:
         verdict, detail = judged(claim, runs, claim.primary)
-        rows.append(f"| {claim.name} | {claim.primary.label()} | **{verdict}** | {detail} |")
-    return "\n".join(rows)
+        rows.append([claim.name, claim.primary.label(), f"**{verdict}**", detail])
+    return markdown.table(["claim", "primary measure", "verdict", "numbers (mean ± std over repeats)"], rows)
 
 
 def sensitivity_table(runs: pd.DataFrame) -> str:
-    rows = ["| claim | primary | under each secondary measure | threshold one step lower | one step higher |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = []
     for claim in CLAIMS:
         def short(reading):
             return f"{judged(claim, runs, reading)[0]} ({reading.label()})"
         lower, higher = claim.threshold_steps()
-        rows.append(f"| {claim.name} | {judged(claim, runs, claim.primary)[0]} | "
-                    f"{'; '.join(short(r) for r in claim.secondaries)} | {short(lower)} | {short(higher)} |")
-    return "\n".join(rows)
+        rows.append([claim.name, judged(claim, runs, claim.primary)[0], "; ".join(short(r) for r in claim.secondaries),
+                     short(lower), short(higher)])
+    return markdown.table(["claim", "primary", "under each secondary measure", "threshold one step lower",
+                           "one step higher"], rows)
 
 
 # Read off the paper's Figs. 4 and 5 (D=0, at 40 minutes): F1 relative to L=0 and the longest flat stretch.
@@ -291,8 +291,7 @@ def beside_the_paper(runs: pd.DataFrame) -> str:
     means over repeats, with the paper's values where its figures give them."""
     paced = "longest_flat_paper_min" in runs and runs["longest_flat_paper_min"].notna().any()
     flat_column, unit = ("longest_flat_paper_min", "paper-min") if paced else ("longest_flat_s", "s")
-    rows = [f"| D | S | L | F1 at the end vs L=0 (paper) | longest flat F1, {unit} (paper, paper-min) | "
-            "largest / smallest rounds | rounds per server | repeats |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for d in sorted(runs["stdev"].dropna().unique()):
         for s in sorted(runs["staleness"].unique()):
             base = cell(runs, "0%", d, s)
@@ -303,10 +302,11 @@ def beside_the_paper(runs: pd.DataFrame) -> str:
                 ratio = c["f1_last5"].mean() / base["f1_last5"].mean()
                 paper_f1, paper_flat = PAPER_AT_40_MIN.get((loss, s), ("-", "-")) if d == 0 else ("-", "-")
                 flat = c[flat_column].mean()
-                rows.append(f"| {d:g} | {'inf' if s == ASYNC else s} | {loss} | {ratio:.2f} ({paper_f1}) | "
-                            f"{flat:.1f} ({paper_flat}) | {c['rounds_max_min_ratio'].mean():.2f} | "
-                            f"{c['rounds_mean'].mean():.1f} | {c['seed'].nunique()} |")
-    return "\n".join(rows)
+                rows.append([f"{d:g}", "inf" if s == ASYNC else s, loss, f"{ratio:.2f} ({paper_f1})",
+                             f"{flat:.1f} ({paper_flat})", f"{c['rounds_max_min_ratio'].mean():.2f}",
+                             f"{c['rounds_mean'].mean():.1f}", c["seed"].nunique()])
+    return markdown.table(["D", "S", "L", "F1 at the end vs L=0 (paper)", f"longest flat F1, {unit} (paper, paper-min)",
+                           "largest / smallest rounds", "rounds per server", "repeats"], rows)
 
 
 def repeats_line(runs: pd.DataFrame) -> str:
