@@ -106,57 +106,18 @@ def serve(netns: str, address: str, cc: str, size: int, faults: str, ports) -> N
 def run_cell(cell: dict) -> dict:
     """One run: a link, a server, exchanges for the cell's duration; its row."""
     rootless.prepare()
-    loss, size, silence_s = float(cell["loss_pct"]), int(cell["size_bytes"]), float(cell["silence_s"])
     lab = netem.NetworkLab(drop_at=cell["placement"])
     ctx = mp.get_context("fork")
     ports = ctx.Queue()
     server = None
     try:
-        (link,) = lab.create([LinkConditions(loss_pct=loss)], rto_min_ms=float(cell["rto_min_ms"]))
-        server = ctx.Process(target=serve, args=(link.netns, link.ns_addr, cell["cc"], size, cell["faults"], ports),
-                             daemon=True)
+        (link,) = lab.create([LinkConditions(loss_pct=float(cell["loss_pct"]))], rto_min_ms=float(cell["rto_min_ms"]))
+        server = ctx.Process(target=serve, args=(link.netns, link.ns_addr, cell["cc"], int(cell["size_bytes"]),
+                                                 cell["faults"], ports), daemon=True)
         server.start()
         port = ports.get(timeout=30)
-        uri = f"ws://{link.ns_addr}:{port}"
         client_before, server_before = nstat(), nstat(link.netns)
-        request = bytes(size)
-        times, stalls, timeouts, errors, connections = [], [], 0, 0, 0
-        t_end = time.monotonic() + float(cell["duration_s"])
-        conn, delay = None, 0.0
-        while time.monotonic() < t_end:
-            if conn is None:
-                if delay:  # --faults modern: back off before reconnecting, doubling after each failure
-                    time.sleep(delay)
-                try:
-                    conn = wsclient.connect(uri, {}, None, 2 * size + (1 << 20), silence_s, cell["cc"])
-                except OSError:
-                    # A lost SYN or handshake: TCP itself waits 1 s, 2 s...; then again (at once, or backing off).
-                    delay = min(2 * delay, 16 * float(cell["backoff_s"])) if delay else 0.0
-                    continue
-                connections += 1
-                conn.sock.settimeout(silence_s)
-            conn.mark()
-            try:
-                conn.send(request)
-                conn.recv()
-            except transport.Silence:
-                timeouts += 1
-                conn.close_socket()
-                conn = None
-                delay = float(cell["backoff_s"]) if cell["faults"] == "modern" else 0.0
-                continue
-            except transport.ConnectionClosed:
-                errors += 1
-                conn.close_socket()
-                conn = None
-                delay = float(cell["backoff_s"]) if cell["faults"] == "modern" else 0.0
-                continue
-            delay = 0.0
-            now = time.monotonic()
-            times.append(now - conn.marked_at)
-            stalls.append(max(conn.first_byte_at - conn.marked_at, conn.longest_gap_s))
-        if conn is not None:
-            conn.close_socket()
+        seen = exchanges(f"ws://{link.ns_addr}:{port}", cell)
         client, server_end = nstat(), nstat(link.netns)
         dropped = lab.dropped()[0]
     finally:
@@ -164,16 +125,55 @@ def run_cell(cell: dict) -> dict:
             server.kill()
             server.join(5)
         lab.close()
-    t, st = np.array(times or [np.nan]), np.array(stalls or [np.nan])
+    t, st = np.array(seen["times"] or [np.nan]), np.array(seen["stalls"] or [np.nan])
     row = {k: cell[k] for k in ("placement", "cc", "faults", "loss_pct", "rto_min_ms", "repeat", "duration_s")}
-    row.update(exchanges=len(times), exchanges_per_min=len(times) * 60 / float(cell["duration_s"]),
+    row.update(exchanges=len(seen["times"]), exchanges_per_min=len(seen["times"]) * 60 / float(cell["duration_s"]),
                exchange_mean_s=np.nanmean(t), exchange_p50_s=np.nanmedian(t), exchange_p99_s=np.nanpercentile(t, 99),
                exchange_max_s=np.nanmax(t), stall_p50_s=np.nanmedian(st), stall_p99_s=np.nanpercentile(st, 99),
-               stall_max_s=np.nanmax(st), timeouts=timeouts, errors=errors, connections=connections,
-               dropped_to_server=dropped["to_server"], dropped_to_client=dropped["to_client"])
+               stall_max_s=np.nanmax(st), timeouts=seen["timeouts"], errors=seen["errors"],
+               connections=seen["connections"], dropped_to_server=dropped["to_server"],
+               dropped_to_client=dropped["to_client"])
     row.update({f"client_{k}": client[k] - client_before[k] for k in NSTAT})
     row.update({f"server_{k}": server_end[k] - server_before[k] for k in NSTAT})
     return {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
+
+
+def exchanges(uri: str, cell: dict) -> dict:
+    """Request and reply of the cell's size for its duration, reconnecting as its faults say; each
+    exchange's time and longest stall, and the timeouts, errors and connections."""
+    size, silence_s = int(cell["size_bytes"]), float(cell["silence_s"])
+    request = bytes(size)
+    seen = {"times": [], "stalls": [], "timeouts": 0, "errors": 0, "connections": 0}
+    t_end = time.monotonic() + float(cell["duration_s"])
+    conn, delay = None, 0.0
+    while time.monotonic() < t_end:
+        if conn is None:
+            if delay:  # --faults modern: back off before reconnecting, doubling after each failure
+                time.sleep(delay)
+            try:
+                conn = wsclient.connect(uri, {}, None, 2 * size + (1 << 20), silence_s, cell["cc"])
+            except OSError:
+                # A lost SYN or handshake: TCP itself waits 1 s, 2 s...; then again (at once, or backing off).
+                delay = min(2 * delay, 16 * float(cell["backoff_s"])) if delay else 0.0
+                continue
+            seen["connections"] += 1
+            conn.sock.settimeout(silence_s)
+        conn.mark()
+        try:
+            conn.send(request)
+            conn.recv()
+        except (transport.Silence, transport.ConnectionClosed) as e:
+            seen["timeouts" if isinstance(e, transport.Silence) else "errors"] += 1
+            conn.close_socket()
+            conn = None
+            delay = float(cell["backoff_s"]) if cell["faults"] == "modern" else 0.0
+            continue
+        delay = 0.0
+        seen["times"].append(time.monotonic() - conn.marked_at)
+        seen["stalls"].append(max(conn.first_byte_at - conn.marked_at, conn.longest_gap_s))
+    if conn is not None:
+        conn.close_socket()
+    return seen
 
 
 def cells(args: Args) -> list[dict]:

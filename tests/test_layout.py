@@ -124,3 +124,13 @@ def test_markdown_tables_are_built_only_by_the_helper():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and "--- |" in node.value:
                 found.append(f"{path.name}:{node.lineno}")
     assert found == []
+
+
+def test_no_function_runs_over_sixty_lines():
+    """A function that needs more is doing several things: each gets its own name (bench/ included)."""
+    long = []
+    for path in [*sorted(PACKAGE.rglob("*.py")), *sorted((PACKAGE.parents[1] / "bench").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []

@@ -53,7 +53,7 @@ def test_a_bad_sweep_variable_stops_the_sweep_before_its_first_run(tmp_path, env
 
 def test_train_batch_help_lists_every_variable_with_its_default():
     script = (ROOT / "train_batch.sh").read_text()
-    block = script[script.index("## The study"):script.index("usage()")]
+    block = script[script.index("\n## The study"):script.index("\nusage()")]  # the block, not the sed line naming it
     names = re.findall(r"^(?:list )?([A-Z_]+)[= ]", block, re.M)
     assert {"LOSSES", "STDEVS", "STALENESS", "JOBS", "REPEATS", "EXTRA_ARGS", "RULES", "DONE_IN"} <= set(names)
     text = subprocess.run(["./train_batch.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout

@@ -56,14 +56,14 @@ def test_one_round_is_the_seven_exchanges_of_the_message_table(servers):
     weights = initial_weights(0)
     # Execute: two rounds, the second on the first's result.
     first = remote.fit("mnist-5k", TrainConfig(), weights, timeout_s=30)
-    first_chars = remote.exchange_chars
+    first_chars = remote.wire.exchange_chars
     second = remote.fit("mnist-5k", TrainConfig(), {k: v.clone() for k, v in first.weights.items()}, timeout_s=30)
     # Assert: seven exchanges whose sizes each way are the table's, and the round trained the model.
     table = message_table()
     assert len(first_chars) == len(table) == len(pysyft.ROUND) == 7
     for step, ((up, down), (t_up, t_down)) in enumerate(zip(first_chars, table), start=1):
         assert close_enough(up, t_up) and close_enough(down, t_down), (step, up, down, t_up, t_down)
-    assert all(first_chars[i] == remote.exchange_chars[i] for i in (1, 2, 3, 6))  # fixed-size steps
+    assert all(first_chars[i] == remote.wire.exchange_chars[i] for i in (1, 2, 3, 6))  # fixed-size steps
     assert first.n_samples == 32 and 0 < first.loss < 10 and first.compute_s > 0
     assert any(not torch.equal(first.weights[k], weights[k]) for k in weights)
     assert second.n_samples == 32 and second.loss != first.loss

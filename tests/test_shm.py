@@ -12,7 +12,7 @@ from asyncfl.core.model import FlatWeights, check_weights, copy_into, initial_we
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.task import ShardTrainer
 from asyncfl.net import shm, wire
-from asyncfl.server.owner import Session, handle_frame
+from asyncfl.server.wires.modern import Session, handle_frame
 from tests.helpers import kill_session, start_servers
 
 SPEC = weight_spec()
@@ -197,4 +197,4 @@ def test_a_server_behind_emulated_conditions_is_not_offered_shared_memory(networ
     # Its weights must cross the emulated link, even on loopback.
     worker = RemoteServer("ws://127.0.0.1:1", "server-0", shared_memory=True)
     worker.info = {"network": {"netns": None, **network}}
-    assert worker._attach(timeout_s=1) is None  # decided before anything is sent (there is no connection)
+    assert worker.wire.attach(worker, timeout_s=1) is None  # decided before anything is sent (there is no connection)

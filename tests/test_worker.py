@@ -11,7 +11,7 @@ from asyncfl.core.model import initial_weights
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.task import BatchStream, ShardTrainer
 from asyncfl.net import wire
-from asyncfl.server.owner import handle_frame
+from asyncfl.server.wires.modern import handle_frame
 
 
 def make_worker(n=64, speed_ratio=1.0):

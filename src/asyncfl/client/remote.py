@@ -8,10 +8,9 @@ Every reply is checked before use (exact tensors, finite values, plausible numbe
 ``BadReply`` and is never applied. With a token, each connection presents it (see net/auth.py); ``wss://``
 addresses are verified against ``cafile`` or the system's CAs. With ``shared_memory``, a server reached
 on loopback without emulated network conditions gets the weights through a shared memory segment of
-each connection (see net/shm.py); ``weights_via`` says which way they travel. With ``wire="original"`` a
-round is the original's seven exchanges of hex text (net/pysyft.py), each under its own timeout, and a
-reconnection skips the hello (the original had none); ``exchange_chars`` then holds the last round's
-(sent, received) characters per exchange.
+each connection (see net/shm.py); ``weights_via`` says which way they travel. What a round sends and
+receives is the wire's (client/wires/: ``modern``, or ``original``, PySyft 0.2.3's seven exchanges of hex
+text); this handle keeps the connection, times each exchange and reads TCP_INFO around it.
 """
 
 from __future__ import annotations
@@ -21,36 +20,20 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import torch
 
+from asyncfl.client import wires
+from asyncfl.client.errors import BadReply, ConnectionLost, RemoteError
 from asyncfl.client.watchdog import Watchdog
 from asyncfl.core import datasets
-from asyncfl.core.conditions import LinkConditions
-from asyncfl.core.model import check_weights, copy_into, weight_spec
-from asyncfl.core.protocol import FitResult, TrainConfig, fit_stats
-from asyncfl.net import auth, pysyft, shm, tcp, transport, wire, wsclient
+from asyncfl.core.model import weight_spec
+from asyncfl.core.protocol import FitResult, TrainConfig
+from asyncfl.net import auth, shm, tcp, transport, wire, wsclient
 
 log = logging.getLogger("asyncfl.client")
 
 WEBSOCKET, SHARED_MEMORY = "websocket", "shared memory"  # how a connection moves the weights
-
-
-class RemoteError(RuntimeError):
-    """The server refused a request or broke the protocol: retrying would not help."""
-
-
-class ConnectionLost(RemoteError):
-    """The connection failed or a reply did not come in time: a new connection may well work.
-    ``silence_s``: the inactivity that ended it, for a timeout (else None); ``round_s``: how long the
-    request had been out."""
-
-    def __init__(self, message: str, silence_s: float | None = None, round_s: float | None = None,
-                 in_handshake: bool = False):
-        super().__init__(message)
-        self.silence_s, self.round_s = silence_s, round_s
-        self.in_handshake = in_handshake  # timed out after the TCP connect, waiting for the handshake's answer
 
 
 @dataclass(frozen=True)
@@ -73,23 +56,12 @@ class RoundTcp:
         return max(0.0, self.first_byte_s - server_work_s, self.longest_gap_s)
 
 
-class BadReply(ConnectionLost):
-    """A reply that breaks the protocol (malformed, wrong tensors, non-finite values): it is dropped, never
-    applied, and the round retried on a new connection."""
-
-
 class RemoteServer:
     def __init__(self, uri: str, name: str, token: str | None = None, cafile: str = "", shared_memory: bool = False,
                  timeout_on: str = "round", tcp_cc: str | None = None, dataset: str = datasets.DEFAULT,
                  wire: str = "modern"):
-        if wire not in ("modern", "original"):
-            raise ValueError(f"wire must be 'modern' or 'original', not {wire!r}")
         self.uri, self.name = uri, name
-        self.wire, self._dataset = wire, dataset
-        self.exchange_chars: list[tuple[int, int]] = []  # the last original-wire round's, per exchange
-        if wire == "original":
-            pysyft.torchscript_archive(dataset)  # made once (about a second), before the first round
-            pysyft.loss_fn_archive()
+        self.wire = wires.make(wire, dataset)
         self.tcp_cc = tcp_cc  # set on every connection's socket before it connects (None: the system's default)
         self.round_tcp: RoundTcp | None = None  # the last fit's, on a TCP connection
         self._in_flight = False
@@ -102,12 +74,11 @@ class RemoteServer:
         self._silence = timeout_on == "silence"
         self._headers = auth.auth_headers(token)
         self._ssl = auth.client_ssl_context(uri, cafile)
-        self._spec = weight_spec(dataset)  # the model of the run's dataset
-        self._shared_memory = shared_memory and wire == "modern"
+        self.spec = weight_spec(dataset)  # the model of the run's dataset
+        self.shared_memory = shared_memory and self.wire.shared_memory
         self.info: dict = {}
         self.weights_via = WEBSOCKET  # how this connection moves the weights: WEBSOCKET or SHARED_MEMORY
-        self._segment: shm.Segment | None = None
-        self._fit_requests: dict[tuple, tuple[dict, list | None]] = {}  # (type, dataset, config) -> header, frame
+        self.segment: shm.Segment | None = None  # the connection's, if the wire attached one
         self._ws: transport.Connection | None = None
         self._timed_out = False
         self._watchdog: Watchdog | None = None  # started on the first request with a timeout
@@ -174,65 +145,25 @@ class RemoteServer:
             timed_out = isinstance(e, (TimeoutError, transport.Silence))
             raise ConnectionLost(f"{type(e).__name__}: {e}", open_timeout_s if timed_out else None,
                                  in_handshake=isinstance(e, wsclient.HandshakeTimeout)) from None
-        if self.wire == "original" and self.info:
-            return self.info  # the original sent nothing on a new connection before the round's first message
-        header, _ = self._request({"type": "hello"}, None, "hello_ok", open_timeout_s)
+        info = self.wire.open(self, open_timeout_s)
+        self.weights_via = SHARED_MEMORY if self.segment is not None else WEBSOCKET
+        return info
+
+    def hello(self, timeout_s: float) -> dict:
+        """Ask the server who it is (its shard, network, TCP): the project's own first exchange."""
+        header, _ = self.request({"type": "hello"}, None, "hello_ok", timeout_s)
         if header.get("protocol") != wire.PROTOCOL_VERSION:
             self.close()
             raise RemoteError(f"protocol {header.get('protocol')} at {self.uri}, this client speaks {wire.PROTOCOL_VERSION}")
         self.info = header
-        self._segment = self._attach(open_timeout_s)
-        self.weights_via = SHARED_MEMORY if self._segment is not None else WEBSOCKET
         return header
-
-    def _attach(self, timeout_s: float) -> shm.Segment | None:
-        """Offer the server a shared memory segment if it can be on this machine and its link is not
-        emulated; None if not offered or refused (the weights then travel in the frames)."""
-        link = LinkConditions.from_hello(self.info.get("network"))
-        if not (self._shared_memory and auth.is_loopback(urlsplit(self.uri).hostname or "") and link.is_clean()
-                and shm.available()):
-            return None
-        try:
-            segment, offer = shm.Segment.create(self._spec)
-        except (OSError, ValueError) as e:
-            log.info("%s: no shared memory (%s); weights go in the websocket frames", self.name, e)
-            return None
-        try:
-            self._request({"type": "attach", **offer}, None, "attach_ok", timeout_s)
-        except ConnectionLost:
-            raise
-        except RemoteError as e:  # refused: another machine, container or user, or a server without shared memory
-            log.info("%s: shared memory refused (%s); weights go in the websocket frames", self.name, e)
-            return None
-        finally:
-            segment.close_fd()  # mapped by the server or refused: the descriptor is no longer needed
-        return segment
 
     def fit(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
             timeout_s: float | None = None) -> FitResult:
-        if self.wire == "original":
-            return self._fit_original(dataset_key, train_config, weights, timeout_s)
-        segment = self._segment
-        key = ("fit_shared" if segment is not None else "fit", dataset_key, train_config)
-        if key not in self._fit_requests:  # a run sends the same request header every round: built once
-            request = {"type": key[0], "dataset_key": dataset_key, "train_config": train_config.to_dict()}
-            self._fit_requests[key] = request, wire.encode_parts(request) if segment is not None else None
-        request, frame = self._fit_requests[key]
-        if segment is not None:
-            copy_into(segment.request, weights)
-        header, new_weights = self._request(request, None if segment else weights, "fit_ok", timeout_s, frame)
-        if segment is not None and new_weights is None:
-            # The reply region: valid, like a frame's views, until this connection's next request.
-            new_weights = segment.reply
-        try:
-            check_weights(new_weights, self._spec)
-            loss, n_samples, compute_s, idle_s = fit_stats(header)
-        except (KeyError, ValueError) as e:
-            raise BadReply(f"fit reply rejected: {e}") from None
-        return FitResult(new_weights, loss, n_samples, compute_s, idle_s)
+        return self.wire.fit(self, dataset_key, train_config, weights, timeout_s)
 
     def close(self) -> None:
-        self._segment = None  # unmapped once the last view of it is gone
+        self.segment = None  # unmapped once the last view of it is gone
         if self._ws is not None:
             self._ws.close()
             self._ws = None
@@ -266,46 +197,21 @@ class RemoteServer:
         self._timed_out = True
         self.interrupt()
 
-    def _fit_original(self, dataset_key: str, train_config: TrainConfig, weights: dict[str, torch.Tensor],
-                      timeout_s: float | None) -> FitResult:
-        """One round as the original's: seven exchanges of hex text, each under ``timeout_s``."""
-        requests, model_id = pysyft.round_messages(weights, self._dataset, dataset_key, train_config)
-        ws = self._ws
-        if ws is None:
+    def tcp_mark(self):
+        """TCP_INFO now, for ``tcp_since`` at the end of a round of several exchanges."""
+        if self._ws is None:
             raise ConnectionLost("not connected")
-        before = tcp.info_or_none(ws.sock)
         self._max_backoff = 0
-        replies, chars, longest_gap_s, fit_first_byte_s = [], [], 0.0, 0.0
-        for step, request in zip(pysyft.ROUND, requests):
-            text = pysyft.to_text(request)
-            reply = self._exchange(text, step.name, timeout_s)
-            chars.append((len(text), len(reply)))
-            wait_s = (ws.first_byte_at or ws.marked_at) - ws.marked_at
-            if step.name == "fit":
-                fit_first_byte_s = wait_s  # includes the server's work, which the stall leaves out
-            else:
-                longest_gap_s = max(longest_gap_s, wait_s)
-            longest_gap_s = max(longest_gap_s, ws.longest_gap_s)
-            try:
-                replies.append(pysyft.check_reply(pysyft.from_text(reply), step.reply))
-            except pysyft.SyftWireError as e:
-                raise BadReply(f"{step.name}: malformed reply: {e}") from None
-            except pysyft.RemoteRefusal as e:
-                raise RemoteError(f"server refused {step.name}: {e}") from None
-        self.exchange_chars = chars
-        after = tcp.info_or_none(ws.sock)
-        self.round_tcp = self._round_tcp(before, after, fit_first_byte_s, longest_gap_s)
-        try:
-            loss, stats = pysyft.read_loss(replies[4])
-            wrapper_id, payload = replies[5][1]
-            if wrapper_id != model_id:
-                raise ValueError(f"the model came back under id {wrapper_id}, not {model_id}")
-            new_weights = pysyft.weights_of(payload)
-            check_weights(new_weights, self._spec)
-            _, n_samples, compute_s, idle_s = fit_stats({**stats, "loss": loss})
-        except (KeyError, ValueError, TypeError) as e:  # SyftWireError is a ValueError
-            raise BadReply(f"fit reply rejected: {e}") from None
-        return FitResult(new_weights, loss, n_samples, compute_s, idle_s)
+        return tcp.info_or_none(self._ws.sock)
+
+    def tcp_since(self, before, first_byte_s: float, longest_gap_s: float) -> None:
+        """``round_tcp``: what TCP did since ``tcp_mark``."""
+        self.round_tcp = self._round_tcp(before, tcp.info_or_none(self._ws.sock), first_byte_s, longest_gap_s)
+
+    def last_waits(self) -> tuple[float, float]:
+        """The last exchange's wait for the reply's first byte and its longest wait for a byte within it."""
+        ws = self._ws
+        return (ws.first_byte_at or ws.marked_at) - ws.marked_at, ws.longest_gap_s
 
     def _round_tcp(self, before, after, first_byte_s: float, longest_gap_s: float) -> RoundTcp | None:
         """What TCP did between two TCP_INFO readings of this connection's socket (None: not TCP)."""
@@ -316,7 +222,7 @@ class RemoteServer:
                         max(self._max_backoff, after.backoff), after.rto_us / 1000, after.rtt_us / 1000,
                         first_byte_s, longest_gap_s)
 
-    def _exchange(self, message, what: str, timeout_s: float | None):
+    def exchange(self, message, what: str, timeout_s: float | None):
         """Send one message and return the reply's raw frame, under ``timeout_s`` (of silence, or for the
         whole exchange); ConnectionLost if it fails or times out."""
         if self._ws is None:
@@ -346,7 +252,7 @@ class RemoteServer:
             if timeout_s and not self._silence:
                 self._watchdog.disarm()
 
-    def _request(self, header: dict, weights, expect: str, timeout_s: float | None, frame: list | None = None):
+    def request(self, header: dict, weights, expect: str, timeout_s: float | None, frame: list | None = None):
         """Send ``header`` (+ ``weights``), or ``frame`` if given (the same, already encoded); return the
         reply's header and weights."""
         if self._ws is None:
@@ -354,7 +260,7 @@ class RemoteServer:
         ws = self._ws
         before = tcp.info_or_none(ws.sock)
         self._max_backoff = 0
-        reply = self._exchange(frame or wire.encode_parts(header, weights), header["type"], timeout_s)
+        reply = self.exchange(frame or wire.encode_parts(header, weights), header["type"], timeout_s)
         self.round_tcp = self._round_tcp(before, tcp.info_or_none(ws.sock), ws.first_byte_at - ws.marked_at,
                                          ws.longest_gap_s)
         try:

@@ -112,7 +112,7 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
     except (SplitRefused, ValueError, OSError, data.DatasetUnavailable) as e:
         print(f"train.sh: {e}", file=sys.stderr)
         return 2
-    n, spec = args.n_servers, datasets.get(args.dataset)
+    n = args.n_servers
     speeds = parse_speeds(args.speeds, n, args.seed)
     server_regime = regime_mod.resolve(args.regime, args.time_scale, args.pace_spread)
     paces = server_regime.paces(np.random.default_rng([args.seed, 1]), n, args.compute_s)
@@ -126,8 +126,6 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
     procs, lab = Processes(), netem.NetworkLab()
     signal.signal(signal.SIGINT, procs.on_signal)
     signal.signal(signal.SIGTERM, procs.on_signal)
-    env = {**os.environ, "PYTHONPATH": str(PROGRAMS), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    log = out_dir / schema.SERVERS_LOG
     try:
         try:
             links = lab.create(list(links_wanted.per_server), server_regime.rto_min_ms) \
@@ -136,24 +134,9 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
             print(f"train.sh: {e}; nothing was started", file=sys.stderr)
             return 2
         hosts = [link.ns_addr for link in links] or [args.host] * n
-        ready = [work / f"server-{i}.ready" for i in range(n)]
-        with open(log, "w") as log_file:
-            for i in range(n):
-                np.savez(work / f"shard-{i}.npz", images=_uint8(ds.train_images[shards[i]]),
-                         labels=ds.train_labels[shards[i]].astype(np.int64))
-                owner = {"name": f"server-{i}", "index": i, "host": hosts[i], "port": args.base_port + i if args.base_port else 0,
-                         "shard": str(work / f"shard-{i}.npz"), "dataset_key": ds.name, "mean": spec.mean,
-                         "std": spec.std, "pace_s": paces[i], "speed_ratio": speeds[i], "tcp_cc": args.tcp_cc,
-                         "seed": args.seed * 1000 + i, "ready_file": str(ready[i]),
-                         "fits_log": str(work / f"server-{i}.fits.csv")}
-                write_json(work / f"server-{i}.json", owner)
-                cmd = [str(PYTHON), "-m", "syftstudy.owner", str(work / f"server-{i}.json")]
-                if links:
-                    cmd = ["ip", "netns", "exec", links[i].netns, *cmd]
-                procs.owners.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                                     start_new_session=True))
-        print(f"train.sh: starting {n} PySyft 0.2.3 owners (log: {log})", flush=True)
-        owners = _wait_ready(procs, ready, log, args.start_timeout_s)
+        start_owners(args, procs, work, ds, shards, hosts, links, paces, speeds, out_dir / schema.SERVERS_LOG)
+        owners = _wait_ready(procs, [work / f"server-{i}.ready" for i in range(n)], out_dir / schema.SERVERS_LOG,
+                             args.start_timeout_s)
         if isinstance(owners, int):
             return owners
         infos = [{"server": f"server-{i}", "dataset_key": ds.name, "n_samples": int(len(shards[i])),
@@ -163,62 +146,106 @@ def run(args: LaunchArgs, out_dir: Path) -> int:
                                                                  **asdict(links_wanted.per_server[i]), "mechanism": {}},
                   "shard_fingerprint": shard_fingerprint(split, i), "regime": args.regime,
                   "tcp": {"cc": owners[i]["cc"]}} for i in range(n)]
-        timeout_s = regime.round_timeout_s  # PySyft's TIMEOUT_INTERVAL (60 s), / K in the paper regime
-        client = {"servers": [{"host": hosts[i], "port": owners[i]["port"]} for i in range(n)],
-                  "server_pids": {f"server-{i}": owners[i]["pid"] for i in range(n)},
-                  "staleness_threshold": rule.staleness_threshold(args.staleness_threshold),
-                  "duration_s": cargs.duration_s, "eval_interval_s": cargs.eval_interval_s,
-                  "eval_every_rounds": cargs.eval_every_rounds, "timeout_s": timeout_s, "tcp_cc": args.tcp_cc,
-                  "dataset_key": ds.name, "batch_size": args.batch_size, "batches_per_round": args.batches_per_round,
-                  "shuffle": args.shuffle, "lr": args.lr, "initial_weights": str(work / "initial.npz"),
-                  "test_set": str(work / "test.npz"), "mean": spec.mean, "std": spec.std,
-                  "image_shape": list(spec.image_shape), "n_classes": ds.n_classes, "out_dir": str(out_dir),
-                  "evaluator_nice": cargs.evaluator_nice or 0, "connect_timeout_s": args.connect_timeout_s}
+        client = client_spec(args, cargs, regime, rule, ds, work, out_dir, hosts, owners)
         write_json(work / "client.json", client)
-        config = {
-            "backend": NAME,
-            # The wire and the faults are PySyft's own, whatever the regime's defaults for the native backend.
-            "args": {**asdict(replace(cargs, wire=None, faults="modern")), "wire": NAME, "faults": NAME,
-                     "token": ""},
-            "servers": [f"ws://{hosts[i]}:{owners[i]['port']}" for i in range(n)],
-            "aggregation": rule.describe(),
-            "staleness_threshold": client["staleness_threshold"],
-            "security": {"token": False, "tls": [False] * n, "cafile": ""},
-            "n_servers": n,
-            "train_config": TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle).to_dict(),
-            "server_info": infos,
-            "regime": regime_mod.regime_record(regime, infos),
-            "transport": {"kind": ("netns" if links else "loopback") + " websocket", "netns": [bool(links)] * n,
-                          "rto_min_ms": [link.rto_min_ms for link in links] or [0.0] * n},
-            "tcp": {"cc": args.tcp_cc, "client_cc": [args.tcp_cc] * n, "server_cc": [o["cc"] for o in owners],
-                    "client_sysctl": tcp.sysctls()},
-            "weights_via": ["websocket"] * n,
-            "dataset": split,
-            "shard_fingerprints": [info["shard_fingerprint"] for info in infos],
-            "versions": {"launcher_python": sys.version.split()[0]},
-            "started_at": datetime.now().isoformat(timespec="seconds"),
-        }
+        config = run_config(args, cargs, regime, rule, split, infos, hosts, owners, links)
         write_json(out_dir / schema.CONFIG, config)
         print(f"train.sh: run folder {out_dir}; {n} PySyft owners, S={client['staleness_threshold']}, "
               f"{cargs.duration_s:g} s", flush=True)
         procs.client = subprocess.Popen([str(PYTHON), "-m", "syftstudy.model_owner", str(work / "client.json")],
-                                        env=env, start_new_session=True)
-        code = procs.client.wait()
-        record = out_dir / "pysyft_run.json"
-        if record.exists():
-            done = json.loads(record.read_text())
-            config["finished"], config["versions"] = done["finished"], {**done["versions"], **config["versions"]}
-        else:
-            config["finished"] = {"stop_reason": "error", "errors": [f"the model owner exited with code {code}"]}
-        config["finished"]["dropped_packets"] = lab.dropped()
-        write_json(out_dir / schema.CONFIG, config)
-        if not record.exists():
-            print(f"train.sh: the PySyft model owner failed (exit {code})", file=sys.stderr)
-            return 1
-        print(f"train.sh: done; plot it with: .venv/bin/python -m asyncfl.analysis.plot {out_dir}", flush=True)
-        return code
+                                        env=_env(), start_new_session=True)
+        return finish(out_dir, config, procs.client.wait(), lab)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         procs.close()
         lab.close()
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(PROGRAMS), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def start_owners(args: LaunchArgs, procs: Processes, work: Path, ds, shards, hosts, links, paces, speeds,
+                 log: Path) -> None:
+    """One PySyft owner process per shard (in its namespace if it has a link), each told its shard, pace
+    and ready file in ``work/server-i.json``; their output goes to ``log``."""
+    spec = datasets.get(args.dataset)
+    with open(log, "w") as log_file:
+        for i in range(args.n_servers):
+            np.savez(work / f"shard-{i}.npz", images=_uint8(ds.train_images[shards[i]]),
+                     labels=ds.train_labels[shards[i]].astype(np.int64))
+            owner = {"name": f"server-{i}", "index": i, "host": hosts[i], "port": args.base_port + i if args.base_port else 0,
+                     "shard": str(work / f"shard-{i}.npz"), "dataset_key": ds.name, "mean": spec.mean,
+                     "std": spec.std, "pace_s": paces[i], "speed_ratio": speeds[i], "tcp_cc": args.tcp_cc,
+                     "seed": args.seed * 1000 + i, "ready_file": str(work / f"server-{i}.ready"),
+                     "fits_log": str(work / f"server-{i}.fits.csv")}
+            write_json(work / f"server-{i}.json", owner)
+            cmd = [str(PYTHON), "-m", "syftstudy.owner", str(work / f"server-{i}.json")]
+            if links:
+                cmd = ["ip", "netns", "exec", links[i].netns, *cmd]
+            procs.owners.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=_env(),
+                                                 start_new_session=True))
+    print(f"train.sh: starting {args.n_servers} PySyft 0.2.3 owners (log: {log})", flush=True)
+
+
+def client_spec(args: LaunchArgs, cargs, regime, rule, ds, work: Path, out_dir: Path, hosts, owners) -> dict:
+    """What the PySyft model owner (syftstudy/model_owner.py) is told: owners, rule, clock, task."""
+    spec, n = datasets.get(args.dataset), args.n_servers
+    return {"servers": [{"host": hosts[i], "port": owners[i]["port"]} for i in range(n)],
+            "server_pids": {f"server-{i}": owners[i]["pid"] for i in range(n)},
+            "staleness_threshold": rule.staleness_threshold(args.staleness_threshold),
+            "duration_s": cargs.duration_s, "eval_interval_s": cargs.eval_interval_s,
+            "eval_every_rounds": cargs.eval_every_rounds,
+            "timeout_s": regime.round_timeout_s,  # PySyft's TIMEOUT_INTERVAL (60 s), / K in the paper regime
+            "tcp_cc": args.tcp_cc,
+            "dataset_key": ds.name, "batch_size": args.batch_size, "batches_per_round": args.batches_per_round,
+            "shuffle": args.shuffle, "lr": args.lr, "initial_weights": str(work / "initial.npz"),
+            "test_set": str(work / "test.npz"), "mean": spec.mean, "std": spec.std,
+            "image_shape": list(spec.image_shape), "n_classes": ds.n_classes, "out_dir": str(out_dir),
+            "evaluator_nice": cargs.evaluator_nice or 0, "connect_timeout_s": args.connect_timeout_s}
+
+
+def run_config(args: LaunchArgs, cargs, regime, rule, split, infos, hosts, owners, links) -> dict:
+    """config.json as the native backend writes it, the wire and faults named PySyft's own."""
+    n = args.n_servers
+    return {
+        "backend": NAME,
+        # The wire and the faults are PySyft's own, whatever the regime's defaults for the native backend.
+        "args": {**asdict(replace(cargs, wire=None, faults="modern")), "wire": NAME, "faults": NAME,
+                 "token": ""},
+        "servers": [f"ws://{hosts[i]}:{owners[i]['port']}" for i in range(n)],
+        "aggregation": rule.describe(),
+        "staleness_threshold": rule.staleness_threshold(args.staleness_threshold),
+        "security": {"token": False, "tls": [False] * n, "cafile": ""},
+        "n_servers": n,
+        "train_config": TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle).to_dict(),
+        "server_info": infos,
+        "regime": regime_mod.regime_record(regime, infos),
+        "transport": {"kind": ("netns" if links else "loopback") + " websocket", "netns": [bool(links)] * n,
+                      "rto_min_ms": [link.rto_min_ms for link in links] or [0.0] * n},
+        "tcp": {"cc": args.tcp_cc, "client_cc": [args.tcp_cc] * n, "server_cc": [o["cc"] for o in owners],
+                "client_sysctl": tcp.sysctls()},
+        "weights_via": ["websocket"] * n,
+        "dataset": split,
+        "shard_fingerprints": [info["shard_fingerprint"] for info in infos],
+        "versions": {"launcher_python": sys.version.split()[0]},
+        "started_at": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def finish(out_dir: Path, config: dict, code: int, lab) -> int:
+    """config.json's ``finished``, from the model owner's own record (pysyft_run.json) if it wrote one."""
+    record = out_dir / "pysyft_run.json"
+    if record.exists():
+        done = json.loads(record.read_text())
+        config["finished"], config["versions"] = done["finished"], {**done["versions"], **config["versions"]}
+    else:
+        config["finished"] = {"stop_reason": "error", "errors": [f"the model owner exited with code {code}"]}
+    config["finished"]["dropped_packets"] = lab.dropped()
+    write_json(out_dir / schema.CONFIG, config)
+    if not record.exists():
+        print(f"train.sh: the PySyft model owner failed (exit {code})", file=sys.stderr)
+        return 1
+    print(f"train.sh: done; plot it with: .venv/bin/python -m asyncfl.analysis.plot {out_dir}", flush=True)
+    return code

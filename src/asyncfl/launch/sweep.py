@@ -56,39 +56,60 @@ def jobs_now(sweep: Path, jobs: int) -> int:
         return max(jobs, 1)
 
 
-def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
-    """Run the unfinished runs here, ``jobs`` at a time (see jobs_now); 130 when interrupted, 1 when any failed."""
-    done: queue.Queue = queue.Queue()
-    running: dict[str, subprocess.Popen] = {}
-    failed, interrupted = 0, False
+class LocalRuns:
+    """The runs started here and not yet reaped; a signal stops them all."""
 
-    def stop(signum, frame):
-        nonlocal interrupted
-        interrupted = True
-        for proc in running.values():
+    def __init__(self, sweep: Path):
+        self.sweep = sweep
+        self.done: queue.Queue = queue.Queue()
+        self.running: dict[str, subprocess.Popen] = {}
+        self.failed, self.interrupted = 0, False
+
+    def stop(self, signum=None, frame=None) -> None:
+        self.interrupted = True
+        for proc in self.running.values():
             proc.terminate()
-        done.put(None)
+        self.done.put(None)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    def start(self, run: Run) -> None:
+        shutil.rmtree(self.sweep / run.name, ignore_errors=True)  # what an interrupted attempt left
+        with open(self.sweep / f"{run.name}.log", "wb") as log:
+            proc = subprocess.Popen([str(REPO / "train.sh"), *run.args, "--out-dir", str(self.sweep / run.name)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        self.running[run.name] = proc
+        threading.Thread(target=lambda n=run.name, p=proc: self.done.put((n, p.wait())), daemon=True).start()
 
-    def reap() -> None:
-        nonlocal failed
-        item = done.get()
+    def reap(self) -> None:
+        """Wait for one run to end and print its line."""
+        item = self.done.get()
         if item is None:
             return
         name, status = item
-        running.pop(name)
-        if interrupted or status in (130, -signal.SIGINT, -signal.SIGTERM):
+        self.running.pop(name)
+        if self.interrupted or status in (130, -signal.SIGINT, -signal.SIGTERM):
             return
         if status != 0:
-            failed += 1
-            print(f"  {name} failed (exit {status}); see {sweep / name}.log", flush=True)
+            self.failed += 1
+            print(f"  {name} failed (exit {status}); see {self.sweep / name}.log", flush=True)
         else:
-            print(summary(sweep / name), flush=True)
+            print(summary(self.sweep / name), flush=True)
 
+    def drain(self) -> None:
+        while self.running and not self.interrupted:
+            self.reap()
+        for proc in self.running.values():  # a run started as the signal came in is stopped too
+            if self.interrupted:
+                proc.terminate()
+            proc.wait()
+
+
+def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
+    """Run the unfinished runs here, ``jobs`` at a time (see jobs_now); 130 when interrupted, 1 when any failed."""
+    local = LocalRuns(sweep)
+    signal.signal(signal.SIGINT, local.stop)
+    signal.signal(signal.SIGTERM, local.stop)
     for i, run in enumerate(runs):
-        if interrupted:
+        if local.interrupted:
             break
         print(f"[{i + 1}/{len(runs)}] {run.name}", flush=True)
         if ran_its_course(sweep / run.name) or (a.done_in and ran_its_course(Path(a.done_in) / "runs" / run.name)):
@@ -96,35 +117,29 @@ def run_local(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:
             continue
         if a.dry_run:
             continue
-        shutil.rmtree(sweep / run.name, ignore_errors=True)  # what an interrupted attempt left
-        while len(running) >= jobs_now(sweep, a.jobs) and not interrupted:
-            reap()
-        if interrupted:
+        while len(local.running) >= jobs_now(sweep, a.jobs) and not local.interrupted:
+            local.reap()
+        if local.interrupted:
             break
-        with open(sweep / f"{run.name}.log", "wb") as log:
-            proc = subprocess.Popen([str(REPO / "train.sh"), *run.args, "--out-dir", str(sweep / run.name)],
-                                    stdout=log, stderr=subprocess.STDOUT)
-        running[run.name] = proc
-        threading.Thread(target=lambda n=run.name, p=proc: done.put((n, p.wait())), daemon=True).start()
-    while running and not interrupted:
-        reap()
-    for proc in running.values():  # a run started as the signal came in is stopped too
-        if interrupted:
-            proc.terminate()
-        proc.wait()
-    if interrupted:
+        local.start(run)
+    local.drain()
+    if local.interrupted:
         print(f"{ME}: interrupted; run again with SWEEP_DIR={sweep} to resume", flush=True)
         return 130
     if a.dry_run:
         return 0
-    print(f"{ME}: done, {failed} failed; results in {sweep}")
+    print(f"{ME}: done, {local.failed} failed; results in {sweep}")
+    warn_starved(sweep, runs)
+    return 0 if local.failed == 0 else 1
+
+
+def warn_starved(sweep: Path, runs: list[Run]) -> None:
     configs = [json.loads((sweep / r.name / schema.CONFIG).read_text()) for r in runs
                if (sweep / r.name / schema.CONFIG).is_file()]
     starved = [c for c in configs if c.get("finished", {}).get("starved")]
     if starved:
         print(f"{ME}: warning: in {len(starved)} of {len(configs)} runs a process waited for a core >= 5% of the time: "
               "runs disturbed each other or the machine was busy (lower JOBS; see finished.cpu in config.json)")
-    return 0 if failed == 0 else 1
 
 
 def submit_slurm(a: SweepArgs, sweep: Path, runs: list[Run]) -> int:

@@ -129,26 +129,53 @@ def own_split(args: Args, ds: data.Dataset) -> tuple[list[np.ndarray], dict]:
 
 def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, speeds: list[float],
            paces: list[float], conditions: list, links: list, token: str | None) -> int:
-    # Which data owners this process starts: all, or one (the same shard every host derives from the seed).
-    chosen = [max(args.server_id, 0)] if args.shard else [args.server_id] if args.server_id >= 0 else range(args.n_servers)
-
     # Server processes are forked from this one, which has imported torch and loaded the data: spawned,
     # each would import it again (docs/performance.md). This process starts no threads and holds no
     # sockets, so a forked server starts as clean as a spawned one.
     ctx = mp.get_context("fork")
     ready_queue = ctx.Queue()
-    procs, specs = [], []
-    hosts = [link.ns_addr for link in links] or [args.host] * args.n_servers
     for link in links:
         log.info("server-%d in namespace %s at %s: loss %g%%, delay %g ms, rate %s (%s)", link.index, link.netns,
                  link.ns_addr, link.conditions.loss_pct, link.conditions.delay_ms,
                  f"{link.conditions.rate_mbit:g} Mbit/s" if link.conditions.rate_mbit else "unlimited",
                  ", ".join(f"{k} by {v}" for k, v in link.mechanism.items()) or "no emulation")
+    specs = _specs(args, ds, shards, split, speeds, paces, conditions, links, token)
+    procs = []
+    try:
+        for spec in specs:
+            procs.append(_start(ctx, spec, ready_queue))
+        ports = _wait_ready(procs, ready_queue, args.start_timeout_s)
+        if ports is None:
+            return 1
+        scheme = "wss" if args.certfile else "ws"
+        addresses = ",".join(f"{scheme}://{spec.host}:{ports[spec.index]}" for spec in specs)
+        if args.ready_file:
+            tmp = Path(args.ready_file + ".tmp")
+            tmp.write_text(addresses + "\n")
+            tmp.rename(args.ready_file)
+        print(f"READY {addresses}", flush=True)
+        return _supervise(args, ctx, procs, specs, ports, ready_queue)
+    except KeyboardInterrupt:
+        log.info("stopping %d servers", len(procs))
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_all(procs)
+
+
+def _specs(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, speeds: list[float],
+           paces: list[float], conditions: list, links: list, token: str | None) -> list[ServerSpec]:
+    """The data owners this process starts: all, or one (the same shard every host derives from the seed)."""
+    chosen = [max(args.server_id, 0)] if args.shard else [args.server_id] if args.server_id >= 0 else range(args.n_servers)
+    hosts = [link.ns_addr for link in links] or [args.host] * args.n_servers
+    paced = regime_mod.resolve(args.regime, args.time_scale, args.pace_spread).paced
+    specs = []
     for i in chosen:
         shard = shards[0] if args.shard else shards[i]
         network = links[i].describe() if links else {"netns": None, "address": args.host, **asdict(conditions[i]),
                                                      "mechanism": {}}
-        spec = ServerSpec(
+        specs.append(ServerSpec(
             index=i,
             name=f"server-{i}",
             host=hosts[i],
@@ -168,51 +195,34 @@ def _serve(args: Args, ds: data.Dataset, shards: list[np.ndarray], split: dict, 
             owner_pid=os.getpid(),
             tcp_cc=args.tcp_cc,
             faults=args.faults,
-            warm_torchscript=regime_mod.resolve(args.regime, args.time_scale, args.pace_spread).paced,  # the original wire is its default
+            warm_torchscript=paced,  # the paced regime's default is the original wire
             regime=args.regime,
-        )
-        specs.append(spec)
-        procs.append(_start(ctx, spec, ready_queue))
+        ))
+    return specs
 
-    try:
-        ports = _wait_ready(procs, ready_queue, args.start_timeout_s)
-        if ports is None:
-            return 1
-        scheme = "wss" if args.certfile else "ws"
-        addresses = ",".join(f"{scheme}://{spec.host}:{ports[spec.index]}" for spec in specs)
-        if args.ready_file:
-            tmp = Path(args.ready_file + ".tmp")
-            tmp.write_text(addresses + "\n")
-            tmp.rename(args.ready_file)
-        print(f"READY {addresses}", flush=True)
-        # Serve until told to stop. A server process that dies is started again on the same port with the
-        # same shard (its client reconnects); past --max-restarts the whole set stops, since a run with a
-        # missing data owner would silently be a different experiment.
-        restarts = [0] * len(procs)
-        while True:
-            sentinels = {p.sentinel: i for i, p in enumerate(procs)}
-            for s in mp.connection.wait(list(sentinels)):
-                i = sentinels[s]
-                procs[i].join(1.0)  # reap it, so that its exit code is known
-                if restarts[i] >= args.max_restarts:
-                    log.error("%s exited with code %s after %d restarts; stopping all servers", specs[i].name,
-                              procs[i].exitcode, restarts[i])
-                    return 1
-                restarts[i] += 1
-                port = ports[specs[i].index]
-                log.warning("%s exited with code %s; restarting it on port %d (restart %d of %d)", specs[i].name,
-                            procs[i].exitcode, port, restarts[i], args.max_restarts)
-                if restarts[i] > 1:  # a server that keeps dying at once must not spin: back off
-                    time.sleep(min(8.0, 2.0 ** (restarts[i] - 2)))
-                specs[i] = replace(specs[i], port=port)
-                procs[i] = _start(ctx, specs[i], ready_queue)
-    except KeyboardInterrupt:
-        log.info("stopping %d servers", len(procs))
-        return 0
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop_all(procs)
+
+def _supervise(args: Args, ctx, procs: list, specs: list[ServerSpec], ports: dict, ready_queue) -> int:
+    """Serve until told to stop. A server process that dies is started again on the same port with the
+    same shard (its client reconnects); past --max-restarts the whole set stops, since a run with a
+    missing data owner would silently be a different experiment."""
+    restarts = [0] * len(procs)
+    while True:
+        sentinels = {p.sentinel: i for i, p in enumerate(procs)}
+        for s in mp.connection.wait(list(sentinels)):
+            i = sentinels[s]
+            procs[i].join(1.0)  # reap it, so that its exit code is known
+            if restarts[i] >= args.max_restarts:
+                log.error("%s exited with code %s after %d restarts; stopping all servers", specs[i].name,
+                          procs[i].exitcode, restarts[i])
+                return 1
+            restarts[i] += 1
+            port = ports[specs[i].index]
+            log.warning("%s exited with code %s; restarting it on port %d (restart %d of %d)", specs[i].name,
+                        procs[i].exitcode, port, restarts[i], args.max_restarts)
+            if restarts[i] > 1:  # a server that keeps dying at once must not spin: back off
+                time.sleep(min(8.0, 2.0 ** (restarts[i] - 2)))
+            specs[i] = replace(specs[i], port=port)
+            procs[i] = _start(ctx, specs[i], ready_queue)
 
 
 def _start(ctx, spec: ServerSpec, ready_queue):

@@ -57,69 +57,87 @@ def answer(trainer: ShardTrainer, store: ObjectStore, message) -> object:
     if not (isinstance(message, list) and len(message) == 2 and isinstance(message[0], int)):
         raise ValueError("a message is [kind, contents]")
     kind, contents = message
-    if kind == pysyft.OBJECT_MESSAGE:
-        if not (isinstance(contents, list) and len(contents) == 2 and isinstance(contents[1], list)):
-            raise ValueError("an ObjectMessage carries [type, object]")
-        obj_type, obj = contents
-        if obj_type == pysyft.WRAPPER:
-            if len(obj) != 2:
-                raise ValueError("an ObjectWrapper is [id, payload]")
-            with store.lock:
-                store.put(_object_id(obj[0]), obj[1])
-            return None
-        if obj_type == pysyft.TRAIN_CONFIG:
-            if len(obj) != 9:
-                raise ValueError("a TrainConfig has nine fields")
-            model_id, _loss_id, batch_size, _epochs, optimizer, optimizer_args, config_id, max_nr_batches, shuffle = obj
-            if not (isinstance(optimizer_args, dict) and set(optimizer_args) == {"lr"}):
-                raise ValueError("optimizer_args must be {'lr': ...}")
-            config = TrainConfig.from_dict({"batch_size": batch_size, "max_nr_batches": max_nr_batches,
-                                            "lr": optimizer_args["lr"], "shuffle": shuffle, "optimizer": optimizer})
-            with store.lock:
-                store.put(_object_id(config_id), config)
-                store.train_config = (config, _object_id(model_id))
-            return None
-        raise ValueError(f"unknown object type {obj_type}")
-    if kind == pysyft.WORKER_FUNCTION:
-        if not (isinstance(contents, list) and len(contents) == 2 and contents[0] == "fit"
-                and isinstance(contents[1], list) and len(contents[1]) == 3 and isinstance(contents[1][1], dict)
-                and set(contents[1][1]) == {"dataset_key"} and isinstance(contents[1][2], list)
-                and len(contents[1][2]) == 1):
-            raise ValueError("the only worker function is fit(dataset_key=...) with one return id")
-        dataset_key, return_id = contents[1][1]["dataset_key"], _object_id(contents[1][2][0])
-        if not isinstance(dataset_key, str):
-            raise ValueError("dataset_key must be a string")
+    if kind not in ANSWERS:
+        raise ValueError(f"unknown message kind {kind}")
+    return ANSWERS[kind](trainer, store, contents)
+
+
+def _store_object(trainer: ShardTrainer, store: ObjectStore, contents) -> None:
+    """ObjectMessage: the model (an ObjectWrapper) or the TrainConfig, registered under its id."""
+    if not (isinstance(contents, list) and len(contents) == 2 and isinstance(contents[1], list)):
+        raise ValueError("an ObjectMessage carries [type, object]")
+    obj_type, obj = contents
+    if obj_type == pysyft.WRAPPER:
+        if len(obj) != 2:
+            raise ValueError("an ObjectWrapper is [id, payload]")
         with store.lock:
-            if store.train_config is None:
-                raise ValueError("fit before a TrainConfig")
-            config, model_id = store.train_config
-            payload = store.objects.get(model_id)
-        if payload is None:
-            raise ValueError(f"no model with id {model_id}")
-        weights = pysyft.weights_of(payload)
-        trainer.check_weights(weights)
-        result = trainer.fit(dataset_key, config, weights)
-        stats = {"loss": result.loss, "n_samples": result.n_samples, "compute_s": result.compute_s,
-                 "idle_s": result.idle_s}
-        with store.lock:
-            # The ObjectWrapper's model was trained in place: its id now holds the trained weights.
-            store.put(model_id, pysyft.model_payload(result.weights, trainer.dataset_key))
-            store.put(return_id, pysyft.loss_tensor(result.loss, stats))
+            store.put(_object_id(obj[0]), obj[1])
         return None
-    if kind == pysyft.OBJECT_REQUEST:
-        if not (isinstance(contents, list) and len(contents) == 3):
-            raise ValueError("an ObjectRequestMessage is [id, user, reason]")
-        obj_id = _object_id(contents[0])
+    if obj_type == pysyft.TRAIN_CONFIG:
+        if len(obj) != 9:
+            raise ValueError("a TrainConfig has nine fields")
+        model_id, _loss_id, batch_size, _epochs, optimizer, optimizer_args, config_id, max_nr_batches, shuffle = obj
+        if not (isinstance(optimizer_args, dict) and set(optimizer_args) == {"lr"}):
+            raise ValueError("optimizer_args must be {'lr': ...}")
+        config = TrainConfig.from_dict({"batch_size": batch_size, "max_nr_batches": max_nr_batches,
+                                        "lr": optimizer_args["lr"], "shuffle": shuffle, "optimizer": optimizer})
         with store.lock:
-            obj = store.objects.pop(obj_id, None)  # respond_to_obj_req de-registers what it sends
-        if obj is None or isinstance(obj, TrainConfig):
-            raise ValueError(f"no object with id {obj_id}")
-        return obj if obj_id == pysyft.LOSS_ID else [pysyft.WRAPPER, [obj_id, obj]]
-    if kind == pysyft.FORCE_DELETE:
-        with store.lock:
-            store.objects.pop(_object_id(contents), None)
+            store.put(_object_id(config_id), config)
+            store.train_config = (config, _object_id(model_id))
         return None
-    raise ValueError(f"unknown message kind {kind}")
+    raise ValueError(f"unknown object type {obj_type}")
+
+
+def _fit(trainer: ShardTrainer, store: ObjectStore, contents) -> None:
+    """fit(dataset_key=...): train the registered model in place; its loss goes under the return id."""
+    if not (isinstance(contents, list) and len(contents) == 2 and contents[0] == "fit"
+            and isinstance(contents[1], list) and len(contents[1]) == 3 and isinstance(contents[1][1], dict)
+            and set(contents[1][1]) == {"dataset_key"} and isinstance(contents[1][2], list)
+            and len(contents[1][2]) == 1):
+        raise ValueError("the only worker function is fit(dataset_key=...) with one return id")
+    dataset_key, return_id = contents[1][1]["dataset_key"], _object_id(contents[1][2][0])
+    if not isinstance(dataset_key, str):
+        raise ValueError("dataset_key must be a string")
+    with store.lock:
+        if store.train_config is None:
+            raise ValueError("fit before a TrainConfig")
+        config, model_id = store.train_config
+        payload = store.objects.get(model_id)
+    if payload is None:
+        raise ValueError(f"no model with id {model_id}")
+    weights = pysyft.weights_of(payload)
+    trainer.check_weights(weights)
+    result = trainer.fit(dataset_key, config, weights)
+    stats = {"loss": result.loss, "n_samples": result.n_samples, "compute_s": result.compute_s,
+             "idle_s": result.idle_s}
+    with store.lock:
+        # The ObjectWrapper's model was trained in place: its id now holds the trained weights.
+        store.put(model_id, pysyft.model_payload(result.weights, trainer.dataset_key))
+        store.put(return_id, pysyft.loss_tensor(result.loss, stats))
+    return None
+
+
+def _send_object(trainer: ShardTrainer, store: ObjectStore, contents) -> object:
+    """ObjectRequestMessage: the object under an id, de-registered as respond_to_obj_req did."""
+    if not (isinstance(contents, list) and len(contents) == 3):
+        raise ValueError("an ObjectRequestMessage is [id, user, reason]")
+    obj_id = _object_id(contents[0])
+    with store.lock:
+        obj = store.objects.pop(obj_id, None)
+    if obj is None or isinstance(obj, TrainConfig):
+        raise ValueError(f"no object with id {obj_id}")
+    return obj if obj_id == pysyft.LOSS_ID else [pysyft.WRAPPER, [obj_id, obj]]
+
+
+def _delete_object(trainer: ShardTrainer, store: ObjectStore, contents) -> None:
+    with store.lock:
+        store.objects.pop(_object_id(contents), None)
+    return None
+
+
+# What each of PySyft 0.2.3's message kinds does here (the round's seven exchanges use these four).
+ANSWERS = {pysyft.OBJECT_MESSAGE: _store_object, pysyft.WORKER_FUNCTION: _fit, pysyft.OBJECT_REQUEST: _send_object,
+           pysyft.FORCE_DELETE: _delete_object}
 
 
 def handle_text(trainer: ShardTrainer, store: ObjectStore, text) -> tuple[str, str | None]:
