@@ -7,14 +7,34 @@ Adding a wire: its module here with a ``Wire`` subclass registered in ``WIRES``,
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from asyncfl.core.protocol import FitResult, TrainConfig
 
-if TYPE_CHECKING:
-    from asyncfl.client.remote import RemoteServer
+
+class Remote(Protocol):
+    """What a wire may use of its connection (client/remote.py's RemoteServer)."""
+
+    name: str
+    uri: str
+    info: dict  # the server's hello, once asked
+    spec: dict  # the run's model: names, shapes, dtypes (core/model.weight_spec)
+    shared_memory: bool  # may this connection use a shared memory segment
+    segment: object  # the connection's segment (net/shm.Segment), if the wire attached one
+
+    def hello(self, timeout_s: float) -> dict: ...
+
+    def request(self, header: dict, weights, expect: str, timeout_s: float | None, frame: list | None = None): ...
+
+    def exchange(self, message, what: str, timeout_s: float | None): ...
+
+    def last_waits(self) -> tuple[float, float]: ...
+
+    def tcp_mark(self): ...
+
+    def tcp_since(self, before, first_byte_s: float, longest_gap_s: float) -> None: ...
 
 
 class Wire:
@@ -26,11 +46,11 @@ class Wire:
     def __init__(self, dataset: str):
         self.dataset = dataset
 
-    def open(self, remote: RemoteServer, timeout_s: float) -> dict:
+    def open(self, remote: Remote, timeout_s: float) -> dict:
         """What a fresh connection says before its first round; the server's hello info."""
         raise NotImplementedError
 
-    def fit(self, remote: RemoteServer, dataset_key: str, train_config: TrainConfig,
+    def fit(self, remote: Remote, dataset_key: str, train_config: TrainConfig,
             weights: dict[str, torch.Tensor], timeout_s: float | None) -> FitResult:
         raise NotImplementedError
 
