@@ -14,6 +14,7 @@ from asyncfl.core import data
 from asyncfl.core.schema import EVENTS_HEADER, ROUNDS_HEADER
 from asyncfl.core.split import make_split
 from asyncfl.launch import pysyft
+from asyncfl.process import runlog
 from asyncfl.settings import LaunchArgs
 from tests.helpers import ROOT, read_csv, run_script
 
@@ -50,6 +51,7 @@ def test_a_run_on_pysyft_writes_the_native_run_folder_from_the_same_split(tmp_pa
     versions = config["versions"]
     assert config["backend"] == "pysyft" and versions["syft"] == "0.2.3" and versions["torch"] == "1.4.0"
     assert versions["python"].startswith("3.7.")
+    assert versions["asyncfl_git"] == runlog.git_commit() is not None  # the launcher's commit, as the native run records it
     finished = config["finished"]
     assert finished["stop_reason"] == "duration" and all(n > 0 for n in finished["rounds_per_server"])
     # The same shards as the native backend's: the split is made by the same code from the same settings.

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 from dataclasses import asdict
 from datetime import datetime
 from importlib.metadata import version
-from pathlib import Path
 
 from asyncfl.client.remote import RemoteServer
 from asyncfl.core import regime as regime_mod
 from asyncfl.core.naming import single_run_dir
 from asyncfl.net import tcp
-from asyncfl.process import cpu
+from asyncfl.process import cpu, runlog
 
 
 def redacted(args) -> dict:
@@ -66,11 +64,7 @@ def versions() -> dict:
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("torch", "numpy", "safetensors", "scikit-learn", "yappi"):
         out[pkg] = version(pkg)
-    try:
-        out["asyncfl_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except OSError:
-        out["asyncfl_git"] = None
+    out["asyncfl_git"] = runlog.git_commit()
     return out
 
 

@@ -33,6 +33,7 @@ from asyncfl.core.split import SplitRefused, make_split, shard_fingerprint
 from asyncfl.core.task import eval_set
 from asyncfl.net import tcp
 from asyncfl.netem import lab as netem
+from asyncfl.process import runlog
 from asyncfl.process.runlog import write_json
 from asyncfl.settings import LaunchArgs, parse_speeds, settle
 
@@ -229,7 +230,7 @@ def run_config(args: LaunchArgs, cargs, regime, rule, split, infos, hosts, owner
         "weights_via": ["websocket"] * n,
         "dataset": split,
         "shard_fingerprints": [info["shard_fingerprint"] for info in infos],
-        "versions": {"launcher_python": sys.version.split()[0]},
+        "versions": {"launcher_python": sys.version.split()[0], "asyncfl_git": runlog.git_commit()},
         "started_at": datetime.now().isoformat(timespec="seconds"),
     }
 

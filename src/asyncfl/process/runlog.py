@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -119,3 +120,12 @@ def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
+
+
+def git_commit() -> str | None:
+    """This checkout's commit (short), for config.json's ``versions``; None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
