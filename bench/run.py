@@ -22,6 +22,12 @@ write, prints a table and writes ``bench/results.json``:
   measured right before and right after each run, their mean used, since the machine's speed drifts),
   resident memory per server process (RSS, and PSS which splits shared pages among the processes sharing
   them), and ``startup_s``: seconds from starting server/main.py to all servers listening.
+- ``sync_round_ratio``: 4 servers, ``--aggregation fedavg``, 1 batch of 32, the default evaluation and
+  profiling: the median synchronous round (the time between two rounds' last updates, the first 10 left
+  out) over the compute bound of one, ``servers x median step time / cores`` (the step time measured right
+  before and after in the same invocation, their mean used); beside it each process's CPU per round from
+  the kernel's own accounting (config.json's ``finished.cpu``): the client's per update, each server's
+  beyond the step time measured alone, the evaluator's. ``--only sync`` measures just this.
 - ``split_s``: median time to split 60,000 labels over 32 servers (D=600).
 """
 
@@ -67,7 +73,8 @@ class Args:
     overhead_s: float = 20.0  # length of the 1-server run that measures the round overhead, seconds
     scaling_s: float = 15.0  # length of each scaling run, seconds
     tta_s: float = 20.0  # length of each federated time-to-F1 run, seconds
-    only: Literal["all", "overhead"] = "all"  # overhead: only the round overhead, both ways (about a minute)
+    only: Literal["all", "overhead", "sync"] = "all"  # overhead: only the round overhead, both ways (about a minute); sync: only sync_round_ratio
+    sync_s: float = 20.0  # length of the synchronous (fedavg) run of sync_round_ratio, seconds
     tta_eval_interval_s: float = 0.1  # scoring interval of both time-to-F1 measurements, seconds: their resolution
 
 
@@ -191,6 +198,38 @@ def bench_tta(args: Args, workdir: Path) -> dict:
             "tta90_ratio": round(fl_s / central_s, 3) if fl_s and central_s else None}
 
 
+def bench_sync_round(args: Args, workdir: Path, n: int = 4) -> dict:
+    """sync_round_ratio and who spends each millisecond of a synchronous round beyond training."""
+    cores = len(os.sched_getaffinity(0))
+    step_before_s = step_time_s(100)
+    with servers(n, workdir) as (addresses, *_):
+        config = client(addresses, workdir / "sync", args.sync_s, "--aggregation", "fedavg")
+    step_after_s = step_time_s(100)
+    step_s = (step_before_s + step_after_s) / 2
+    rows = read_rows(workdir / "sync" / "rounds.csv")
+    ends: dict[int, float] = {}
+    for r in rows:  # a synchronous round ends with its last server's update
+        ends[int(r["round"])] = max(ends.get(int(r["round"]), 0.0), float(r["time_s"]))
+    times = [ends[k] for k in sorted(ends)][10:]
+    round_s = statistics.median(b - a for a, b in zip(times, times[1:]))
+    bound_s = n * step_s / cores
+    fin, cpu = config["finished"], config["finished"]["cpu"]
+    rounds = min(fin["rounds_per_server"])
+    server_cpu = [cpu[f"server-{i}"]["cpu_s"] / fin["rounds_per_server"][i] for i in range(n)]
+    return {"sync_round_ratio": round(round_s / bound_s, 3), "sync_round_s_median": round(round_s, 5),
+            "sync_bound_s": round(bound_s, 5), "sync_step_s_before": round(step_before_s, 5),
+            "sync_step_s_after": round(step_after_s, 5), "sync_rounds": rounds,
+            # per server result combined (fedavg counts one global update a round)
+            "sync_client_cpu_ms_per_update": round(1000 * cpu["client"]["cpu_s"] / sum(fin["rounds_per_server"]), 3),
+            "sync_server_cpu_ms_per_round": [round(1000 * c, 3) for c in server_cpu],
+            # beyond the step's own CPU (measured alone): rounds.csv's compute_s is wall time, two servers a core
+            "sync_server_beyond_step_ms": [round(1000 * (c - step_s), 3) for c in server_cpu],
+            "sync_evaluator_cpu_ms_per_round": round(1000 * cpu["evaluator"]["cpu_s"] / rounds, 3),
+            "sync_other_cpu_ms_per_round": {k: round(1000 * v["cpu_s"] / rounds, 3) for k, v in cpu.items()
+                                            if k not in ("client", "evaluator") and not k.startswith("server-")},
+            "sync_starved": fin.get("starved")}
+
+
 def bench_scaling(args: Args, workdir: Path) -> list[dict]:
     cores = len(os.sched_getaffinity(0))
     table = []
@@ -252,11 +291,17 @@ def main(args: Args) -> int:
         step_s = step_time_s()
         results["step_s_median"] = round(step_s, 5)
         results["compute_bound_updates_per_s"] = round(results["machine"]["cores"] / step_s, 1)
-        print("round overhead (1 server) ...", flush=True)
-        results.update(bench_overhead(args, workdir))
-        results.update(bench_overhead(args, workdir, "_socket", "--no-shared-memory"))
+        if args.only != "sync":
+            print("round overhead (1 server) ...", flush=True)
+            results.update(bench_overhead(args, workdir))
+            results.update(bench_overhead(args, workdir, "_socket", "--no-shared-memory"))
         if args.only == "overhead":
             print(json.dumps({k: v for k, v in results.items() if "overhead" in k or "_s_median" in k}, indent=2))
+            return 0
+        print("synchronous round (4 servers, fedavg) ...", flush=True)
+        results.update(bench_sync_round(args, workdir))
+        if args.only == "sync":
+            print(json.dumps({k: v for k, v in results.items() if k.startswith("sync")}, indent=2))
             return 0
         print("time to F1 0.90 ...", flush=True)
         results.update(bench_tta(args, workdir))
@@ -274,8 +319,11 @@ def print_table(r: dict) -> None:
     for key, unit in [("round_overhead_ratio", ""), ("round_s_median", "s"), ("compute_s_median", "s"),
                       ("round_overhead_ratio_socket", ""), ("round_s_median_socket", "s"),
                       ("tta90_fl_s", "s"), ("tta90_central_s", "s"), ("tta90_ratio", ""), ("split_s", "s"),
-                      ("step_s_median", "s"), ("compute_bound_updates_per_s", "/s")]:
+                      ("step_s_median", "s"), ("compute_bound_updates_per_s", "/s"), ("sync_round_ratio", ""),
+                      ("sync_round_s_median", "s"), ("sync_client_cpu_ms_per_update", "ms"),
+                      ("sync_evaluator_cpu_ms_per_round", "ms")]:
         print(f"{key:<34}{r[key] if r[key] is not None else 'never':>12} {unit}")
+    print(f"{'sync_server_beyond_step_ms':<34}{' '.join(f'{v:.2f}' for v in r['sync_server_beyond_step_ms']):>12} ms")
     print(f"\n{'servers':>7} {'updates/s':>10} {'of bound':>9} {'with eval':>10} {'RSS MiB':>8} {'PSS MiB':>8} "
           f"{'start s':>8} {'step ms':>8}")
     for row in r["scaling"]:
