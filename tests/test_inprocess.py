@@ -201,3 +201,24 @@ def test_the_feed_gets_a_snapshot_at_every_advance_of_the_slowest_server(tmp_pat
     h = Harness(tmp_path, 3, rules.get("ssp")(3), 9999, 10).start()
     h.finish()
     assert h.epochs == list(range(1, min(h.state.rounds()) + 1))
+
+
+def test_the_round_timers_count_every_round_and_split_its_time_into_gate_and_fit(tmp_path):
+    # Arrange: S=0, server 0 slow (20 ms before each fit): the others wait for it at the gate
+    from asyncfl.client.profiling import RoundTimers
+
+    h = Harness(tmp_path, 3, rules.build(ClientArgs(aggregation="ssp"), 3), 0, target=6, hooks={0: lambda _: time.sleep(0.02)})
+    h.ctx.timers = RoundTimers(3)
+    # Act
+    h.start()
+    rows, _ = h.finish()
+    h.ctx.timers.write_csv(tmp_path / "yappi.csv", ["server-0", "server-1", "server-2"], h.state.rounds(),
+                           h.state.max_staleness)
+    prof = read_csv(tmp_path / "yappi.csv")
+    # Assert: a loop call per round (and the last one that found the run stopped), each split into gate and fit
+    calls = h.ctx.timers.calls
+    for i, row in enumerate(prof):
+        assert calls["loop"][i] >= h.state.rounds()[i] and calls["gate"][i] == calls["loop"][i]
+        assert float(row["loop_total_s"]) >= float(row["fit_total_s"]) + float(row["gate_total_s"]) - 1e-6
+    assert float(prof[0]["fit_mean_s"]) >= 0.02  # the slow one's fits hold its sleep
+    assert min(float(prof[i]["gate_frac"]) for i in (1, 2)) > float(prof[0]["gate_frac"])  # the others waited

@@ -52,7 +52,7 @@ def test_a_run_against_data_owners_on_other_hosts(tmp_path):
         # Execute: the model owner, on this "host", through train.sh with a --servers list.
         out = tmp_path / "run"
         run = subprocess.run(["./train.sh", "--servers", addresses, "--duration-s", "8", "--eval-interval-s", "2",
-                              "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                              "--profiler", "yappi", "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180,
                              env={**os.environ, "ASYNCFL_TOKEN": TOKEN})
         # Assert: the same run files as a local run (servers.log belongs to local servers), the addresses
         # recorded and never the token, and each owner holding the shard a local split gives it.
@@ -66,6 +66,9 @@ def test_a_run_against_data_owners_on_other_hosts(tmp_path):
         assert config["servers"] == addresses.split(",") and config["security"]["token"] is True
         assert config["finished"]["stop_reason"] == "duration" and config["finished"]["errors"] == []
         assert {r["server"] for r in read_csv(out / "rounds.csv")} == {"0", "1"}
+        # the paper's profiler (--profiler yappi) finds the round loop's functions in both threads
+        assert all(float(r["fit_total_s"]) > 0 and float(r["loop_total_s"]) >= float(r["fit_total_s"])
+                   for r in read_csv(out / "yappi.csv"))
         ds = data.load("mnist-5k", str(ROOT / "data"))
         _, local = make_split(SplitSettings(n_servers=2, stdev=10000), ds.train_labels, 10, ds.name, ds.source)
         assert [info["class_counts"] for info in config["server_info"]] == local["fingerprints"]["class_counts"]

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from asyncfl.client.feed import EvalFeed
+from asyncfl.client.profiling import RoundTimers
 from asyncfl.client.remote import ConnectionLost, RemoteError, RemoteServer
 from asyncfl.core.protocol import TrainConfig
 from asyncfl.core.state import TrainingState
@@ -40,6 +41,7 @@ class RunContext:
     t0: float  # time.monotonic() when training started
     retries: list[int] = field(default_factory=list)  # rounds abandoned per server (timeouts, lost connections)
     faults: str = "modern"  # original: reconnect at once after a timeout; any other error ends the thread
+    timers: RoundTimers | None = None  # --profiler timers (client/profiling.py)
 
     def event(self, server: int | str, event: str, detail: str = "", level: int = logging.INFO,
               silence_s: float | None = None, round_s: float | None = None) -> None:
@@ -52,14 +54,31 @@ class RunContext:
 
 def run_round(ctx: RunContext, server: int) -> bool:
     """One round of one server: gate, snapshot, remote fit, aggregate. False once the run stops."""
+    if ctx.timers is None:
+        return _round(ctx, server, None)
+    clock = [time.perf_counter(), None, None]  # began; the gate's and the fit's seconds, once known
+    try:
+        return _round(ctx, server, clock)
+    finally:
+        ctx.timers.add(server, time.perf_counter() - clock[0], clock[2], clock[1])
+
+
+def _round(ctx: RunContext, server: int, clock: list | None) -> bool:
     state = ctx.state
-    if not state.wait_turn(server):
+    ok = state.wait_turn(server)
+    if clock is not None:
+        clock[1] = time.perf_counter() - clock[0]
+    if not ok:
         return False
     snap = state.snapshot()
     t = time.perf_counter()
-    result = ctx.remotes[server].fit(dataset_key=ctx.dataset_key, train_config=ctx.train_config, weights=snap.weights,
-                                     timeout_s=ctx.round_timeout_s)
-    round_s = time.perf_counter() - t
+    try:
+        result = ctx.remotes[server].fit(dataset_key=ctx.dataset_key, train_config=ctx.train_config,
+                                         weights=snap.weights, timeout_s=ctx.round_timeout_s)
+    finally:
+        round_s = time.perf_counter() - t
+        if clock is not None:
+            clock[2] = round_s
     if state.stop_event.is_set():
         return False  # the run ended while this round was out: it does not count
     prepared = state.rule.prepare(snap.weights, result.weights, result.n_samples)  # outside the lock

@@ -80,14 +80,15 @@ class Training:
                         latest_only=a.eval_every_rounds == 0, free=self.ev.free, epoch_ok_at=self.ev.epoch_ok_at)
         self.ctx = RunContext(self.state, self.remotes, self.train_config, a.dataset, self.rounds_log, self.events_log,
                               feed, a.eval_every_rounds, a.round_timeout_s, self.regime.time_scale,
-                              self.t0, retries=[0] * n, faults=a.faults)
+                              self.t0, retries=[0] * n, faults=a.faults,
+                              timers=profiling.RoundTimers(n) if a.profile and a.profiler == "timers" else None)
         self.threads = [threading.Thread(target=server_loop, args=(self.ctx, i, self.errors), name=f"server-{i}")
                         for i in range(n)]
         # Ctrl-C and SIGTERM end training early, however often they arrive: the handler only flags it, and
         # the results are still written and the evaluator drained.
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        if a.profile:
+        if a.profile and a.profiler == "yappi":
             profiling.start()
         # Every lossy link's backoff state lasts at least two minimum RTOs: sampling once a minimum RTO sees each.
         rto_min_s = min((info.get("network", {}).get("rto_min_ms") or 200.0) for info in self.infos) / 1000
@@ -180,9 +181,12 @@ class Training:
         feed.submit("time", final.weights, final.min_round, final.max_round, time_s=elapsed_s, final=True)
         feed.finish()
         self.rounds_log.close()
-        if self.args.profile:
-            profiling.write_csv(self.out_dir / schema.YAPPI, [t.name for t in self.threads], state.rounds(),
-                                state.max_staleness)
+        if self.ctx.timers is not None:
+            self.ctx.timers.write_csv(self.out_dir / schema.YAPPI, [t.name for t in self.threads], state.rounds(),
+                                      state.max_staleness)
+        elif self.args.profile:
+            profiling.write_yappi_csv(self.out_dir / schema.YAPPI, [t.name for t in self.threads], state.rounds(),
+                                      state.max_staleness)
         save_file({k: v.contiguous() for k, v in final.weights.items()}, str(self.out_dir / schema.MODEL))
         log.info("training stopped (%s) after %.1f s: %d updates, rounds per server %s, largest staleness %d",
                  stop_reason, elapsed_s, state.updates(), state.rounds(), max(state.max_staleness))
