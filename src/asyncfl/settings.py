@@ -78,7 +78,7 @@ class ClientArgs(*rules.option_classes()):
     seed: int = 0  # seed of the initial global model
     out_dir: str = ""  # run folder; empty = out/L<loss>-D<stdev>-S<staleness>-<timestamp>
     profile: bool = True  # per server thread: wall time in the round loop, the remote fit and the SSP gate, into yappi.csv
-    profiler: Literal["timers", "yappi"] = "timers"  # timers: three clock reads a round (nothing measurable); yappi: the paper's profiler, every call hooked (about a fifth of the client's CPU in a fast run)
+    profiler: Literal["timers", "yappi"] | None = None  # [regime] timers: three clock reads a round (nothing measurable; fast); yappi: the paper's profiler, every call hooked (about a fifth of the client's CPU in a fast run; paper)
     live: bool = True  # a live status line (rounds, staleness, latest F1) when stdout is a terminal
     verbose: bool = False  # also print every round-wise F1 (they are all in f1_epoch.csv either way)
     connect_timeout_s: float = 60.0  # how long to keep trying to reach each server at start, in seconds

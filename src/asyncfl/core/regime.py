@@ -126,9 +126,11 @@ def client_defaults(name: str, time_scale: float = DEFAULT_TIME_SCALE) -> dict:
         r = paper_regime(time_scale)
         return {"duration_s": r.duration_s, "eval_interval_s": r.eval_interval_s, "eval_every_rounds": 1,
                 "eval_samples": 2000, "round_timeout_s": r.round_timeout_s, "timeout_on": "silence",
-                "evaluator_nice": 10, "eval_cpu_frac": 0.0, "wire": "original"}
+                "evaluator_nice": 10, "eval_cpu_frac": 0.0, "wire": "original",
+                "profiler": "yappi"}  # the paper's profiler: its cost stays in the client as the original's did
     return {"duration_s": 60.0, "eval_interval_s": 15.0, "eval_every_rounds": 0, "eval_samples": 0,
-            "round_timeout_s": 60.0, "timeout_on": "round", "evaluator_nice": 0, "eval_cpu_frac": 0.05, "wire": "modern"}
+            "round_timeout_s": 60.0, "timeout_on": "round", "evaluator_nice": 0, "eval_cpu_frac": 0.05, "wire": "modern",
+            "profiler": "timers"}
 
 
 def server_paces(rng: np.random.Generator, n_servers: int, mean_s: float, spread: float) -> list[float]:
