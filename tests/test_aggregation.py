@@ -154,8 +154,8 @@ def test_the_registry_names_every_rule_once_and_their_flags_never_clash():
 def test_a_rule_that_brings_its_own_barrier_runs_the_gate_at_zero_and_refuses_a_server_timeout():
     from asyncfl.settings import ClientArgs
 
-    assert rules.build(ClientArgs(aggregation="fedavg"), 2).staleness_threshold(9999) == 0
-    assert rules.build(ClientArgs(aggregation="ssp"), 2).staleness_threshold(6) == 6
+    assert rules.build(ClientArgs(aggregation="fedavg", staleness_threshold=9999), 2).staleness == 0  # the rule owns S
+    assert rules.build(ClientArgs(aggregation="ssp", staleness_threshold=6), 2).staleness == 6
     with pytest.raises(ValueError, match="server-timeout-s"):
         rules.build(ClientArgs(aggregation="fedavg", server_timeout_s=5), 2)
 

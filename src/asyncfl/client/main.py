@@ -39,13 +39,6 @@ from asyncfl.settings import ClientArgs as Args
 log = logging.getLogger("asyncfl.client")
 
 
-def make_rule(args: Args, n_servers: int) -> tuple[rules.Rule, int]:
-    """The aggregation rule, and the staleness threshold the gate uses with it (a rule with a barrier of
-    its own, fedavg: 0)."""
-    rule = rules.build(args, n_servers)
-    return rule, rule.staleness_threshold(args.staleness_threshold)
-
-
 def resolve_servers(args: Args) -> list[str]:
     if args.servers:
         return [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -135,24 +128,24 @@ def connect_and_train(args: Args, regime, evaluator, ev: EvaluatorArgs) -> int:
         token = auth.resolve_token(args.token)
         remotes = [RemoteServer(uri, f"server-{i}", token, args.cafile, args.shared_memory, args.timeout_on,
                                 args.tcp_cc, args.dataset, args.wire) for i, uri in enumerate(uris)]
-        rule, staleness_threshold = make_rule(args, len(remotes))
+        rule = rules.build(args, len(remotes))  # with the gate's S it runs at (rule.staleness)
         train_config.validate()
         infos = [w.connect(args.connect_timeout_s) for w in remotes]
         check_servers(args, infos)
     except (ValueError, OSError, RemoteError) as e:
         log.error("%s", e)
         return 2
-    out_dir = Path(args.out_dir or default_out_dir(infos, staleness_threshold, args.aggregation))
+    out_dir = Path(args.out_dir or default_out_dir(infos, rule))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         log.error("--out-dir %s: %s", out_dir, e.strerror or e)
         return 2
     setup_logging(out_dir / schema.CLIENT_LOG)
-    config = start_record(args, regime, uris, rule, staleness_threshold, token, train_config, infos, remotes)
+    config = start_record(args, regime, uris, rule, token, train_config, infos, remotes)
     write_json(out_dir / schema.CONFIG, config)
     log.info("run folder %s; %d servers, %s, S=%d, %.0f s%s", out_dir, len(remotes), args.aggregation,
-             staleness_threshold, args.duration_s, f", paper regime K={args.time_scale:g}" if regime.paced else "")
+             rule.staleness, args.duration_s, f", paper regime K={args.time_scale:g}" if regime.paced else "")
     # Training starts once the evaluator can score: its start-up would otherwise eat the first seconds.
     while not ev.ready.wait(0.5):
         if not evaluator.is_alive():
@@ -160,5 +153,5 @@ def connect_and_train(args: Args, regime, evaluator, ev: EvaluatorArgs) -> int:
             return 1
     ev.requests.put(str(out_dir))
     log.info("evaluator ready (pid %d)", evaluator.pid)
-    return Training(args, regime, remotes, infos, rule, staleness_threshold, train_config, evaluator, ev, out_dir,
+    return Training(args, regime, remotes, infos, rule, train_config, evaluator, ev, out_dir,
                     config).run()

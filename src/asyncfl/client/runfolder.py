@@ -25,11 +25,11 @@ def redacted(args) -> dict:
     return {**asdict(args), "token": "<set>" if args.token else ""}
 
 
-def default_out_dir(infos: list[dict], staleness_threshold: int, rule: str) -> str:
+def default_out_dir(infos: list[dict], rule) -> str:
     loss = infos[0].get("network", {}).get("loss_pct", 0)
     split = infos[0].get("split", {})
     stdev = split.get("stdev")  # none for owners serving their own data
-    return single_run_dir(f"{loss:g}", stdev, staleness_threshold, rule, split.get("partition", "gaussian"))
+    return single_run_dir(f"{loss:g}", stdev, rule.staleness, rule.name, split.get("partition", "gaussian"))
 
 
 def transport_record(infos: list[dict], remotes: list[RemoteServer]) -> dict:
@@ -68,7 +68,7 @@ def versions() -> dict:
     return out
 
 
-def start_record(args, regime, uris: list[str], rule, staleness_threshold: int, token: str | None, train_config,
+def start_record(args, regime, uris: list[str], rule, token: str | None, train_config,
                  infos: list[dict], remotes: list[RemoteServer]) -> dict:
     """config.json as written when training starts: the settings, the servers as they introduced
     themselves, how they are reached, and the versions of everything."""
@@ -76,7 +76,7 @@ def start_record(args, regime, uris: list[str], rule, staleness_threshold: int, 
         "args": redacted(args),
         "servers": uris,
         "aggregation": rule.describe(),
-        "staleness_threshold": staleness_threshold,  # the gate's S as used (fedavg: 0)
+        "staleness_threshold": rule.staleness,  # the gate's S as used (fedavg: 0)
         "security": {"token": token is not None, "tls": [u.startswith("wss://") for u in uris], "cafile": args.cafile},
         "n_servers": len(remotes),
         "train_config": train_config.to_dict(),

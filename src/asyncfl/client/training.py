@@ -44,8 +44,7 @@ class Training:
     regime: object  # core.regime.Regime
     remotes: list[RemoteServer]  # connected, in server order
     infos: list[dict]  # their hello replies
-    rule: object  # core.rules.Rule
-    staleness_threshold: int  # the gate's S as used
+    rule: object  # core.rules.Rule, with the gate's S as used (rule.staleness)
     train_config: TrainConfig
     evaluator: object  # the evaluator's multiprocessing.Process, ready
     ev: EvaluatorArgs
@@ -70,7 +69,7 @@ class Training:
     def _start(self) -> None:
         a, n = self.args, len(self.remotes)
         # Flat (one buffer): copies into shared memory and the study's update are then one operation each.
-        self.state = TrainingState(flatten(initial_weights(a.seed, a.dataset)), n, self.staleness_threshold, self.rule)
+        self.state = TrainingState(flatten(initial_weights(a.seed, a.dataset)), n, self.rule.staleness, self.rule)
         self.rounds_log = CsvLog(self.out_dir / schema.ROUNDS, schema.ROUNDS_HEADER)
         self.events_log = CsvLog(self.out_dir / schema.EVENTS, schema.EVENTS_HEADER)
         self.processes = local_processes(self.infos, self.evaluator.pid)

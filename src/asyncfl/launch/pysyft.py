@@ -195,7 +195,7 @@ def client_spec(args: LaunchArgs, cargs, regime, rule, ds, work: Path, out_dir: 
     spec, n = datasets.get(args.dataset), args.n_servers
     return {"servers": [{"host": hosts[i], "port": owners[i]["port"]} for i in range(n)],
             "server_pids": {f"server-{i}": owners[i]["pid"] for i in range(n)},
-            "staleness_threshold": rule.staleness_threshold(args.staleness_threshold),
+            "staleness_threshold": rule.staleness,
             "duration_s": cargs.duration_s, "eval_interval_s": cargs.eval_interval_s,
             "eval_every_rounds": cargs.eval_every_rounds,
             "timeout_s": regime.round_timeout_s,  # PySyft's TIMEOUT_INTERVAL (60 s), / K in the paper regime
@@ -217,7 +217,7 @@ def run_config(args: LaunchArgs, cargs, regime, rule, split, infos, hosts, owner
                  "token": ""},
         "servers": [f"ws://{hosts[i]}:{owners[i]['port']}" for i in range(n)],
         "aggregation": rule.describe(),
-        "staleness_threshold": rule.staleness_threshold(args.staleness_threshold),
+        "staleness_threshold": rule.staleness,
         "security": {"token": False, "tls": [False] * n, "cafile": ""},
         "n_servers": n,
         "train_config": TrainConfig(args.batch_size, args.batches_per_round, args.lr, args.shuffle).to_dict(),

@@ -38,11 +38,14 @@ def option_classes() -> tuple[type, ...]:
 
 
 def build(args, n_servers: int) -> Rule:
-    """The rule ``args.aggregation`` names, with its options read from ``args``; ValueError if refused."""
+    """The rule ``args.aggregation`` names, with its options read from ``args`` and the gate's S from
+    ``args.staleness_threshold`` (``rule.staleness``); ValueError if refused."""
     cls = get(args.aggregation)
     if why := cls.refuse(args):
         raise ValueError(why)
-    return cls(n_servers, cls.options_from(args))
+    rule = cls(n_servers, cls.options_from(args))
+    rule.staleness = rule.staleness_threshold(args.staleness_threshold)
+    return rule
 
 
 def label(record: dict) -> str:

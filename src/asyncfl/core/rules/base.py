@@ -45,6 +45,9 @@ class Rule:
         self.ops = arithmetic
         self.n_servers = n_servers
         self.options = options if options is not None else self.Options()
+        # The S the SSP gate runs with: the rule owns it (rules.build sets it from the flag; a rule with a
+        # barrier of its own runs at 0).
+        self.staleness = 0
 
     def prepare(self, snapshot: StateDict, new: StateDict, n_samples: int):
         return new
