@@ -3,6 +3,7 @@ message table in docs/departures.md, malformed text through a live server, and t
 ``--faults original``'s server."""
 
 import io
+import json
 import re
 import sys
 import time
@@ -248,3 +249,12 @@ def test_a_reconnection_whose_handshake_times_out_ends_the_thread_as_the_origina
         assert "HandshakeTimeout" in str(lost.value)
     finally:
         silent.close()
+
+
+def test_a_loss_beyond_a_float_is_a_malformed_reply():
+    # An owner's loss tensor whose statistics carry a 4,000-digit integer: refused as the wire's error
+    # (the round is abandoned), not an OverflowError that ended the whole client (issue 40).
+    reply = [pysyft.TENSOR, [pysyft.LOSS_ID, b"", None, None, None,
+                             json.dumps({"loss": 10**4000, "n_samples": 32, "compute_s": 0.0, "idle_s": 0.0}), "torch"]]
+    with pytest.raises(pysyft.SyftWireError, match="loss"):
+        pysyft.read_loss(reply)

@@ -58,3 +58,38 @@ def test_reconnect_gives_up_when_the_run_stops():
 def test_connect_fails_with_a_clear_error():
     with pytest.raises(RemoteError, match="cannot connect"):
         RemoteServer("ws://127.0.0.1:1", "server-0").connect(timeout_s=0.3)
+
+
+@pytest.fixture
+def overflowing_server():
+    """Answers hello, then every fit with the weights it got and a loss too large for a float (a
+    malicious or broken owner, issue 40)."""
+
+    def handler(conn):
+        try:
+            for frame in conn:
+                header, weights = wire.decode(frame)
+                if header["type"] == "hello":
+                    conn.send(wire.encode({"type": "hello_ok", "protocol": wire.PROTOCOL_VERSION, "server": "big"}))
+                else:
+                    conn.send(wire.encode({"type": "fit_ok", "loss": 10**4000, "n_samples": 32, "compute_s": 0.01,
+                                           "idle_s": 0.0}, weights))
+        except Exception:
+            pass
+
+    with serve(handler, "127.0.0.1", 0, compression=None, max_size=wire.MAX_FRAME_BYTES) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+        server.shutdown()
+
+
+def test_a_loss_beyond_a_float_is_a_bad_reply_not_a_crash(overflowing_server):
+    # A BadReply is a lost round (abandoned, retried on a new connection); an OverflowError ended the run.
+    from asyncfl.client.errors import BadReply
+
+    worker = RemoteServer(overflowing_server, "server-0", shared_memory=False)
+    worker.connect(timeout_s=10)
+    with pytest.raises(BadReply, match="loss"):
+        worker.fit(dataset_key="mnist-5k", train_config=TrainConfig(), weights=initial_weights(0), timeout_s=10)
+    worker.close()

@@ -78,4 +78,8 @@ def fit_stats(header: dict) -> tuple[float, int, float, float]:
     if not (isinstance(stats["n_samples"], int) and 0 <= stats["n_samples"] <= 10**8
             and 0 <= stats["compute_s"] < 1e6 and 0 <= stats["idle_s"] < 1e7):
         raise ValueError(f"implausible round statistics {stats}")
-    return float(stats["loss"]), stats["n_samples"], float(stats["compute_s"]), float(stats["idle_s"])
+    try:
+        loss = float(stats["loss"])
+    except OverflowError:  # an integer beyond a float: the reply is refused like any implausible one
+        raise ValueError("the loss is beyond a float's range") from None
+    return loss, stats["n_samples"], float(stats["compute_s"]), float(stats["idle_s"])

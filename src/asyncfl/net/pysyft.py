@@ -272,7 +272,10 @@ def read_loss(reply) -> tuple[float, dict]:
         raise SyftWireError("the loss tensor's description is not JSON") from None
     if not isinstance(stats, dict) or not isinstance(stats.get("loss"), (int, float)):
         raise SyftWireError("the loss tensor carries no statistics")
-    return float(stats["loss"]), stats
+    try:
+        return float(stats["loss"]), stats
+    except OverflowError:  # an integer beyond a float: an owner's bad reply, not the client's crash
+        raise SyftWireError("the loss is beyond a float's range") from None
 
 
 def error(message: str) -> list:
