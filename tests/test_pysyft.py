@@ -216,7 +216,7 @@ def test_a_message_whose_connection_closes_behind_it_is_answered_on_that_connect
     # (what PySyft 0.2.3 itself does: tests/test_pysyft_backend.py runs the same sequence on it).
     proc, uris = start_servers(tmp_path, "--n-servers", "1", "--faults", "original")
     try:
-        obj_id, payload = pysyft.new_id(), b"x" * 200_000
+        obj_id, payload = pysyft.new_id(), [pysyft.SCRIPT_MODULE, b"x" * 200_000, 0]  # what a round registers
         for _ in range(5):  # the race the emulation lost showed up in most tries
             a = wsclient.connect(uris[0], {}, None, wire.MAX_FRAME_BYTES, 10.0)
             a.send(pysyft.to_text(pysyft.object_message(obj_id, payload)))
@@ -258,3 +258,37 @@ def test_a_loss_beyond_a_float_is_a_malformed_reply():
                              json.dumps({"loss": 10**4000, "n_samples": 32, "compute_s": 0.0, "idle_s": 0.0}), "torch"]]
     with pytest.raises(pysyft.SyftWireError, match="loss"):
         pysyft.read_loss(reply)
+
+
+def _trainer() -> ShardTrainer:
+    rng = torch.Generator().manual_seed(0)
+    return ShardTrainer("server-0", "mnist-5k", torch.rand(64, 1, 28, 28, generator=rng),
+                        torch.randint(0, 10, (64,), generator=rng), seed=0)
+
+
+def test_the_object_store_keeps_only_script_payloads():
+    # An ObjectWrapper of nested empty maps (issue 40: ~288 MB of Python objects kept per message before)
+    # is refused with an error reply and nothing is stored; a round's own payloads still are.
+    trainer, store = _trainer(), syft_server.ObjectStore()
+    nested: object = {}
+    for _ in range(7):
+        nested = {"a": nested}
+    for i in range(3):
+        reply, reason = syft_server.handle_text(trainer, store, pysyft.to_text(pysyft.object_message(100 + i, [nested])))
+        assert reason and "ScriptModule" in reason
+    assert store.objects == {} and store.bytes == 0
+    requests, _ = pysyft.round_messages(initial_weights(0), "mnist-5k", "mnist-5k", TrainConfig())
+    for r in requests[:2]:  # the model and the loss function
+        assert syft_server.handle_text(trainer, store, pysyft.to_text(r))[1] is None
+    assert len(store.objects) == 2 and store.bytes > 1_000_000
+
+
+def test_the_object_store_drops_its_oldest_beyond_its_byte_bound():
+    store = syft_server.ObjectStore(max_bytes=3000)
+    for i in range(5):
+        store.put(i, [pysyft.SCRIPT_MODULE, bytes(1000), 0])
+    assert list(store.objects) == [2, 3, 4] and store.bytes == 3000
+    assert store.pop(3) is not None and store.bytes == 2000
+    with pytest.raises(ValueError, match="beyond the store"):
+        store.put(9, [pysyft.SCRIPT_MODULE, bytes(4000), 0])
+    assert store.bytes == 2000

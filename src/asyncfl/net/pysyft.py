@@ -187,10 +187,16 @@ def model_payload(weights, dataset: str) -> list:
     return [SCRIPT_MODULE, frame + archive[: len(archive) - len(frame)], len(frame)]
 
 
+def is_script_payload(payload) -> bool:
+    """Is ``payload`` what a round's ObjectMessage carries: [SCRIPT_MODULE, bytes, n <= len(bytes)] (the
+    model, or the loss function's archive)?"""
+    return (isinstance(payload, list) and len(payload) == 3 and payload[0] == SCRIPT_MODULE
+            and isinstance(payload[1], bytes) and _is_count(payload[2]) and payload[2] <= len(payload[1]))
+
+
 def weights_of(payload) -> dict:
     """The weights a model payload carries (views of its bytes); SyftWireError if it is not one."""
-    if not (isinstance(payload, list) and len(payload) == 3 and payload[0] == SCRIPT_MODULE
-            and isinstance(payload[1], bytes) and _is_count(payload[2]) and payload[2] <= len(payload[1])):
+    if not is_script_payload(payload):
         raise SyftWireError("not a model payload")
     header, weights = wire.decode(memoryview(payload[1])[: payload[2]], copy=True)
     if header.get("type") != "model" or weights is None:

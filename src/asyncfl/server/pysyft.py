@@ -31,19 +31,46 @@ log = logging.getLogger("asyncfl.server")
 MAX_OBJECTS = 64  # PySyft kept every object until deleted; abandoned rounds would grow it without bound
 
 
-class ObjectStore:
-    """Objects by id, oldest dropped beyond MAX_OBJECTS, and the current TrainConfig."""
+# PySyft 0.2.3 kept any object until deleted. Here the store holds only what a round registers (a
+# [SCRIPT_MODULE, bytes, n] payload, a TrainConfig, the loss tensor it makes itself), its payloads' bytes
+# bounded in total: a round holds two payloads of ~1.7 MB, so 32 MiB is many abandoned rounds' worth.
+MAX_STORE_BYTES = 32 << 20
 
-    def __init__(self) -> None:
+
+def _size(obj) -> int:
+    """The bytes an object holds in the store (a payload's or a tensor's bytes; a TrainConfig's few)."""
+    if isinstance(obj, list) and len(obj) == 3 and isinstance(obj[1], bytes):  # a script payload
+        return len(obj[1])
+    if isinstance(obj, list) and len(obj) == 2 and isinstance(obj[1], list):  # the loss tensor
+        return sum(len(x) for x in obj[1] if isinstance(x, (bytes, str)))
+    return 256
+
+
+class ObjectStore:
+    """Objects by id, the oldest dropped beyond MAX_OBJECTS or MAX_STORE_BYTES, and the current TrainConfig."""
+
+    def __init__(self, max_bytes: int = MAX_STORE_BYTES) -> None:
         self.objects: OrderedDict[int, object] = OrderedDict()
+        self.sizes: dict[int, int] = {}
+        self.bytes = 0
+        self.max_bytes = max_bytes
         self.train_config: tuple[TrainConfig, int] | None = None  # (config, its model's id)
         self.lock = threading.Lock()
 
     def put(self, obj_id: int, obj) -> None:
-        self.objects[obj_id] = obj
-        self.objects.move_to_end(obj_id)
-        while len(self.objects) > MAX_OBJECTS:
-            self.objects.popitem(last=False)
+        size = _size(obj)
+        if size > self.max_bytes:
+            raise ValueError(f"an object of {size} bytes is beyond the store's {self.max_bytes}")
+        self.pop(obj_id)
+        self.objects[obj_id], self.sizes[obj_id] = obj, size
+        self.bytes += size
+        while len(self.objects) > MAX_OBJECTS or self.bytes > self.max_bytes:
+            self.pop(next(iter(self.objects)))
+
+    def pop(self, obj_id: int):
+        obj = self.objects.pop(obj_id, None)
+        self.bytes -= self.sizes.pop(obj_id, 0)
+        return obj
 
 
 def _object_id(x) -> int:
@@ -70,6 +97,8 @@ def _store_object(trainer: ShardTrainer, store: ObjectStore, contents) -> None:
     if obj_type == pysyft.WRAPPER:
         if len(obj) != 2:
             raise ValueError("an ObjectWrapper is [id, payload]")
+        if not pysyft.is_script_payload(obj[1]):  # a round registers its model and loss function, nothing else
+            raise ValueError("an ObjectWrapper carries a ScriptModule payload [type, bytes, length]")
         with store.lock:
             store.put(_object_id(obj[0]), obj[1])
         return None
@@ -123,7 +152,7 @@ def _send_object(trainer: ShardTrainer, store: ObjectStore, contents) -> object:
         raise ValueError("an ObjectRequestMessage is [id, user, reason]")
     obj_id = _object_id(contents[0])
     with store.lock:
-        obj = store.objects.pop(obj_id, None)
+        obj = store.pop(obj_id)
     if obj is None or isinstance(obj, TrainConfig):
         raise ValueError(f"no object with id {obj_id}")
     return obj if obj_id == pysyft.LOSS_ID else [pysyft.WRAPPER, [obj_id, obj]]
@@ -131,7 +160,7 @@ def _send_object(trainer: ShardTrainer, store: ObjectStore, contents) -> object:
 
 def _delete_object(trainer: ShardTrainer, store: ObjectStore, contents) -> None:
     with store.lock:
-        store.objects.pop(_object_id(contents), None)
+        store.pop(_object_id(contents))
     return None
 
 
