@@ -292,3 +292,16 @@ def test_the_object_store_drops_its_oldest_beyond_its_byte_bound():
     with pytest.raises(ValueError, match="beyond the store"):
         store.put(9, [pysyft.SCRIPT_MODULE, bytes(4000), 0])
     assert store.bytes == 2000
+
+
+def test_the_shared_queue_drops_what_arrives_beyond_its_bounds():
+    # --faults original: while the one writer is busy (a long fit), what arrives waits here; beyond 16
+    # messages or the byte bound it is dropped and counted, not kept (issue 40: 40 x 8 MiB took 800 MB).
+    queue = syft_server.SharedQueue(max_items=16, max_bytes=10_000)
+    kept = [queue.put("x" * 100) for _ in range(20)]
+    assert kept == [True] * 16 + [False] * 4 and len(queue) == 16 and queue.dropped == 4
+    assert queue.bytes == 1600
+    assert not queue.put("y" * 9000)  # within the count, beyond the bytes
+    import threading
+    assert queue.get(threading.Event()) == "x" * 100 and queue.bytes == 1500
+    assert queue.put("z" * 100)  # room again

@@ -173,7 +173,8 @@ def listen(spec: ServerSpec, handler, on_fatal, ready_queue) -> wsserver.Server:
     """The owner's listening server; a port that cannot be had is reported (-1) and ends the process."""
     try:
         # One thread per accepted connection reads a request, answers it, reads the next: a client has at
-        # most one request out, so nothing is ever read ahead and a flood cannot pile up in memory.
+        # most one request out, so nothing is read ahead. (--faults original reads ahead into the owner's
+        # one queue, as PySyft did: bounded there, server/pysyft.MAX_QUEUED.)
         return wsserver.Server(spec.host, spec.port, handler, auth.token_check(spec.token, spec.name),
                                wire.MAX_FRAME_BYTES, auth.server_ssl_context(spec.certfile, spec.keyfile),
                                name=spec.name, on_error=lambda e: log.info("dropped a connection: %s", e),

@@ -187,6 +187,13 @@ class _Writer:
         self.closed, self.item, self.handed = closed, None, False
 
 
+# PySyft's broadcast_queue was an unbounded asyncio.Queue. A client has one message out per connection,
+# so what waits here is a few messages of abandoned rounds at most; beyond these bounds a message is
+# dropped (logged and counted), not kept: 40 frames of 8 MiB sent during a long fit took an owner to 800 MB.
+MAX_QUEUED = 16
+MAX_QUEUED_BYTES = 32 << 20
+
+
 class SharedQueue:
     """One queue of received messages for all of an owner's connections, as PySyft's ``broadcast_queue``
     (an asyncio.Queue): a message that arrives is handed to the writer that has waited longest, unless its
@@ -195,21 +202,31 @@ class SharedQueue:
     producer ran before the consumer's end could cancel it, and its reply was lost on the dying
     connection (tests/test_pysyft_backend.py runs the same sequence on PySyft 0.2.3 itself)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_items: int = MAX_QUEUED, max_bytes: int = MAX_QUEUED_BYTES) -> None:
         self._items: deque = deque()  # messages that arrived while no writer waited
         self._cond = threading.Condition()
         self._line: deque[_Writer] = deque()  # waiting writers, oldest first
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self.bytes = 0  # of the messages in _items
+        self.dropped = 0
 
-    def put(self, item) -> None:
+    def put(self, item) -> bool:
+        """Hand ``item`` to the writer that has waited longest, or keep it; False if it was dropped
+        because what waits is already at the bound."""
         with self._cond:
             while self._line and self._line[0].closed.is_set():
                 self._line.popleft()  # a writer whose connection ended is no longer waiting
             if self._line:
                 writer = self._line.popleft()
                 writer.item, writer.handed = item, True
+            elif len(self._items) >= self.max_items or self.bytes + len(item) > self.max_bytes:
+                self.dropped += 1
+                return False
             else:
                 self._items.append(item)
+                self.bytes += len(item)
             self._cond.notify_all()
+            return True
 
     def wake(self) -> None:
         """Let waiting writers see that their connection ended."""
@@ -220,7 +237,9 @@ class SharedQueue:
         """The next message for this writer, or None once its connection ``closed`` with nothing handed."""
         with self._cond:
             if self._items and not self._line:
-                return self._items.popleft()
+                item = self._items.popleft()
+                self.bytes -= len(item)
+                return item
             me = _Writer(closed)
             self._line.append(me)
             try:
@@ -246,12 +265,19 @@ def shared_queue_session(conn, queue: SharedQueue, serve) -> tuple[int, str]:
     closed, ended = threading.Event(), []
 
     def consume() -> None:
+        dropped = 0
         try:
             while True:
-                queue.put(conn.recv())
+                if not queue.put(conn.recv()):
+                    dropped += 1
+                    if dropped == 1:  # one line per connection; the count at its end
+                        log.warning("the owner's queue is full (%d messages, %d bytes): dropping what %s sends",
+                                    len(queue), queue.bytes, conn.remote_address)
         except transport.ConnectionClosed as e:
             ended.append(str(e))
         finally:
+            if dropped:
+                log.warning("%d messages from %s dropped at the full queue", dropped, conn.remote_address)
             closed.set()
             queue.wake()
 
