@@ -305,3 +305,12 @@ def test_the_shared_queue_drops_what_arrives_beyond_its_bounds():
     import threading
     assert queue.get(threading.Event()) == "x" * 100 and queue.bytes == 1500
     assert queue.put("z" * 100)  # room again
+
+
+def test_bytes_after_the_lz4_frame_are_refused():
+    # issue 40: what followed an LZ4 frame was ignored silently
+    good = pysyft.to_text([pysyft.FORCE_DELETE, 5])
+    binary = bytes.fromhex(good[2:-1])
+    assert binary[0] == pysyft.LZ4 and pysyft.from_text(good) == [pysyft.FORCE_DELETE, 5]
+    with pytest.raises(pysyft.SyftWireError, match="after the LZ4 frame"):
+        pysyft.from_text("b'" + (binary + b"trailing").hex() + "'")

@@ -53,3 +53,16 @@ def test_encoded_weights_are_what_safetensors_writes_and_reads():
     assert b"".join(parts) == frame
     _, back = wire.decode(wire.encode({"type": "fit_ok"}, mixed))
     assert all(torch.equal(back[k], mixed[k]) and back[k].dtype == mixed[k].dtype for k in mixed)
+
+
+def test_a_shape_of_thousands_of_dimensions_is_refused_at_once():
+    # issue 40: a 55,000-dimension shape cost 3.1 s of big-integer products before it was refused
+    import json
+    import time
+
+    meta = json.dumps({"w": {"dtype": "F32", "shape": [7] * 50_000, "data_offsets": [0, 4]}}).encode()
+    body = struct.pack("<Q", len(meta)) + meta + bytes(4)
+    t0 = time.perf_counter()
+    with pytest.raises(wire.WireError, match="bad entry"):
+        wire.parse_safetensors(memoryview(body), copy=True)
+    assert time.perf_counter() - t0 < 0.5

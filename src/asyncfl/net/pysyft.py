@@ -85,6 +85,8 @@ def from_text(text) -> object:
             raise SyftWireError(f"not an LZ4 frame: {e}") from None
         if not decompressor.eof:
             raise SyftWireError("compressed message larger than a frame, or cut short")
+        if decompressor.unused_data:
+            raise SyftWireError(f"{len(decompressor.unused_data)} bytes after the LZ4 frame")
     elif scheme == NO_COMPRESSION:
         raw = body
     else:

@@ -44,6 +44,10 @@ _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", tor
            torch.bool: "BOOL"}
 
 
+# A model's tensors have at most 4 dimensions; more are refused before the shape is multiplied out (a
+# 55,000-dimension shape cost 3.1 s of big-integer products to refuse).
+MAX_DIMS = 8
+
 def encode_parts(header: dict, weights: dict[str, torch.Tensor] | None = None) -> list:
     """The frame as a list of buffers whose concatenation is the frame: the prefix and JSON header, the
     safetensors header, then every tensor's memory as it is (no copy; the sender writes them out with
@@ -129,7 +133,8 @@ def parse_safetensors(body: memoryview, copy: bool) -> dict[str, torch.Tensor]:
     entries = []
     for name, e in meta.items():
         if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"} and e["dtype"] in _FROM_NAME
-                and isinstance(e["shape"], list) and all(_is_count(d) for d in e["shape"])
+                and isinstance(e["shape"], list) and len(e["shape"]) <= MAX_DIMS
+                and all(_is_count(d) for d in e["shape"])
                 and isinstance(e["data_offsets"], list) and len(e["data_offsets"]) == 2
                 and all(_is_count(o) for o in e["data_offsets"])):
             raise WireError(f"weights are not valid safetensors: bad entry for {name[:40]!r}")
