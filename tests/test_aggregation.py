@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asyncfl.core import rules
-from asyncfl.core.model import FlatWeights, flatten, initial_weights
+from asyncfl.core.model import FlatWeights, flat_of, flatten, initial_weights
 from asyncfl.core.rules import arithmetic
 from asyncfl.core.rules.fedasync import FedAsyncOptions
 from asyncfl.core.rules.fedbuff import FedBuffOptions
@@ -71,7 +71,27 @@ def test_fedavg_rule_holds_results_until_every_server_has_sent_one():
     first = rule.combine(g, rule.prepare(vec(1, 1), vec(3, 1), 30), updates_behind=0)
     assert first is None  # buffered: the global model does not change mid-round
     out = rule.combine(g, rule.prepare(vec(1, 1), vec(1, 5), 10), updates_behind=0)
-    assert torch.allclose(out["w"], torch.tensor([2.5, 2.0])) and rule.pending == []
+    assert torch.allclose(out["w"], torch.tensor([2.5, 2.0])) and rule.pending.count == 0
+
+
+def test_fedavg_on_flat_weights_matches_the_per_tensor_arithmetic_and_leaves_inputs_alone():
+    # The flat path (one buffer, each result added in place as it comes) against the per-tensor one.
+    torch.manual_seed(0)
+    old = {"a": torch.randn(3, 4), "b": torch.randn(5)}
+    news = [{k: v + torch.randn_like(v) for k, v in old.items()} for _ in range(3)]
+    counts = [32, 64, 0]
+    per_tensor = arithmetic.fedavg(old, old, news, counts)
+    flat_old, flat_news = flatten(old), [flatten(n) for n in news]
+    before = [n.flat.clone() for n in flat_news]
+    rule = rules.get("fedavg")(3)
+    outs = [rule.combine(flat_old, rule.prepare(flat_old, n, c), 0) for n, c in zip(flat_news, counts)]
+    assert outs[0] is None and outs[1] is None and flat_of(outs[2]) is not None
+    for k in old:
+        assert torch.allclose(outs[2][k], per_tensor[k], atol=1e-6)
+    assert all(torch.equal(n.flat, b) for n, b in zip(flat_news, before))  # the servers' replies untouched
+    # Nobody trained on anything: the global model stays.
+    zero = rules.get("fedavg")(1).combine(flat_old, (arithmetic.delta(flat_old, flat_news[0]), 0), 0)
+    assert torch.equal(zero.flat, flat_old.flat)
 
 
 @pytest.mark.parametrize("fn,gap,a,b,expected", [
@@ -101,7 +121,7 @@ def test_fedbuff_applies_the_mean_of_k_deltas_scaled_by_the_server_lr():
     g = vec(0, 0)
     assert rule.combine(g, rule.prepare(vec(1, 1), vec(3, 1), 32), 0) is None  # delta (2, 0)
     out = rule.combine(g, rule.prepare(vec(0, 0), vec(0, 4), 32), 5)  # delta (0, 4); mean (1, 2) * 0.5
-    assert torch.allclose(out["w"], torch.tensor([0.5, 1.0])) and rule.buffer == []
+    assert torch.allclose(out["w"], torch.tensor([0.5, 1.0])) and rule.buffer.count == 0
 
 
 def test_ssp_rule_is_the_study_rule():

@@ -1,5 +1,5 @@
 """Aggregation arithmetic on state dicts, the rules' building blocks (pure: every function returns new
-tensors, inputs untouched).
+tensors, inputs untouched; ``WeightedSum`` changes only the buffer it owns).
 
 The study's asynchronous FedAvg applies each server's update as soon as it arrives, weighted so that a
 full set of n updates adds up to an average:
@@ -20,11 +20,46 @@ StateDict = dict[str, torch.Tensor]
 
 def delta(old: StateDict, new: StateDict) -> StateDict:
     """new - old, per tensor."""
+    flat = _both_flat(old, new)
+    if flat:
+        return FlatWeights.views_of(torch.sub(flat[1], flat[0]), shapes_of(old))
     return {k: new[k] - old[k] for k in old}
 
 
 def scale(weights: StateDict, factor: float) -> StateDict:
+    flat = flat_of(weights)
+    if flat is not None:
+        return FlatWeights.views_of(flat * factor, shapes_of(weights))
     return {k: v * factor for k, v in weights.items()}
+
+
+class WeightedSum:
+    """sum_i w_i d_i built as the d_i arrive (each added in place into one buffer of its own), so that
+    a rule which waits for several results does the work as each comes, not all of it after the last one:
+    the last arrival of a synchronous round is the round's critical path."""
+
+    def __init__(self):
+        self.sum: StateDict | None = None
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, d: StateDict, w: float) -> None:
+        if self.sum is None:
+            self.sum = scale(d, float(w))
+        elif flat_of(self.sum) is not None and flat_of(d) is not None and shapes_of(d) == shapes_of(self.sum):
+            flat_of(self.sum).add_(flat_of(d), alpha=float(w))
+        else:
+            self.sum = {k: v.add_(d[k], alpha=float(w)) for k, v in self.sum.items()}
+        self.total += float(w)
+        self.count += 1
+
+    def mean(self) -> StateDict:
+        """sum_i (w_i / sum w) d_i; all zeros when the weights sum to zero (nobody trained on anything)."""
+        if self.sum is None:
+            raise ValueError("nothing was added")
+        if self.total <= 0:
+            return scale(self.sum, 0.0)
+        return scale(self.sum, 1.0 / self.total)
 
 
 def add(a: StateDict, b: StateDict) -> StateDict:
@@ -58,10 +93,10 @@ def async_fedavg(global_weights: StateDict, old: StateDict, new: StateDict, n_se
 
 def weighted_mean(deltas: list[StateDict], weights: list[float]) -> StateDict:
     """sum_i (w_i / sum w) delta_i; all zeros when the weights sum to zero (nobody trained on anything)."""
-    total = float(sum(weights))
-    if total <= 0:
-        return {k: torch.zeros_like(v) for k, v in deltas[0].items()}
-    return {k: sum(d[k] * (w / total) for d, w in zip(deltas, weights)) for k in deltas[0]}
+    acc = WeightedSum()
+    for d, w in zip(deltas, weights):
+        acc.add(d, w)
+    return acc.mean()
 
 
 def fedavg(global_weights: StateDict, old: StateDict, news: list[StateDict], n_samples: list[int]) -> StateDict:

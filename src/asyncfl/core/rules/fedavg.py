@@ -11,7 +11,7 @@ class FedAvgRule(Rule):
 
     def __init__(self, n_servers, options=None):
         super().__init__(n_servers, options)
-        self.pending: list[tuple] = []
+        self.pending = self.ops.WeightedSum()  # this round's results so far, weighted by samples
 
     @classmethod
     def refuse(cls, args):
@@ -23,9 +23,8 @@ class FedAvgRule(Rule):
         return self.ops.delta(snapshot, new), n_samples
 
     def combine(self, global_weights, prepared, updates_behind):
-        self.pending.append(prepared)
-        if len(self.pending) < self.n_servers:
+        self.pending.add(*prepared)
+        if self.pending.count < self.n_servers:
             return None
-        deltas, counts = zip(*self.pending)
-        self.pending = []
-        return self.ops.add(global_weights, self.ops.weighted_mean(list(deltas), list(counts)))
+        step, self.pending = self.pending.mean(), self.ops.WeightedSum()
+        return self.ops.add(global_weights, step)

@@ -20,17 +20,17 @@ class FedBuffRule(Rule):
         super().__init__(n_servers, options)
         if self.options.buffer_size < 1 or self.options.server_lr <= 0:
             raise ValueError("--buffer-size must be at least 1 and --server-lr positive")
-        self.buffer: list = []
+        self.buffer = self.ops.WeightedSum()  # the deltas buffered so far, each of weight 1
 
     def prepare(self, snapshot, new, n_samples):
         return self.ops.delta(snapshot, new)
 
     def combine(self, global_weights, prepared, updates_behind):
-        self.buffer.append(prepared)
-        if len(self.buffer) < self.options.buffer_size:
+        self.buffer.add(prepared, 1.0)
+        if self.buffer.count < self.options.buffer_size:
             return None
-        step = self.ops.scale(self.ops.mean(self.buffer), self.options.server_lr)
-        self.buffer = []
+        step = self.ops.scale(self.buffer.mean(), self.options.server_lr)
+        self.buffer = self.ops.WeightedSum()
         return self.ops.add(global_weights, step)
 
     @classmethod
